@@ -1,0 +1,383 @@
+"""The command line: `forgebuild [TARGET...]` builds; other verbs inspect and tidy.
+
+Exit codes: 0 success, 1 a build failed (or a target is not built, for `path`),
+2 bad usage, a bad Forgefile or a corrupt cache. Never a traceback for those.
+
+A no-op build stays on the standard library and xxhash: the plan comes from
+.forge/plan.json when the Forgefile is unchanged, and pydantic, networkx,
+fsspec and rich are imported only when something must be validated, drawn or
+built.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+from . import __version__
+from . import plan as planlib
+from .errors import ForgefileError, ForgeError, UsageError, did_you_mean
+from .hashing import StatCache
+from .workspace import Workspace
+
+VERBS = ("build", "status", "explain", "graph", "path", "show", "log", "clean", "gc", "schema")
+TAKES_VALUE = {"-f", "--file", "-j", "--jobs", "--format", "-C"}
+
+
+# ------------------------------------------------------------------ arguments
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-f", "--file", default="Forgefile.toml", help="the Forgefile (default: ./Forgefile.toml)")
+    common.add_argument("--json", action="store_true", help="JSON Lines on stdout, a summary object last")
+    common.add_argument("-v", "--verbose", action="store_true", help="say more")
+    common.add_argument("-q", "--quiet", action="store_true", help="only failures and the summary")
+
+    parser = argparse.ArgumentParser(prog="forgebuild", description="make for language models")
+    parser.add_argument("--version", action="version", version=f"forgebuild {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+
+    b = sub.add_parser("build", parents=[common], help="build targets (the default verb)")
+    b.add_argument("targets", nargs="*", metavar="TARGET")
+    b.add_argument("-j", "--jobs", type=int, default=None, help="stages to run in parallel")
+    b.add_argument("-n", "--dry-run", action="store_true", help="say what would be built, build nothing")
+    b.add_argument("-k", "--keep-going", action="store_true", help="after a failure, go on with independent targets")
+    b.add_argument("-B", "--force", action="store_true", help="rebuild the targets and their dependencies")
+
+    s = sub.add_parser("status", parents=[common], help="every target: fresh / stale / missing, and why")
+    s.add_argument("targets", nargs="*", metavar="TARGET")
+    e = sub.add_parser("explain", parents=[common], help="why a target would rebuild")
+    e.add_argument("targets", nargs="+", metavar="TARGET")
+    g = sub.add_parser("graph", parents=[common], help="the target graph")
+    g.add_argument("targets", nargs="*", metavar="TARGET")
+    g.add_argument("--format", choices=("text", "dot", "mermaid"), default="text")
+    g.add_argument("--states", action="store_true", help="mark each target fresh / stale / missing")
+    p = sub.add_parser("path", parents=[common], help="where a target's artifact is")
+    p.add_argument("targets", nargs="+", metavar="TARGET")
+    sh = sub.add_parser("show", parents=[common], help="a target's build record (provenance)")
+    sh.add_argument("targets", nargs="+", metavar="TARGET")
+    lg = sub.add_parser("log", parents=[common], help="build history")
+    lg.add_argument("targets", nargs="*", metavar="TARGET")
+    lg.add_argument("-n", "--limit", type=int, default=50, help="at most this many entries (default 50)")
+    c = sub.add_parser("clean", parents=[common], help="remove materialised outputs and scratch; keep the cache")
+    c.add_argument("--cache", action="store_true", help="also empty the local cache")
+    gc = sub.add_parser("gc", parents=[common], help="drop cache entries no current target uses")
+    gc.add_argument("-n", "--dry-run", action="store_true", help="say what would be removed")
+    gc.add_argument("--grace", type=float, default=3600.0,
+                    help="keep objects written less than this many seconds ago (default 3600): they may belong to a running build")
+    sub.add_parser("schema", parents=[common], help="JSON Schema of the Forgefile")
+    return parser
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """`forgebuild [flags] [TARGET...]` means `forgebuild build ...`: insert the verb if absent."""
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token in TAKES_VALUE:
+            i += 2
+            continue
+        if token.startswith("-"):
+            if token in ("-h", "--help", "--version"):
+                break
+            i += 1
+            continue
+        if token not in VERBS:
+            argv = ["build", *argv]
+        break
+    else:
+        argv = ["build", *argv]
+    args = _parser().parse_args(argv)
+    if args.verb is None:
+        args = _parser().parse_args(["build", *argv])
+    return args
+
+
+# ------------------------------------------------------------------ loading
+
+class Session:
+    """The loaded project: plan (cached when possible), workspace, store and stat cache."""
+
+    def __init__(self, args):
+        path = os.path.abspath(args.file)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            hint = " (use -f FILE to name another)" if args.file == "Forgefile.toml" else ""
+            raise UsageError(f"no Forgefile at {args.file}{hint}") from None
+        except OSError as e:
+            raise UsageError(f"cannot read {args.file}: {e.strerror}") from None
+        self.workspace = Workspace(os.path.dirname(path))
+        digest = planlib.forgefile_digest(data + path.encode())
+        self.plan = planlib.load_cached(self.workspace.plan_path, digest)
+        self._rules = None
+        if self.plan is None:
+            from . import forgefile
+
+            self.plan = forgefile.load(path, self.rules)
+            planlib.save(self.plan, self.workspace.plan_path, digest)
+        cache = self.plan.settings.get("cache")
+        from .store import Store
+
+        self.store = Store(os.path.join(self.plan.root, cache) if cache else self.workspace.dir)
+        self.stat_cache = StatCache(self.workspace.statcache_path)
+
+    @property
+    def rules(self):
+        if self._rules is None:
+            from .rules import load_rules
+
+            self._rules = load_rules()
+        return self._rules
+
+    def resolve(self, names: list[str], default_all=True) -> list[str]:
+        if not names:
+            default = self.plan.settings.get("default") or []
+            return list(default) if default else (list(self.plan.order) if default_all else [])
+        found, by_name = [], {}
+        for address in self.plan.targets:
+            by_name.setdefault(address.split(":", 1)[1], []).append(address)
+        for name in names:
+            if name in self.plan.targets:
+                found.append(name)
+            elif ":" not in name and len(by_name.get(name, [])) == 1:
+                found.append(by_name[name][0])
+            elif ":" not in name and name in by_name:
+                raise UsageError(f"'{name}' is ambiguous: {', '.join(sorted(by_name[name]))}")
+            else:
+                hint = did_you_mean(name, [*self.plan.targets, *by_name])
+                raise UsageError(f"no target '{name}' in {self.plan.display_name}{hint}")
+        return found
+
+    def decide(self, addresses, force=False):
+        from .keys import decide
+
+        return decide(self.plan, addresses, self.stat_cache, self.store.get_action, self.workspace.last_build, force)
+
+    def close(self) -> None:
+        self.stat_cache.save()
+
+
+# ------------------------------------------------------------------ verbs
+
+def cmd_build(args, session: Session, report) -> int:
+    addresses = session.resolve(args.targets)
+    decisions = session.decide(addresses, force=args.force)
+    if args.dry_run:
+        entries = []
+        for d in decisions.values():
+            action = "cached" if d.state == "fresh" else "would-build"
+            entries.append({"target": d.address, "action": action, "key": d.key, "digest": d.digest,
+                            "reason": "; ".join(d.reasons), "seconds": 0.0})
+            if action != "cached" and not args.json:
+                print(f"would build {d.address}  ({'; '.join(d.reasons)})")
+        report({"event": "summary", "ok": True, "dry_run": True, "targets": entries})
+        return 0
+    ws = session.workspace
+    if all(d.state == "fresh" and ws.is_materialised(a, d.digest) for a, d in decisions.items()):
+        # The no-op fast path: nothing to build, nothing to link; no heavy import was needed.
+        targets = [{"target": a, "action": "cached", "key": d.key, "digest": d.digest, "reason": "up to date",
+                    "seconds": 0.0} for a, d in decisions.items()]
+        report({"event": "summary", "ok": True, "targets": targets})
+        return 0
+    from .executor import Executor
+
+    jobs = args.jobs or session.plan.settings.get("jobs") or 1
+    executor = Executor(session.plan, ws, session.store, session.stat_cache, report, session.rules,
+                        jobs=jobs, keep_going=args.keep_going, force=args.force)
+    results = executor.run(addresses, decisions)
+    ok = all(r.action in ("built", "cached") for r in results)
+    report({"event": "summary", "ok": ok, "targets": [r.as_dict() for r in results]})
+    return 0 if ok else 1
+
+
+def cmd_status(args, session: Session, report) -> int:
+    decisions = session.decide(session.resolve(args.targets))
+    entries = []
+    width = max((len(a) for a in decisions), default=0)
+    for d in decisions.values():
+        entry = {"target": d.address, "state": d.state, "reason": "; ".join(d.reasons), "key": d.key, "digest": d.digest}
+        entries.append(entry)
+        if args.json:
+            report({"event": "status", **entry})
+        elif not (args.quiet and d.state == "fresh"):
+            print(f"{d.state:<8}{d.address:<{width}}  {entry['reason']}")
+    report({"event": "summary", "ok": True, "targets": entries}) if args.json else None
+    return 0
+
+
+def cmd_explain(args, session: Session, report) -> int:
+    wanted = session.resolve(args.targets)
+    decisions = session.decide(wanted)
+    shown = []
+    for address in reversed(list(decisions)):  # the asked-for targets first, then what they wait on
+        d = decisions[address]
+        if address in wanted or d.state != "fresh":
+            shown.append(d)
+    for d in shown:
+        if args.json:
+            report({"event": "explain", "target": d.address, "state": d.state, "reasons": d.reasons, "key": d.key})
+        else:
+            print(f"{d.address}: {d.state}")
+            for reason in d.reasons:
+                print(f"  - {reason}")
+    if args.json:
+        report({"event": "summary", "ok": True, "targets": [
+            {"target": d.address, "state": d.state, "reason": "; ".join(d.reasons)} for d in shown]})
+    return 0
+
+
+def cmd_graph(args, session: Session, report) -> int:
+    from . import graph
+
+    addresses = session.resolve(args.targets)
+    states = {a: d.state for a, d in session.decide(addresses).items()} if args.states else None
+    text = graph.render(session.plan, addresses, args.format, states)
+    if args.json:
+        closure = session.plan.closure(addresses)
+        report({"event": "graph", "format": args.format, "text": text,
+                "nodes": closure, "edges": [[d, a] for a in closure for d in session.plan.targets[a].deps]})
+    else:
+        print(text)
+    return 0
+
+
+def cmd_path(args, session: Session, report) -> int:
+    addresses = session.resolve(args.targets)
+    decisions = session.decide(addresses)
+    code, paths = 0, {}
+    for address in addresses:
+        d = decisions[address]
+        if d.state != "fresh":
+            print(f"forgebuild: {address} is {d.state} ({'; '.join(d.reasons)}); build it with `forgebuild {address}`",
+                  file=sys.stderr)
+            code = 1
+            continue
+        if not session.workspace.is_materialised(address, d.digest):
+            session.workspace.materialise(address, session.store.get_action(d.key, address), session.store)
+        paths[address] = os.path.abspath(session.workspace.out_link(address))
+        if not args.json:
+            print(paths[address])
+    if args.json:
+        report({"event": "summary", "ok": code == 0, "paths": paths})
+    return code
+
+
+def _record_for(session: Session, address: str) -> dict | None:
+    last = session.workspace.last_build(address)
+    if not last:
+        return None
+    record_id = last.get("record")
+    if record_id is None:
+        entry = session.store.get_action(last["key"], address)
+        record_id = entry.get("record") if entry else None
+    return session.store.get_record(record_id) if record_id else None
+
+
+def cmd_show(args, session: Session, report) -> int:
+    code = 0
+    for address in session.resolve(args.targets):
+        record = _record_for(session, address)
+        if record is None:
+            print(f"forgebuild: {address} has no build record yet; build it with `forgebuild {address}`", file=sys.stderr)
+            code = 1
+        elif args.json:
+            report({"event": "record", **record})
+        else:
+            print(json.dumps(record, indent=2, sort_keys=True))
+    return code
+
+
+def cmd_log(args, session: Session, report) -> int:
+    wanted = set(session.resolve(args.targets, default_all=False)) if args.targets else None
+    entries = [e for e in session.workspace.history() if wanted is None or e.get("target") in wanted]
+    for e in entries[-args.limit:]:
+        if args.json:
+            report({"event": "log", **e})
+        else:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(e["time"]))
+            print(f"{when}  {e['action']:<7} {e['target']}  key {e['key'][:12]}  out {(e.get('digest') or '')[:12]}")
+    return 0
+
+
+def cmd_clean(args, session: Session, report) -> int:
+    from .workspace import remove_tree
+
+    ws = session.workspace
+    for part in ("out", "artifacts", "scratch", "work", "logs", "state"):
+        remove_tree(ws.path(part))
+    if args.cache:
+        for part in ("cas", "ac", "records", "tmp", "locks"):
+            remove_tree(os.path.join(session.store.root, part))
+    what = "outputs, scratch and cache" if args.cache else "outputs and scratch (the cache is kept)"
+    if not args.quiet and not args.json:
+        print(f"removed {what} in {ws.display(ws.dir)}")
+    if args.json:
+        report({"event": "summary", "ok": True, "cleaned": what})
+    return 0
+
+
+def cmd_gc(args, session: Session, report) -> int:
+    from .gc import collect
+
+    stats = collect(session, dry_run=args.dry_run, grace=args.grace)
+    if args.json:
+        report({"event": "summary", "ok": True, **stats})
+    else:
+        verb = "would remove" if args.dry_run else "removed"
+        print(f"{verb} {stats['actions']} cache entries, {stats['blobs']} blobs ({stats['bytes'] / 1e6:.1f} MB), "
+              f"{stats['folders']} folders; kept {stats['kept_actions']} entries")
+    return 0
+
+
+def cmd_schema(args, session, report) -> int:
+    from .schema import forgefile_schema
+
+    print(json.dumps(forgefile_schema(), indent=2))
+    return 0
+
+
+COMMANDS = {"build": cmd_build, "status": cmd_status, "explain": cmd_explain, "graph": cmd_graph,
+            "path": cmd_path, "show": cmd_show, "log": cmd_log, "clean": cmd_clean, "gc": cmd_gc,
+            "schema": cmd_schema}
+
+
+# ------------------------------------------------------------------ entry point
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    from .reporter import make_reporter
+
+    report = make_reporter(args.json, args.verbose, args.quiet, building=args.verb == "build" and not getattr(args, "dry_run", False))
+    session = None
+    try:
+        session = Session(args) if args.verb != "schema" else None
+        return COMMANDS[args.verb](args, session, report)
+    except ForgeError as e:
+        report.close()
+        _report_error(e, args, report)
+        return e.exit_code
+    except KeyboardInterrupt:
+        report.close()
+        print("forgebuild: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        report.close()
+        if session is not None:
+            session.close()
+
+
+def _report_error(e: ForgeError, args, report) -> None:
+    if isinstance(e, ForgefileError):
+        text = "\n".join(str(p) for p in e.problems)
+    else:
+        text = f"forgebuild: {e}"
+    print(text, file=sys.stderr)
+    if args.json:
+        problems = [p.__dict__ for p in getattr(e, "problems", [])]
+        report({"event": "error", "exit_code": e.exit_code, "message": str(e), "problems": problems})
+        report({"event": "summary", "ok": False, "error": str(e), "targets": []})

@@ -1,0 +1,98 @@
+"""What a rule's build() gets: resolved inputs, validated params, folders, seed, a log."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import asdict, dataclass
+
+from .errors import RuleFailed
+
+# Commands started by builds of this process, so an interrupt can stop them all.
+RUNNING: set[subprocess.Popen] = set()
+_running_lock = threading.Lock()
+
+
+if sys.platform.startswith("linux"):
+    import ctypes
+
+    # Looked up before any fork: the child of a threaded parent must not import.
+    _prctl = ctypes.CDLL(None).prctl
+else:  # pragma: no cover
+    _prctl = None
+PR_SET_PDEATHSIG = 1
+
+
+def _child_setup() -> None:
+    """In the forked child: own process group (for timeouts), and die with forgebuild.
+
+    Without the death signal, a SIGKILLed forgebuild would leave its command
+    running and writing into a scratch folder the next run is about to reuse.
+    """
+    os.setpgid(0, 0)
+    if _prctl is not None:
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def kill_running() -> None:
+    with _running_lock:
+        for proc in RUNNING:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except OSError:
+                pass
+
+
+def run_logged(argv, log_path: str, cwd: str, env=None, shell=False, timeout=None) -> int:
+    """Run a command with stdout and stderr appended to the log; return its exit status."""
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(argv, shell=shell, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT, preexec_fn=_child_setup)
+        with _running_lock:
+            RUNNING.add(proc)
+        try:
+            return proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            log.write(f"forgebuild: killed after {timeout:g} s (timeout)\n".encode())
+            return -signal.SIGKILL
+        finally:
+            with _running_lock:
+                RUNNING.discard(proc)
+
+
+@dataclass
+class BuildContext:
+    target: str
+    kind: str
+    inputs: dict  # Forgefile key path -> path (str) or paths (list), as the command sees them
+    out: str  # fresh, empty output folder: everything written here is the artifact
+    work: str  # kept across failed or killed runs of the same action key
+    seed: int
+    project_dir: str  # commands run here
+    log_path: str
+    raw_params: dict  # validated params, runtime ones included, as JSON
+    params: object = None  # the rule's Params instance
+
+    def log(self, message: str) -> None:
+        with open(self.log_path, "a", encoding="utf-8") as f:
+            f.write(message.rstrip("\n") + "\n")
+
+    def failure(self, message: str) -> RuleFailed:
+        return RuleFailed(self.target, message)
+
+    def run_command(self, argv, shell=False, env=None, timeout=None) -> int:
+        return run_logged(argv, self.log_path, self.project_dir, env=env, shell=shell, timeout=timeout)
+
+    def to_json(self) -> str:
+        data = asdict(self)
+        data.pop("params")
+        return json.dumps(data)
+
+    @classmethod
+    def from_json(cls, text: str) -> "BuildContext":
+        return cls(**json.loads(text))

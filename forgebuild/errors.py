@@ -1,0 +1,69 @@
+"""Typed failures. Each one knows how to say itself in one clear message.
+
+The CLI turns ForgefileError and UsageError into exit code 2, RuleFailed into
+exit code 1 and StoreError into exit code 2; none of them ever shows a traceback.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a Forgefile, located as precisely as we can."""
+
+    file: str
+    line: int | None
+    message: str
+    target: str | None = None
+    key: str | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        parts = [where, " error: "]
+        if self.target:
+            parts.append(f"{self.target}: ")
+        if self.key:
+            parts.append(f"key '{self.key}': ")
+        parts.append(self.message)
+        return "".join(parts)
+
+
+class ForgeError(Exception):
+    """Base of every failure forgebuild reports without a traceback."""
+
+    exit_code = 2
+
+
+class ForgefileError(ForgeError):
+    """The Forgefile (or a file it names) is wrong; carries every problem found in one pass."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = sorted(problems, key=lambda p: (p.file, p.line or 0, p.target or "", p.key or ""))
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+class UsageError(ForgeError):
+    """The command line asks for something that does not exist or does not make sense."""
+
+
+class StoreError(ForgeError):
+    """The cache is corrupt, unreadable or inconsistent."""
+
+
+class RuleFailed(ForgeError):
+    """A stage's build step failed; the message carries its log tail."""
+
+    exit_code = 1
+
+    def __init__(self, target: str, message: str, log_tail: str = ""):
+        self.target = target
+        self.log_tail = log_tail
+        super().__init__(f"{target}: {message}")
+
+
+def did_you_mean(word: str, choices, quote: str = "'") -> str:
+    """' (did you mean 'x'?)' for the closest choice, or '' when nothing is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean {quote}{close[0]}{quote}?)" if close else ""

@@ -1,0 +1,309 @@
+"""Build the stale targets of a closure: in dependency order, in parallel where independent.
+
+For each target whose dependencies are done, the scheduler computes its action
+key from their *output* digests; a hit in the action cache is reused, a miss is
+built by a worker thread:
+
+    lock the key -> check the cache again -> fresh scratch output folder ->
+    rule.build (a child process unless the rule only launches a command) ->
+    hash and ingest the output -> action-cache entry -> build record ->
+    materialise at the stable path
+
+Nothing enters the cache unless the build succeeded, and every store write is
+atomic, so a killed build leaves no half artifact. A failure skips the
+target's dependents; without keep_going no new build starts after it.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+
+from . import __version__
+from .context import BuildContext, kill_running, run_logged
+from .errors import ForgeError, RuleFailed
+from .hashing import file_digest, is_executable, tree_digest, walk_files
+from .keys import Decision, action_key, explain, material
+from .plan import Plan, TargetPlan, resolve_sources
+from .workspace import remove_tree
+
+LOG_TAIL_LINES = 20
+
+
+@dataclass
+class Result:
+    target: str
+    action: str  # "built" | "cached" | "skipped" | "failed"
+    key: str | None = None
+    digest: str | None = None
+    reason: str = ""
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {"target": self.target, "action": self.action, "key": self.key, "digest": self.digest,
+                "reason": self.reason, "seconds": round(self.seconds, 3)}
+
+
+def log_tail(path: str, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16384))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def merge(identity: dict, runtime: dict) -> dict:
+    out = dict(identity)
+    for k, v in runtime.items():
+        out[k] = merge(out.get(k, {}), v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+class KeyLock:
+    """An exclusive lock per action key, across processes (flock on a file in the store)."""
+
+    def __init__(self, store, key: str):
+        self.path = os.path.join(store.root, "locks", f"{key}.lock")
+        self.fd = None
+
+    def acquire(self, on_wait=None) -> None:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait:
+                on_wait()
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+class Executor:
+    def __init__(self, plan: Plan, workspace, store, stat_cache, reporter, rules, jobs=1, keep_going=False, force=False):
+        self.plan, self.ws, self.store, self.stat_cache = plan, workspace, store, stat_cache
+        self.report, self.rules = reporter, rules
+        self.jobs, self.keep_going, self.force = max(1, jobs), keep_going, force
+        self._git_commit = False
+
+    @property
+    def git_commit(self) -> str | None:
+        if self._git_commit is False:
+            self._git_commit = git_commit(self.plan.root)
+        return self._git_commit
+
+    # ---------------------------------------------------------------- scheduling
+
+    def run(self, addresses, decisions: dict[str, Decision]) -> list[Result]:
+        closure = self.plan.closure(addresses)
+        results: dict[str, Result] = {}
+        pending = list(closure)
+        running = {}
+        stopped_by = None
+        with ThreadPoolExecutor(self.jobs) as pool:
+            try:
+                while pending or running:
+                    for address in list(pending):
+                        deps = self.plan.targets[address].deps
+                        bad = [d for d in deps if d in results and results[d].action in ("failed", "skipped")]
+                        if bad or stopped_by:
+                            reason = f"dependency {bad[0]} {results[bad[0]].action}" if bad else f"build stopped after {stopped_by} failed"
+                            results[address] = self._emit_result(Result(address, "skipped", reason=reason))
+                            pending.remove(address)
+                            continue
+                        if any(d not in results for d in deps) or len(running) >= self.jobs:
+                            continue
+                        pending.remove(address)
+                        hit = self._try_cache(address, results, decisions.get(address))
+                        if isinstance(hit, Result):
+                            results[address] = hit
+                        else:
+                            key, mat, reason = hit
+                            running[pool.submit(self._build, address, key, mat, reason)] = address
+                    if not running:
+                        continue
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        address = running.pop(future)
+                        result = future.result()
+                        results[address] = result
+                        if result.action == "failed" and not self.keep_going and stopped_by is None:
+                            stopped_by = address
+            except BaseException:
+                kill_running()
+                raise
+        return [results[a] for a in closure]
+
+    def _emit_result(self, result: Result) -> Result:
+        self.report(dict(event=result.action, **result.as_dict()))
+        return result
+
+    def _try_cache(self, address: str, results, decision: Decision | None):
+        """A Result if the action cache has the target, else (key, material, reason) to build."""
+        target = self.plan.targets[address]
+        dep_digests = {d: results[d].digest for d in target.deps}
+        mat = material(self.plan, target, self.stat_cache, dep_digests)
+        key = action_key(mat)
+        if not self.force:
+            entry = self.store.get_action(key, address)
+            if entry is not None:
+                self.ws.materialise(address, entry, self.store)
+                self._remember(address, key, entry["digest"], mat, None, "cached")
+                return self._emit_result(Result(address, "cached", key, entry["digest"], "up to date"))
+        reason = "forced (-B)" if self.force else None
+        if reason is None and decision is not None and decision.key == key:
+            reason = "; ".join(decision.reasons)
+        if reason is None:
+            last = self.ws.last_build(address)
+            reason = "; ".join(explain(last.get("material") if last else None, mat))
+        return key, mat, reason
+
+    def _remember(self, address, key, digest, mat, record_id, action) -> None:
+        self.ws.record_build(address, {"key": key, "digest": digest, "material": mat, "record": record_id})
+        self.ws.append_log({"target": address, "action": action, "key": key, "digest": digest, "record": record_id})
+
+    # ---------------------------------------------------------------- building
+
+    def _build(self, address: str, key: str, mat: dict, reason: str) -> Result:
+        lock = KeyLock(self.store, key)
+        lock.acquire(on_wait=lambda: self.report({"event": "waiting", "target": address, "key": key,
+                                                  "reason": "another build of the same key is running"}))
+        try:
+            if not self.force:
+                entry = self.store.get_action(key, address)
+                if entry is not None:  # another process built it while we waited
+                    self.ws.materialise(address, entry, self.store)
+                    self._remember(address, key, entry["digest"], mat, None, "cached")
+                    return self._emit_result(Result(address, "cached", key, entry["digest"], "built by another process"))
+            return self._build_locked(address, key, mat, reason)
+        except ForgeError as e:
+            tail = getattr(e, "log_tail", "") or log_tail(self.ws.log_path(address))
+            self.report({"event": "failed", "target": address, "key": key, "digest": None, "reason": str(e),
+                         "log_tail": tail, "log": self.ws.log_path(address), "seconds": 0.0, "action": "failed"})
+            return Result(address, "failed", key, None, str(e))
+        finally:
+            lock.release()
+
+    def _build_locked(self, address: str, key: str, mat: dict, reason: str) -> Result:
+        target = self.plan.targets[address]
+        self.report({"event": "start", "target": address, "key": key, "reason": reason})
+        started = time.time()
+        scratch = self.ws.scratch(key)
+        remove_tree(scratch)  # whatever a killed run left here is not trusted
+        out = os.path.join(scratch, "out")
+        os.makedirs(out)
+        work = self.ws.work(key)
+        os.makedirs(work, exist_ok=True)
+        log = self.ws.log_path(address)
+        os.makedirs(os.path.dirname(log), exist_ok=True)
+        with open(log, "w", encoding="utf-8") as f:
+            f.write(f"# forgebuild {address} key {key} ({reason})\n")
+        ctx = BuildContext(
+            target=address, kind=target.kind, inputs=self._context_inputs(target, mat), out=out, work=work,
+            seed=mat["seed"], project_dir=self.plan.root, log_path=log,
+            raw_params=merge(target.params, target.runtime),
+        )
+        if target.isolate:
+            self._build_in_child(ctx, scratch)
+        else:
+            rule = self.rules[target.kind]
+            ctx.params = rule.Params.model_validate(ctx.raw_params)
+            try:
+                rule.build(ctx)
+            except RuleFailed as e:
+                raise RuleFailed(address, str(e).split(": ", 1)[-1], log_tail(log)) from None
+        entry = self._ingest(address, key, out)
+        seconds = time.time() - started
+        record_id = self.store.put_record(self._record(target, key, mat, entry, started, seconds, log))
+        self.ws.materialise(address, entry, self.store)
+        self._remember(address, key, entry["digest"], mat, record_id, "built")
+        remove_tree(scratch)
+        remove_tree(work)  # checkpoints are only for resuming this key, which is now done
+        return self._emit_result(Result(address, "built", key, entry["digest"], reason, seconds))
+
+    def _context_inputs(self, target: TargetPlan, mat: dict) -> dict:
+        """Input paths as the build sees them: project-relative, or a dependency's artifact folder.
+
+        A key naming one file, folder or target gets a string; a glob or a list gets a list.
+        """
+        digests = {name: digest for entries in mat["inputs"].values() for kind, name, digest in entries if kind == "target"}
+        found: dict[str, list[str]] = {}
+        for spec in target.inputs:
+            if spec.kind == "target":
+                paths = [self.ws.display(self.ws.artifact_dir(digests[spec.spec]))]
+            elif spec.kind == "glob":
+                paths = [rel for rel, _ in resolve_sources(self.plan, target, spec)]
+            else:
+                paths = [os.path.normpath(spec.spec)]
+            found.setdefault(spec.key, []).extend(paths)
+        plural = {s.key for s in target.inputs if s.kind == "glob"}
+        plural |= {k for k in found if sum(s.key == k for s in target.inputs) > 1}
+        return {k: v if k in plural else v[0] for k, v in found.items()}
+
+    def _build_in_child(self, ctx: BuildContext, scratch: str) -> None:
+        ctx_file = os.path.join(scratch, "context.json")
+        with open(ctx_file, "w", encoding="utf-8") as f:
+            f.write(ctx.to_json())
+        code = run_logged([sys.executable, "-m", "forgebuild.worker", ctx_file], ctx.log_path, ctx.project_dir)
+        if code != 0:
+            failure = os.path.join(scratch, "failure.txt")
+            message = open(failure, encoding="utf-8").read() if os.path.exists(failure) else (
+                f"build process exited with code {code}" if code > 0 else f"build process killed by signal {-code}")
+            raise RuleFailed(ctx.target, message, log_tail(ctx.log_path))
+
+    def _ingest(self, address: str, key: str, out: str) -> dict:
+        try:
+            found = list(walk_files(out))
+        except ValueError as e:
+            raise RuleFailed(address, f"output {e}") from None
+        files = []
+        for rel, full, st in found:
+            digest = file_digest(full)
+            if os.path.islink(full):
+                resolved = full + ".forge-deref"
+                shutil.copyfile(full, resolved)
+                full = resolved
+            self.store.put_file(full, digest)
+            files.append({"path": rel, "digest": digest, "size": st.st_size, "x": is_executable(st.st_mode)})
+        digest = tree_digest((f["path"], f["x"], f["digest"]) for f in files)
+        entry = {"digest": digest, "files": files, "target": address, "key": key}
+        self.store.put_action(key, entry)
+        return entry
+
+    def _record(self, target: TargetPlan, key, mat, entry, started, seconds, log) -> dict:
+        log_digest = file_digest(log)
+        shutil.copyfile(log, log + ".blob")
+        self.store.put_file(log + ".blob", log_digest)
+        return {
+            "target": target.address, "key": key, "digest": entry["digest"], "material": mat,
+            "runtime": target.runtime, "files": len(entry["files"]),
+            "bytes": sum(f["size"] for f in entry["files"]), "log": log_digest,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "seconds": round(seconds, 3),
+            "host": socket.gethostname(), "platform": platform.platform(), "python": platform.python_version(),
+            "forgebuild": __version__, "forgefile": os.path.basename(self.plan.forgefile),
+            "git_commit": self.git_commit,
+        }
+
+
+def git_commit(folder: str) -> str | None:
+    """The project's git commit, recorded (never keyed) for provenance."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+

@@ -1,0 +1,357 @@
+"""Load a Forgefile: TOML -> validated targets -> Plan, with every problem found in one pass.
+
+Each problem names the file, the line, the target and the key, and suggests the
+nearest valid name. The result is cached (see plan.py), so this module and its
+imports (pydantic, networkx, the rules) are only paid when the Forgefile or a
+rule changed.
+"""
+from __future__ import annotations
+
+import os
+import re
+import sys
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from . import plan as planlib
+from .errors import ForgefileError, Problem, did_you_mean
+from .plan import InputSpec, Plan, TargetPlan
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+KIND = re.compile(r"^[a-z][a-z0-9_-]*$")
+
+
+class ForgeSettings(BaseModel):
+    """The optional ``[forge]`` table: project-wide settings."""
+
+    model_config = ConfigDict(extra="forbid")
+    default: list[str] = Field(default_factory=list, description="targets a bare `forgebuild` builds (all when empty)")
+    seed: int = Field(0, description="project seed; each target's seed is derived from it and the target's address")
+    jobs: int | None = Field(None, ge=1, description="default for -j: stages run in parallel (runtime only)")
+    cache: str | None = Field(None, description="local store folder, relative to the Forgefile (default .forge)")
+
+
+# ------------------------------------------------------------------ locating keys
+
+_BARE = r"[A-Za-z0-9_-]+"
+_QUOTED = r"\"(?:[^\"\\]|\\.)*\"|'[^']*'"
+_KEY = rf"(?:{_BARE}|{_QUOTED})(?:\s*\.\s*(?:{_BARE}|{_QUOTED}))*"
+HEADER = re.compile(rf"^\[\[?\s*({_KEY})\s*\]\]?\s*(?:#.*)?$")
+KEYVAL = re.compile(rf"^({_KEY})\s*=\s*(.*)$")
+INLINE_KEY = re.compile(rf"[{{,]\s*({_KEY})\s*=")
+KEY_PART = re.compile(rf"{_BARE}|{_QUOTED}")
+
+
+def _split_key(text: str) -> tuple[str, ...]:
+    return tuple(p[1:-1] if p[0] in "\"'" else p for p in KEY_PART.findall(text))
+
+
+class KeyLocator:
+    """Maps TOML key paths to the line that defines them (tomllib keeps no positions)."""
+
+    def __init__(self, text: str):
+        self.lines: dict[tuple, int] = {}
+        table: tuple = ()
+        in_string = None
+        for lineno, raw in enumerate(text.splitlines(), 1):
+            line = raw.strip()
+            if in_string:
+                if line.count(in_string) % 2:
+                    in_string = None
+                continue
+            if not line or line.startswith("#"):
+                continue
+            if m := HEADER.match(line):
+                table = _split_key(m.group(1))
+                for i in range(1, len(table) + 1):
+                    self.lines.setdefault(table[:i], lineno)
+                continue
+            if m := KEYVAL.match(line):
+                key = table + _split_key(m.group(1))
+                self.lines.setdefault(key, lineno)
+                rest = m.group(2)
+                for inner in INLINE_KEY.finditer(rest):
+                    self.lines.setdefault(key + _split_key(inner.group(1)), lineno)
+                for quote in ('"""', "'''"):
+                    if rest.count(quote) % 2:
+                        in_string = quote
+
+    def line(self, path: tuple) -> int | None:
+        while path:
+            if path in self.lines:
+                return self.lines[path]
+            path = path[:-1]
+        return None
+
+
+# ------------------------------------------------------------------ pydantic errors
+
+_EXPECTED = {
+    "string_type": "a string", "int_type": "an integer", "int_parsing": "an integer",
+    "int_from_float": "an integer", "float_type": "a number", "float_parsing": "a number",
+    "bool_type": "true or false", "bool_parsing": "true or false", "list_type": "an array",
+    "dict_type": "a table", "model_type": "a table", "model_attributes_type": "a table",
+}
+_TOML_TYPE = {str: "string", bool: "boolean", int: "integer", float: "float", list: "array", dict: "table"}
+
+
+def _describe(value) -> str:
+    kind = _TOML_TYPE.get(type(value), type(value).__name__)
+    shown = repr(value) if not isinstance(value, (dict, list)) else ""
+    if isinstance(value, bool):
+        shown = "true" if value else "false"
+    elif isinstance(value, str):
+        shown = '"' + value + '"' if len(value) < 40 else ""
+    return f"{kind} {shown}".strip()
+
+
+def _key_path(loc: tuple, raw, keep_last: bool) -> list:
+    """The pydantic location reduced to keys that exist in the raw TOML (drops union tags)."""
+    path, node = [], raw
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            path.append(part)
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and part < len(node):
+            path.append(part)
+            node = node[part]
+        elif keep_last and i == len(loc) - 1:
+            path.append(part)
+    return path
+
+
+def _model_at(model: type[BaseModel], path: list):
+    """The pydantic model that owns the keys at this path, for suggestions."""
+    for part in path:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        annotation = getattr(field, "annotation", None)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            return None
+    return model
+
+
+def _value_at(raw, path: list):
+    for part in path:
+        raw = raw[part]
+    return raw
+
+
+def validation_problems(exc: ValidationError, model, raw: dict, where) -> list[Problem]:
+    """Turn pydantic's errors into Forgefile problems, merging union alternatives per key."""
+    expected: dict[tuple, list[str]] = {}
+    problems: list[Problem] = []
+    for err in exc.errors():
+        kind, loc = err["type"], tuple(err["loc"])
+        if kind == "extra_forbidden":
+            path = _key_path(loc, raw, keep_last=True)
+            owner = _model_at(model, path[:-1])
+            hint = did_you_mean(str(path[-1]), owner.model_fields) if owner else ""
+            problems.append(where(path, f"unknown key{hint}"))
+        elif kind == "missing":
+            path = _key_path(loc, raw, keep_last=True)
+            problems.append(where(path, "missing required key"))
+        else:
+            path = tuple(_key_path(loc, raw, keep_last=False))
+            text = _EXPECTED.get(kind)
+            if text is None:
+                message = err["msg"]
+                text = message[0].lower() + message[1:]
+            expected.setdefault(path, [])
+            if text not in expected[path]:
+                expected[path].append(text)
+    for path, texts in expected.items():
+        got = _describe(_value_at(raw, list(path)))
+        plain = [t for t in texts if t.startswith(("a ", "an ", "true"))]
+        if plain:
+            problems.append(where(list(path), f"expected {' or '.join(plain)}, got {got}"))
+        for text in texts:
+            if text not in plain:
+                problems.append(where(list(path), text))
+    return problems
+
+
+# ------------------------------------------------------------------ loading
+
+def read_toml(path: str) -> tuple[str, dict]:
+    name = os.path.basename(path)
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        raise ForgefileError([Problem(name, None, "no such file")]) from None
+    except OSError as e:
+        raise ForgefileError([Problem(name, None, f"cannot read: {e.strerror}")]) from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise ForgefileError([Problem(name, line, f"not UTF-8 (byte {e.start})")]) from None
+    try:
+        return text, tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        message = str(e)
+        m = re.search(r"\(at line (\d+), column (\d+)\)$", message)
+        if m:
+            message = message[: m.start()].rstrip()
+            raise ForgefileError([Problem(name, int(m.group(1)), f"invalid TOML: {message} (column {m.group(2)})")]) from None
+        m = re.search(r"\(at end of document\)$", message)
+        line = text.count("\n") + 1
+        raise ForgefileError([Problem(name, line, f"invalid TOML: {message[: m.start()].rstrip() if m else message}")]) from None
+
+
+def load(path: str, rules=None) -> Plan:
+    """Parse and validate a Forgefile; raise ForgefileError listing every problem."""
+    from .rules import load_rules
+
+    path = os.path.abspath(path)
+    name = os.path.basename(path)
+    text, data = read_toml(path)
+    locate = KeyLocator(text)
+    rules = rules if rules is not None else load_rules()
+    problems: list[Problem] = []
+
+    def problem_at(toml_path: tuple, message: str, target=None, key=None) -> Problem:
+        return Problem(name, locate.line(toml_path), message, target, key)
+
+    settings = ForgeSettings()
+    forge_raw = data.get("forge", {})
+    if not isinstance(forge_raw, dict):
+        problems.append(problem_at(("forge",), "[forge] must be a table"))
+    else:
+        try:
+            settings = ForgeSettings.model_validate(forge_raw)
+        except ValidationError as e:
+            problems += validation_problems(
+                e, ForgeSettings, forge_raw,
+                lambda p, msg: problem_at(("forge", *p), msg, "[forge]", ".".join(map(str, p)) or None),
+            )
+
+    targets: dict[str, TargetPlan] = {}
+    used_rules = {}
+    for kind, table in data.items():
+        if kind == "forge":
+            continue
+        if kind not in rules:
+            hint = did_you_mean(kind, [*rules, "forge"])
+            known = ", ".join(sorted(rules))
+            problems.append(problem_at((kind,), f"unknown target kind '{kind}'{hint}; known kinds: {known}"))
+            continue
+        if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+            problems.append(problem_at((kind,), f"'{kind}' must hold tables: write [{kind}.NAME]"))
+            continue
+        rule = rules[kind]
+        used_rules[kind] = rule
+        for target_name, body in table.items():
+            address = f"{kind}:{target_name}"
+            if not NAME.match(target_name):
+                problems.append(problem_at((kind, target_name), f"bad target name '{target_name}': use letters, digits, '_', '-', '.'", address))
+                continue
+            target, found = _validate_target(rule, kind, target_name, body, problem_at, locate)
+            problems += found
+            if target is not None:
+                targets[address] = target
+
+    problems += _reference_problems(targets, settings, rules, name, locate)
+    order = []
+    if not problems:
+        from . import graph
+
+        cycles = graph.cycles(targets)
+        for cycle in cycles:
+            first = targets[cycle[0]]
+            spec = next(i for i in first.inputs if i.kind == "target" and i.spec == cycle[1])
+            loop = " -> ".join([*cycle, cycle[0]])
+            problems.append(Problem(name, spec.line, f"dependency cycle: {loop}", first.address, spec.key))
+        if not cycles:
+            order = graph.topological_order(targets)
+
+    settings_dict = settings.model_dump(mode="json")
+    result = Plan(path, settings_dict, targets, order, _rule_files(used_rules))
+    if not problems:
+        problems += _source_problems(result)
+    if problems:
+        raise ForgefileError(problems)
+    return result
+
+
+def _validate_target(rule, kind, target_name, body, problem_at, locate):
+    from .rules import split_params
+
+    address = f"{kind}:{target_name}"
+
+    def where(path, message):
+        key = ".".join(str(p) for p in path) or None
+        return problem_at((kind, target_name, *path), message, address, key)
+
+    try:
+        params = rule.Params.model_validate(body)
+    except ValidationError as e:
+        return None, validation_problems(e, rule.Params, body, where)
+    problems = []
+    for key, message in getattr(rule, "check", lambda p: [])(params):
+        problems.append(where(key.split("."), message))
+    inputs = []
+    for key, specs in rule.inputs(params).items():
+        for spec in [specs] if isinstance(specs, str) else specs:
+            line = locate.line((kind, target_name, *key.split(".")))
+            input_kind = planlib.classify(spec)
+            if input_kind != "target" and planlib.outside_root(spec):
+                problems.append(where(key.split("."), f"path '{spec}' is outside the project folder"))
+            inputs.append(InputSpec(key, spec, input_kind, line))
+    identity, runtime_values = split_params(params)
+    line = locate.line((kind, target_name))
+    target = TargetPlan(address, kind, str(rule.version), line, identity, runtime_values, inputs,
+                        bool(getattr(rule, "isolate", True)))
+    return target, problems
+
+
+def _reference_problems(targets, settings, rules, name, locate) -> list[Problem]:
+    problems = []
+
+    def missing(address: str) -> str:
+        hint = did_you_mean(address, targets)
+        kind = address.split(":", 1)[0]
+        if not hint and kind not in rules:
+            hint = did_you_mean(kind, rules)
+            return f"unknown target kind '{kind}' in '{address}'{hint}"
+        return f"no target '{address}'{hint}"
+
+    for target in targets.values():
+        for spec in target.inputs:
+            if spec.kind == "target" and spec.spec not in targets:
+                problems.append(Problem(name, spec.line, missing(spec.spec), target.address, spec.key))
+            elif spec.kind == "target" and spec.spec == target.address:
+                problems.append(Problem(name, spec.line, "a target cannot depend on itself", target.address, spec.key))
+    for address in settings.default:
+        if address not in targets:
+            problems.append(Problem(name, locate.line(("forge", "default")), missing(address), "[forge]", "default"))
+    return problems
+
+
+def _source_problems(plan: Plan) -> list[Problem]:
+    problems = []
+    for target in plan.targets.values():
+        for spec in target.inputs:
+            if spec.kind != "target":
+                try:
+                    planlib.resolve_sources(plan, target, spec)
+                except ForgefileError as e:
+                    problems += e.problems
+    return problems
+
+
+def _rule_files(rules: dict) -> dict[str, list]:
+    files = {}
+    for module in rules.values():
+        module_file = getattr(module, "__file__", None)
+        if module_file:
+            st = os.stat(module_file)
+            files[module_file] = [st.st_size, st.st_mtime_ns]
+    return files

@@ -1,0 +1,60 @@
+"""The target graph (networkx): cycles, build order and drawings (text, DOT, Mermaid)."""
+from __future__ import annotations
+
+import networkx as nx
+
+
+def build(targets) -> nx.DiGraph:
+    """Edges point from a dependency to the target that reads it."""
+    g = nx.DiGraph()
+    for address, target in targets.items():
+        g.add_node(address)
+        for dep in target.deps:
+            g.add_edge(dep, address)
+    return g
+
+
+def cycles(targets) -> list[list[str]]:
+    """One cycle per strongly connected knot, each starting at its smallest address.
+
+    Each cycle is listed target-first: [a, b] means a reads b and b reads a.
+    """
+    g = build(targets).reverse(copy=False)  # a -> what a reads
+    found = []
+    for component in nx.strongly_connected_components(g):
+        if len(component) < 2:
+            continue
+        start = min(component)
+        edges = nx.find_cycle(g.subgraph(component), source=start)
+        found.append([u for u, _ in edges])
+    return sorted(found)
+
+
+def topological_order(targets) -> list[str]:
+    return list(nx.lexicographical_topological_sort(build(targets)))
+
+
+def render(plan, addresses, fmt: str, states: dict | None = None) -> str:
+    states = states or {}
+    closure = plan.closure(addresses)
+    edges = [(dep, a) for a in closure for dep in plan.targets[a].deps]
+    if fmt == "dot":
+        colours = {"fresh": "palegreen", "stale": "gold", "missing": "lightgrey"}
+        lines = ["digraph forgebuild {", "  rankdir=LR;", "  node [shape=box, style=filled, fillcolor=white];"]
+        for a in closure:
+            colour = colours.get(states.get(a, ""), "white")
+            lines.append(f'  "{a}" [fillcolor={colour}];')
+        lines += [f'  "{u}" -> "{v}";' for u, v in edges]
+        return "\n".join(lines + ["}"])
+    if fmt == "mermaid":
+        ids = {a: f"t{i}" for i, a in enumerate(closure)}
+        lines = ["graph LR"]
+        lines += [f'  {ids[a]}["{a}"]' for a in closure]
+        lines += [f"  {ids[u]} --> {ids[v]}" for u, v in edges]
+        return "\n".join(lines)
+    lines = []
+    for a in closure:
+        deps = plan.targets[a].deps
+        state = f"  [{states[a]}]" if a in states else ""
+        lines.append(f"{a}{state}" + (f"  <- {', '.join(deps)}" if deps else ""))
+    return "\n".join(lines)

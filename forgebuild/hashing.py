@@ -1,0 +1,124 @@
+"""Content digests: xxh3-128 of files, Merkle digests of trees, and a stat cache.
+
+Standard library and xxhash only: this module is on the no-op fast path.
+"""
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+
+import xxhash
+
+# 4 MiB reads: measured 4.2 GB/s from page cache on this 2-core machine
+# (1 MiB gives ~3.6 GB/s, larger buffers gain nothing).
+CHUNK = 4 << 20
+
+# A file modified less than this long before we hashed it may be modified again
+# within the same mtime tick without its (size, mtime, inode) changing: the
+# "racy git" problem. Such entries are re-hashed until they are older than this.
+RACY_NS = 2_000_000_000
+
+
+def file_digest(path: str) -> str:
+    """Streaming xxh3-128 of a file's bytes, as 32 hex characters."""
+    h = xxhash.xxh3_128()
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+def bytes_digest(data: bytes) -> str:
+    return xxhash.xxh3_128_hexdigest(data)
+
+
+def tree_digest(entries) -> str:
+    """Merkle digest over (relative posix path, executable, digest) entries, order-independent."""
+    h = xxhash.xxh3_128()
+    for rel, executable, digest in sorted(entries):
+        h.update(f"{rel}\0{'x' if executable else '-'}\0{digest}\n".encode())
+    return h.hexdigest()
+
+
+def is_executable(mode: int) -> bool:
+    return bool(mode & stat.S_IXUSR)
+
+
+class StatCache:
+    """Persistent map: absolute path -> (size, mtime_ns, inode, digest, hashed_at_ns).
+
+    An unchanged file (same size, mtime and inode) is never read again; a touched
+    but identical file costs one re-hash and yields the same digest. Absolute
+    paths are fine here: this cache is local bookkeeping and never enters a key.
+    """
+
+    def __init__(self, path: str | None):
+        self.path = path
+        self.entries: dict[str, list] = {}
+        self.dirty = False
+        self.hashed_bytes = 0
+        if path and os.path.exists(path):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    self.entries = json.load(f)
+            except (OSError, ValueError):
+                self.entries = {}  # a damaged cache only costs re-hashing
+
+    def digest(self, path: str, st: os.stat_result | None = None) -> str:
+        path = os.path.abspath(path)
+        st = st or os.stat(path)
+        entry = self.entries.get(path)
+        if (
+            entry
+            and entry[0] == st.st_size
+            and entry[1] == st.st_mtime_ns
+            and entry[2] == st.st_ino
+            and st.st_mtime_ns < entry[4] - RACY_NS
+        ):
+            return entry[3]
+        digest = file_digest(path)
+        self.hashed_bytes += st.st_size
+        self.entries[path] = [st.st_size, st.st_mtime_ns, st.st_ino, digest, time.time_ns()]
+        self.dirty = True
+        return digest
+
+    def remember(self, path: str, st: os.stat_result, digest: str) -> None:
+        """Record a digest computed elsewhere (e.g. while ingesting an output)."""
+        self.entries[os.path.abspath(path)] = [st.st_size, st.st_mtime_ns, st.st_ino, digest, time.time_ns()]
+        self.dirty = True
+
+    def save(self) -> None:
+        if not (self.path and self.dirty):
+            return
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        tmp = f"{self.path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.entries, f, separators=(",", ":"))
+        os.replace(tmp, self.path)  # whole or not at all; last writer wins
+        self.dirty = False
+
+
+def walk_files(root: str):
+    """Yield (relative posix path, absolute path, stat) for every file below root, sorted.
+
+    Symbolic links are followed only when they point inside root; a link that
+    leaves the tree raises ValueError, since its content is not ours to hash.
+    """
+    root = os.path.abspath(root)
+    real_root = os.path.realpath(root)
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root).replace(os.sep, "/")
+            if os.path.islink(full):
+                real = os.path.realpath(full)
+                if not (real == real_root or real.startswith(real_root + os.sep)):
+                    raise ValueError(f"{rel} is a link to {os.readlink(full)}, outside the folder")
+            st = os.stat(full)
+            if stat.S_ISREG(st.st_mode):
+                yield rel, full, st

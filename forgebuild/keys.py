@@ -1,0 +1,157 @@
+"""Action keys, and the reasons a target is fresh or must be rebuilt.
+
+Action key = xxh3-128 of the canonical JSON of: rule name and version, the
+identity params (defaults filled in, runtime-only fields left out), the target's
+seed, the digests of its source files (by project-relative path), and the
+*output* digests of its dependencies. Using output digests gives early cutoff:
+a dependency rebuilt to byte-identical output leaves its dependents' keys as
+they were. Nothing machine-specific (absolute paths, hostnames, times, the
+cache's location) enters a key.
+
+Standard library and xxhash only: this module is on the no-op fast path.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import xxhash
+
+from .hashing import StatCache, bytes_digest
+from .plan import Plan, TargetPlan, resolve_sources
+
+KEY_FORMAT = 1
+
+
+def canonical(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def derive_seed(project_seed: int, address: str) -> int:
+    """A target's own seed: stable across machines, different for every target."""
+    return xxhash.xxh3_64_intdigest(f"{project_seed}\0{address}".encode()) % (2**31 - 1)
+
+
+def material(plan: Plan, target: TargetPlan, stat_cache: StatCache, dep_digests: dict[str, str]) -> dict:
+    """Everything that determines what the target produces, as plain data."""
+    inputs: dict[str, list] = {}
+    for spec in target.inputs:
+        entries = inputs.setdefault(spec.key, [])
+        if spec.kind == "target":
+            entries.append(["target", spec.spec, dep_digests[spec.spec]])
+        else:
+            for rel, path in resolve_sources(plan, target, spec):
+                entries.append(["file", rel, stat_cache.digest(path)])
+    return {
+        "format": KEY_FORMAT,
+        "rule": target.kind,
+        "version": target.version,
+        "params": target.params,
+        "seed": derive_seed(plan.settings.get("seed", 0), target.address),
+        "inputs": inputs,
+    }
+
+
+def action_key(mat: dict) -> str:
+    return bytes_digest(canonical(mat).encode())
+
+
+# ------------------------------------------------------------------ reasons
+
+def _flatten(value, prefix=""):
+    if isinstance(value, dict) and value:
+        out = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: value}
+
+
+def _show(value) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def explain(old: dict | None, new: dict) -> list[str]:
+    """Concrete reasons why `new` differs from the material of the last build."""
+    if old is None:
+        return ["never built"]
+    reasons = []
+    if old.get("format") != new["format"]:
+        reasons.append(f"key format {old.get('format')} -> {new['format']}")
+    if old.get("rule") != new["rule"] or old.get("version") != new["version"]:
+        reasons.append(f"rule {old.get('rule')} version {old.get('version')} -> {new['version']}")
+    before, after = _flatten(old.get("params", {})), _flatten(new["params"])
+    for name in sorted(before.keys() | after.keys()):
+        if name not in after:
+            reasons.append(f"param {name} removed (was {_show(before[name])})")
+        elif name not in before:
+            reasons.append(f"param {name} added (= {_show(after[name])})")
+        elif before[name] != after[name]:
+            reasons.append(f"param {name} {_show(before[name])} -> {_show(after[name])}")
+    if old.get("seed") != new["seed"]:
+        reasons.append(f"seed {old.get('seed')} -> {new['seed']}")
+    reasons += _input_reasons(old.get("inputs", {}), new["inputs"])
+    return reasons or ["key changed"]
+
+
+def _input_reasons(old: dict, new: dict) -> list[str]:
+    reasons = []
+    for key in sorted(old.keys() | new.keys()):
+        before = {(kind, name): digest for kind, name, digest in old.get(key, [])}
+        after = {(kind, name): digest for kind, name, digest in new.get(key, [])}
+        for kind, name in sorted(before.keys() | after.keys()):
+            what = "dependency" if kind == "target" else "input"
+            if (kind, name) not in after:
+                reasons.append(f"{what} {name} removed")
+            elif (kind, name) not in before:
+                reasons.append(f"{what} {name} added")
+            elif before[kind, name] != after[kind, name]:
+                reasons.append(f"dependency {name} rebuilt with new output" if kind == "target" else f"input {name} changed")
+    return reasons
+
+
+# ------------------------------------------------------------------ decisions
+
+@dataclass
+class Decision:
+    address: str
+    state: str  # "fresh" | "stale" | "missing"
+    reasons: list[str]
+    key: str | None = None
+    digest: str | None = None  # output digest when fresh
+    material: dict | None = field(default=None, repr=False)
+
+
+def decide(plan: Plan, addresses, stat_cache: StatCache, lookup, last_build, force=False) -> dict[str, Decision]:
+    """State of each target in the closure of `addresses`, without building anything.
+
+    `lookup(key)` returns a cached action entry or None; `last_build(address)`
+    returns the state of that target's last build or None. A target whose
+    dependency is not fresh cannot be keyed yet: with early cutoff, whether it
+    rebuilds depends on what its dependency will produce.
+    """
+    decisions: dict[str, Decision] = {}
+    for address in plan.closure(addresses):
+        target = plan.targets[address]
+        waiting = [d for d in target.deps if decisions[d].state != "fresh"]
+        last = last_build(address)
+        if waiting:
+            state = "stale" if last else "missing"
+            why = [f"dependency {d} is {decisions[d].state}" for d in waiting]
+            decisions[address] = Decision(address, state, why if last else ["never built", *why])
+            continue
+        mat = material(plan, target, stat_cache, {d: decisions[d].digest for d in target.deps})
+        key = action_key(mat)
+        entry = None if force else lookup(key, address)
+        if entry is not None:
+            why = ["up to date"] if last and last.get("key") == key else ["output cached from an earlier build"]
+            decisions[address] = Decision(address, "fresh", why, key, entry["digest"], mat)
+        elif force:
+            decisions[address] = Decision(address, "stale" if last else "missing", ["forced (-B)"], key, None, mat)
+        elif last is None:
+            decisions[address] = Decision(address, "missing", ["never built"], key, None, mat)
+        elif last.get("key") == key:
+            decisions[address] = Decision(address, "stale", ["output no longer in the cache"], key, None, mat)
+        else:
+            decisions[address] = Decision(address, "stale", explain(last.get("material"), mat), key, None, mat)
+    return decisions

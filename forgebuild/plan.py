@@ -1,0 +1,170 @@
+"""The plan: a validated Forgefile reduced to plain data, and its on-disk cache.
+
+Loading a Forgefile needs pydantic, networkx and every rule module (~0.3 s of
+imports here). Its result depends only on the Forgefile's bytes and the rule
+code, so it is cached in ``.forge/plan.json`` keyed by both, like ninja's build
+log: a no-op build then decides "all fresh" with the standard library and
+xxhash alone. Everything in this module is standard library.
+"""
+from __future__ import annotations
+
+import glob as globlib
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+
+from . import __version__
+from .errors import Problem
+
+ADDRESS = re.compile(r"^([a-z][a-z0-9_-]*):([A-Za-z0-9_][A-Za-z0-9_.-]*)$")
+GLOB_CHARS = re.compile(r"[*?\[]")
+PLAN_FORMAT = 1
+
+
+@dataclass
+class InputSpec:
+    key: str  # Forgefile key path, e.g. "inputs.raw"
+    spec: str  # as written: a path, a glob or KIND:NAME
+    kind: str  # "target" | "glob" | "path"
+    line: int | None = None
+
+
+@dataclass
+class TargetPlan:
+    address: str
+    kind: str
+    version: str
+    line: int | None
+    params: dict  # identity params: these enter the action key
+    runtime: dict  # runtime-only params: these never do
+    inputs: list[InputSpec]
+    isolate: bool = True
+
+    @property
+    def deps(self) -> list[str]:
+        return sorted({i.spec for i in self.inputs if i.kind == "target"})
+
+
+@dataclass
+class Plan:
+    forgefile: str  # absolute path
+    settings: dict
+    targets: dict[str, TargetPlan]
+    order: list[str]  # topological, dependencies first
+    rule_files: dict[str, list] = field(default_factory=dict)  # module file -> [size, mtime_ns]
+
+    @property
+    def root(self) -> str:
+        return os.path.dirname(self.forgefile)
+
+    @property
+    def display_name(self) -> str:
+        return os.path.basename(self.forgefile)
+
+    def closure(self, addresses) -> list[str]:
+        """The requested targets and everything they depend on, in build order."""
+        wanted, stack = set(), list(addresses)
+        while stack:
+            address = stack.pop()
+            if address not in wanted:
+                wanted.add(address)
+                stack.extend(self.targets[address].deps)
+        return [a for a in self.order if a in wanted]
+
+    def dependents(self) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {a: [] for a in self.targets}
+        for address, target in self.targets.items():
+            for dep in target.deps:
+                out[dep].append(address)
+        return out
+
+
+def classify(spec: str) -> str:
+    if ADDRESS.match(spec):
+        return "target"
+    return "glob" if GLOB_CHARS.search(spec) else "path"
+
+
+def outside_root(spec: str) -> bool:
+    """A path that names something outside the Forgefile's folder (by its text, not its links)."""
+    if os.path.isabs(spec) or spec.startswith("~"):
+        return True
+    norm = os.path.normpath(spec)
+    return norm == ".." or norm.startswith(".." + os.sep)
+
+
+def resolve_sources(plan: Plan, target: TargetPlan, spec: InputSpec) -> list[tuple[str, str]]:
+    """(path relative to the project, absolute path) of every file an input names.
+
+    A folder expands to the files below it. Raises a Problem-carrying
+    ForgefileError when a path is missing or a glob matches nothing.
+    """
+    from .errors import ForgefileError
+
+    root = plan.root
+
+    def problem(message: str) -> ForgefileError:
+        return ForgefileError([Problem(plan.display_name, spec.line, message, target.address, spec.key)])
+
+    if spec.kind == "glob":
+        matches = sorted(
+            m for m in globlib.glob(spec.spec, root_dir=root, recursive=True)
+            if os.path.isfile(os.path.join(root, m)) and not m.startswith(".forge" + os.sep)
+        )
+        if not matches:
+            raise problem(f"no file matches '{spec.spec}'")
+        return [(m.replace(os.sep, "/"), os.path.join(root, m)) for m in matches]
+    full = os.path.join(root, spec.spec)
+    if os.path.isdir(full):
+        from .hashing import walk_files
+
+        try:
+            rel_prefix = os.path.normpath(spec.spec).replace(os.sep, "/")
+            return [(f"{rel_prefix}/{rel}", path) for rel, path, _ in walk_files(full)]
+        except ValueError as e:
+            raise problem(str(e)) from None
+    if not os.path.isfile(full):
+        raise problem(f"no such file '{spec.spec}'")
+    return [(os.path.normpath(spec.spec).replace(os.sep, "/"), full)]
+
+
+# ---------------------------------------------------------------- plan cache
+
+def forgefile_digest(data: bytes) -> str:
+    from .hashing import bytes_digest
+
+    return bytes_digest(data + f"\0forgebuild {__version__}\0plan {PLAN_FORMAT}".encode())
+
+
+def save(plan: Plan, path: str, digest: str) -> None:
+    payload = {"digest": digest, "plan": asdict(plan)}
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(payload, f, separators=(",", ":"))
+    os.replace(tmp, path)
+
+
+def load_cached(path: str, digest: str) -> Plan | None:
+    """The cached plan if it was made from these Forgefile bytes and the same rule code."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            payload = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if payload.get("digest") != digest:
+        return None
+    raw = payload["plan"]
+    for module_file, (size, mtime_ns) in raw["rule_files"].items():
+        try:
+            st = os.stat(module_file)
+        except OSError:
+            return None
+        if st.st_size != size or st.st_mtime_ns != mtime_ns:
+            return None
+    targets = {
+        a: TargetPlan(**{**t, "inputs": [InputSpec(**i) for i in t["inputs"]]})
+        for a, t in raw["targets"].items()
+    }
+    return Plan(raw["forgefile"], raw["settings"], targets, raw["order"], raw["rule_files"])

@@ -1,0 +1,139 @@
+"""One event stream, two views: human lines on the console, JSON Lines with --json.
+
+Events are dicts with an "event" field: start, waiting, built, cached, failed,
+skipped, status, error, and a final summary. Reporters are called from
+builder threads, so each one serialises its own output.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+
+
+class JsonReporter:
+    """stdout becomes JSON Lines, one event per line; the last line is the summary."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stdout
+        self.lock = threading.Lock()
+
+    def __call__(self, event: dict) -> None:
+        with self.lock:
+            self.stream.write(json.dumps(event, ensure_ascii=False) + "\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        pass
+
+
+class ConsoleReporter:
+    """Plain lines, one per thing that happened; quiet shows only failures and the summary."""
+
+    def __init__(self, stream=None, verbose=False, quiet=False):
+        self.stream = stream or sys.stdout
+        self.verbose, self.quiet = verbose, quiet
+        self.lock = threading.Lock()
+        self.started = time.time()
+
+    def __call__(self, event: dict) -> None:
+        with self.lock:
+            for line in self.lines(event):
+                self.write(line)
+
+    def write(self, line: str) -> None:
+        self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def lines(self, e: dict) -> list[str]:
+        kind, target = e["event"], e.get("target", "")
+        if kind == "summary":
+            return [summary_line(e, time.time() - self.started)]
+        if kind == "failed":
+            out = [f"FAILED  {target}: {e['reason'].split(': ', 1)[-1]}"]
+            tail = e.get("log_tail", "")
+            out += [f"  | {line}" for line in tail.splitlines()]
+            if e.get("log"):
+                out.append(f"  (full log: {e['log']})")
+            return out
+        if self.quiet:
+            return []
+        if kind == "start":
+            return [f"build   {target}  ({e['reason']})"]
+        if kind == "built":
+            return [f"built   {target}  {e['seconds']:.2f}s"]
+        if kind == "cached":
+            return [f"cached  {target}"] if self.verbose else []
+        if kind == "skipped":
+            return [f"skipped {target}  ({e['reason']})"]
+        if kind == "waiting":
+            return [f"waiting {target}  ({e['reason']})"]
+        return []
+
+    def close(self) -> None:
+        pass
+
+
+class RichReporter(ConsoleReporter):
+    """On a terminal: the same lines, coloured, under a spinner naming what is running."""
+
+    STYLE = {"build": "cyan", "built": "green", "cached": "dim", "skipped": "yellow", "FAILED": "bold red",
+             "waiting": "magenta"}
+
+    def __init__(self, verbose=False, quiet=False):
+        super().__init__(sys.stdout, verbose, quiet)
+        from rich.console import Console
+        from rich.markup import escape
+
+        self.escape = escape
+        self.console = Console(highlight=False)
+        self.running: list[str] = []
+        self.done = 0
+        self.status = self.console.status("starting", spinner="dots")
+        self.status.start()
+
+    def __call__(self, event: dict) -> None:
+        with self.lock:
+            target = event.get("target")
+            if event["event"] == "start":
+                self.running.append(target)
+            elif event["event"] in ("built", "failed", "cached", "skipped") and target:
+                self.done += 1
+                if target in self.running:
+                    self.running.remove(target)
+            for line in self.lines(event):
+                self.write(line)
+            running = ", ".join(self.running) or "checking"
+            self.status.update(f"{running}  [dim]({self.done} done)[/dim]")
+
+    def write(self, line: str) -> None:
+        word = line.split(" ", 1)[0]
+        style = self.STYLE.get(word)
+        text = self.escape(line)
+        self.console.print(f"[{style}]{text}[/{style}]" if style else text)
+
+    def close(self) -> None:
+        self.status.stop()
+
+
+def summary_line(e: dict, seconds: float) -> str:
+    counts: dict[str, int] = {}
+    for t in e.get("targets", []):
+        counts[t.get("action", t.get("state"))] = counts.get(t.get("action", t.get("state")), 0) + 1
+    if e.get("dry_run"):
+        would = counts.get("would-build", 0)
+        return f"dry run: {would} to build, {counts.get('cached', 0)} fresh"
+    if counts and set(counts) == {"cached"}:
+        return f"nothing to do: {counts['cached']} target{'s' if counts['cached'] != 1 else ''} up to date ({seconds:.2f}s)"
+    parts = [f"{counts[a]} {a}" for a in ("built", "cached", "failed", "skipped") if counts.get(a)]
+    verdict = "ok" if e.get("ok") else "FAILED"
+    return f"{verdict}: {', '.join(parts) or 'no targets'} ({seconds:.2f}s)"
+
+
+def make_reporter(json_mode: bool, verbose=False, quiet=False, building=True):
+    if json_mode:
+        return JsonReporter()
+    if building and sys.stdout.isatty() and not quiet:
+        return RichReporter(verbose, quiet)
+    return ConsoleReporter(verbose=verbose, quiet=quiet)

@@ -1,0 +1,92 @@
+"""The rule protocol and the registry of rules.
+
+A rule is a module (built-in or third-party) registered under the entry-point
+group ``forgebuild.rules``; the entry point's name is the target kind. It has:
+
+- ``version``: a string; bump it whenever the rule's output for the same inputs changes.
+- ``Params``: a pydantic model with ``extra="forbid"``; fields made with
+  :func:`runtime` only change how a stage runs and stay out of its action key.
+- ``inputs(params) -> {key path: spec or [specs]}``: every file, glob, folder or
+  ``KIND:NAME`` target the build reads, under the Forgefile key that names it.
+- ``build(ctx)``: produce the artifact in ``ctx.out``. Heavy imports go inside.
+- optional ``check(params) -> [(key path, message)]`` for checks across fields.
+- optional ``isolate`` (default True): run ``build`` in a child Python process.
+  A rule whose build only launches a command of its own may set it False.
+"""
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import entry_points
+from types import ModuleType
+
+from pydantic import BaseModel, Field
+
+from ..errors import ForgeError
+
+GROUP = "forgebuild.rules"
+# Used when forgebuild runs from a source tree that was never pip-installed,
+# so its own entry points are not registered.
+BUILTIN = {"run": "forgebuild.rules.run"}
+REQUIRED = ("version", "Params", "inputs", "build")
+
+
+def runtime(default=None, **kwargs):
+    """A parameter that changes where or how fast a stage runs, never what it produces."""
+    extra = kwargs.pop("json_schema_extra", {}) or {}
+    return Field(default, json_schema_extra={**extra, "runtime": True}, **kwargs)
+
+
+def is_runtime(field) -> bool:
+    extra = field.json_schema_extra
+    return isinstance(extra, dict) and bool(extra.get("runtime"))
+
+
+def split_params(params: BaseModel) -> tuple[dict, dict]:
+    """(identity params, runtime params) as plain JSON-able dicts, defaults filled in."""
+    identity, runtime_values = {}, {}
+    for name, field in type(params).model_fields.items():
+        value = getattr(params, name)
+        if is_runtime(field):
+            runtime_values[name] = _plain(value)
+        elif isinstance(value, BaseModel):
+            inner, inner_runtime = split_params(value)
+            identity[name] = inner
+            if inner_runtime:
+                runtime_values[name] = inner_runtime
+        else:
+            identity[name] = _plain(value)
+    return identity, runtime_values
+
+
+def _plain(value):
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    from pydantic_core import to_jsonable_python
+
+    return to_jsonable_python(value)
+
+
+class RuleLoadError(ForgeError):
+    pass
+
+
+def load_rules() -> dict[str, ModuleType]:
+    rules: dict[str, ModuleType] = {}
+    for ep in entry_points(group=GROUP):
+        try:
+            rules[ep.name] = _checked(ep.name, ep.load())
+        except ForgeError:
+            raise
+        except Exception as e:  # a broken plugin must not take the whole tool down silently
+            raise RuleLoadError(f"rule plugin '{ep.name}' ({ep.value}) failed to load: {e}") from None
+    for kind, module in BUILTIN.items():
+        if kind not in rules:
+            rules[kind] = _checked(kind, importlib.import_module(module))
+    return rules
+
+
+def _checked(kind: str, module: ModuleType) -> ModuleType:
+    missing = [name for name in REQUIRED if not hasattr(module, name)]
+    if missing:
+        raise RuleLoadError(f"rule plugin '{kind}' ({module.__name__}) lacks {', '.join(missing)}")
+    return module

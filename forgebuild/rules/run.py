@@ -1,0 +1,123 @@
+"""The generic `run` rule: a command with declared inputs, params and an output folder.
+
+    [run.prepare]
+    cmd = "python3 scripts/prepare.py --raw {in.raw} --out {out}/corpus.txt --seed {params.seed}"
+    inputs = { raw = "data/raw.bin", script = "scripts/prepare.py" }
+    params = { seed = 1 }
+
+Placeholders: {out} (empty scratch output folder), {in.NAME} (an input's path;
+for a target, its artifact folder; for a glob, every match), {params.KEY},
+{work} (a folder kept across failed runs of the same key, for checkpoints) and
+{seed}. The same values are exported as FORGE_OUT, FORGE_IN_<NAME>,
+FORGE_PARAM_<KEY>, FORGE_WORK and FORGE_SEED. The command runs in the
+Forgefile's folder; a non-zero exit fails the stage.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from . import runtime
+
+version = "1"
+# build() only launches the user's command, which is already its own process.
+isolate = False
+
+Scalar = str | int | float | bool
+PLACEHOLDER = re.compile(r"\{(out|work|seed|in\.[A-Za-z0-9_-]+|params\.[A-Za-z0-9_-]+)\}")
+IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    cmd: str | list[str] = Field(description="shell command (string) or argv list; placeholders are filled in")
+    inputs: dict[str, str | list[str]] = Field(
+        default_factory=dict, description="name -> path, folder, glob, KIND:NAME, or a list of those")
+    params: dict[str, Scalar] = Field(default_factory=dict, description="values for {params.KEY}; part of the key")
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment variables; part of the key")
+    outputs: list[str] = Field(
+        default_factory=list, description="paths inside {out} the command must create; the stage fails otherwise")
+    description: str = runtime("", description="shown in listings; not part of the key")
+    timeout: float | None = runtime(None, gt=0, description="seconds before the command is killed; not part of the key")
+
+
+def inputs(params: Params) -> dict[str, str | list[str]]:
+    return {f"inputs.{name}": spec for name, spec in params.inputs.items()}
+
+
+def check(params: Params) -> list[tuple[str, str]]:
+    problems = []
+    for section in ("inputs", "params"):
+        for name in getattr(params, section):
+            if not IDENT.match(name):
+                problems.append((f"{section}.{name}", "names must start with a letter or '_' and hold letters, digits, '_' or '-'"))
+    commands = [params.cmd] if isinstance(params.cmd, str) else params.cmd
+    for text in commands:
+        for m in PLACEHOLDER.finditer(text):
+            section, _, name = m.group(1).partition(".")
+            if section == "in" and name not in params.inputs:
+                problems.append(("cmd", f"{{in.{name}}} names no input{_hint(name, params.inputs)}"))
+            if section == "params" and name not in params.params:
+                problems.append(("cmd", f"{{params.{name}}} names no param{_hint(name, params.params)}"))
+    for i, path in enumerate(params.outputs):
+        norm = os.path.normpath(path)
+        if os.path.isabs(path) or norm == ".." or norm.startswith(".." + os.sep):
+            problems.append((f"outputs.{i}", f"'{path}' must be a path inside {{out}}"))
+    return problems
+
+
+def _hint(name, choices) -> str:
+    from ..errors import did_you_mean
+
+    return did_you_mean(name, choices)
+
+
+def env_name(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]", "_", name).upper()
+
+
+def values(ctx) -> dict[str, str]:
+    """Placeholder -> text, with input paths shell-quoted when one input names several files."""
+    p = ctx.params
+    found = {"out": ctx.out, "work": ctx.work, "seed": str(ctx.seed)}
+    for name in p.inputs:
+        found[f"in.{name}"] = ctx.inputs[f"inputs.{name}"]
+    for name, value in p.params.items():
+        found[f"params.{name}"] = _text(value)
+    return found
+
+
+def _text(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def build(ctx) -> None:
+    p = ctx.params
+    found = values(ctx)
+    joined = {k: v if isinstance(v, str) else " ".join(v) for k, v in found.items()}
+    if isinstance(p.cmd, str):
+        # shlex.quote leaves ordinary paths as they are and protects spaces and quotes
+        quoted = {k: shlex.quote(v) if isinstance(v, str) else " ".join(map(shlex.quote, v)) for k, v in found.items()}
+        argv, shell = PLACEHOLDER.sub(lambda m: quoted[m.group(1)], p.cmd), True
+    else:
+        argv, shell = [PLACEHOLDER.sub(lambda m: joined[m.group(1)], part) for part in p.cmd], False
+    env = dict(os.environ)
+    env.update({"FORGE_OUT": ctx.out, "FORGE_WORK": ctx.work, "FORGE_SEED": str(ctx.seed)})
+    for name in p.inputs:
+        env[f"FORGE_IN_{env_name(name)}"] = joined[f"in.{name}"]
+    for name in p.params:
+        env[f"FORGE_PARAM_{env_name(name)}"] = joined[f"params.{name}"]
+    env.update(p.env)
+    ctx.log(f"$ {argv if isinstance(argv, str) else shlex.join(argv)}")
+    code = ctx.run_command(argv, shell=shell, env=env, timeout=p.timeout)
+    if code != 0:
+        raise ctx.failure(f"command exited with code {code}" if code > 0 else f"command killed by signal {-code}")
+    missing = [path for path in p.outputs if not os.path.exists(os.path.join(ctx.out, path))]
+    if missing:
+        raise ctx.failure(f"command did not create declared output {', '.join(missing)}")
+

@@ -1,0 +1,158 @@
+"""The content-addressed store: blobs by digest, an action cache, build records.
+
+Layout below the store's root (a folder, or any fsspec URL):
+
+    cas/ab/<digest>        file contents, write-once, read-only
+    ac/ab/<key>.json       action key -> output manifest and output digest
+    records/<id>.json      build records (provenance)
+    tmp/                   where writes are staged before their atomic rename
+    locks/<key>.lock       one builder per action key (local stores)
+
+Every write lands under tmp/ first and is renamed into place, so a reader
+(or a build killed half-way) never sees half an object.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+import uuid
+
+from .errors import StoreError
+
+HEX = re.compile(r"^[0-9a-f]{32}$")
+
+
+def validate_manifest(entry, where: str) -> list[dict]:
+    """The manifest's file list, after checking it cannot write outside an artifact."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("files"), list) or not HEX.match(str(entry.get("digest", ""))):
+        raise StoreError(f"{where}: not a valid action-cache entry")
+    for item in entry["files"]:
+        path = item.get("path", "") if isinstance(item, dict) else ""
+        parts = path.split("/")
+        if not path or path.startswith("/") or "\\" in path or any(p in ("", ".", "..") for p in parts):
+            raise StoreError(f"{where}: unsafe path {path!r} in manifest")
+        if not HEX.match(str(item.get("digest", ""))) or not isinstance(item.get("size"), int):
+            raise StoreError(f"{where}: bad file entry for {path!r}")
+    return entry["files"]
+
+
+class Store:
+    def __init__(self, root: str):
+        self.root = root.rstrip("/")
+        self.local = "://" not in root or root.startswith("file://")
+        if root.startswith("file://"):
+            self.root = root[len("file://"):]
+        self._fs = None
+
+    @property
+    def fs(self):
+        if self._fs is None:
+            import fsspec  # ~80 ms of imports: only paid when something is written
+
+            self._fs = fsspec.filesystem("file") if self.local else fsspec.url_to_fs(self.root)[0]
+        return self._fs
+
+    def _path(self, *parts: str) -> str:
+        return "/".join([self.root, *parts])
+
+    def blob_path(self, digest: str) -> str:
+        return self._path("cas", digest[:2], digest)
+
+    def action_path(self, key: str) -> str:
+        return self._path("ac", key[:2], f"{key}.json")
+
+    # ---------------------------------------------------------------- writes
+
+    def _tmp(self) -> str:
+        return self._path("tmp", uuid.uuid4().hex)
+
+    def _publish(self, tmp: str, final: str) -> None:
+        self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
+        self.fs.mv(tmp, final)
+
+    def _write_json(self, final: str, obj) -> None:
+        tmp = self._tmp()
+        self.fs.makedirs(tmp.rsplit("/", 1)[0], exist_ok=True)
+        self.fs.pipe_file(tmp, json.dumps(obj, sort_keys=True, indent=1).encode())
+        self._publish(tmp, final)
+
+    def has_blob(self, digest: str) -> bool:
+        return os.path.exists(self.blob_path(digest)) if self.local else self.fs.exists(self.blob_path(digest))
+
+    def put_file(self, path: str, digest: str) -> None:
+        """Move a local file into the store under its digest (a no-op if the blob exists)."""
+        final = self.blob_path(digest)
+        if self.has_blob(digest):
+            return
+        tmp = self._tmp()
+        self.fs.makedirs(tmp.rsplit("/", 1)[0], exist_ok=True)
+        if self.local:
+            self.fs.mv(path, tmp)  # a rename on the same filesystem: a 200 MB output is not copied
+            os.chmod(tmp, 0o444)
+        else:
+            self.fs.put_file(path, tmp)
+        self._publish(tmp, final)
+
+    def put_action(self, key: str, entry: dict) -> None:
+        self._write_json(self.action_path(key), entry)
+
+    def put_record(self, record: dict) -> str:
+        record_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{record['key'][:12]}"
+        record["id"] = record_id
+        self._write_json(self._path("records", f"{record_id}.json"), record)
+        return record_id
+
+    # ---------------------------------------------------------------- reads
+
+    def _read(self, path: str) -> bytes | None:
+        if self.local:  # plain os: the no-op fast path must not import fsspec
+            try:
+                with open(path, "rb") as f:
+                    return f.read()
+            except FileNotFoundError:
+                return None
+        try:
+            return self.fs.cat_file(path)
+        except FileNotFoundError:
+            return None
+
+    def get_action(self, key: str, target: str = "") -> dict | None:
+        path = self.action_path(key)
+        data = self._read(path)
+        if data is None:
+            return None
+        where = f"{path}: {target}" if target else path
+        try:
+            entry = json.loads(data)
+        except ValueError:
+            raise StoreError(f"{where}: corrupt action-cache entry (not JSON); rebuild it with `forgebuild -B {target}`") from None
+        try:
+            validate_manifest(entry, where)
+        except StoreError as e:
+            raise StoreError(f"{e}; rebuild it with `forgebuild -B {target}`") from None
+        return entry
+
+    def get_record(self, record_id: str) -> dict | None:
+        data = self._read(self._path("records", f"{record_id}.json"))
+        return json.loads(data) if data is not None else None
+
+    # ---------------------------------------------------------------- housekeeping
+
+    def action_keys(self):
+        for path in self.fs.glob(self._path("ac", "*", "*.json")):
+            yield path.rsplit("/", 1)[1][: -len(".json")]
+
+    def blob_digests(self):
+        for path in self.fs.glob(self._path("cas", "*", "*")):
+            yield path.rsplit("/", 1)[1]
+
+    def remove_action(self, key: str) -> None:
+        self.fs.rm_file(self.action_path(key))
+
+    def remove_blob(self, digest: str) -> int:
+        path = self.blob_path(digest)
+        size = self.fs.size(path)
+        self.fs.rm_file(path)
+        return size
