@@ -229,6 +229,8 @@ class Executor:
         entry = self._ingest(address, key, out)
         seconds = time.time() - started
         record_id = self.store.put_record(self._record(target, key, mat, entry, started, seconds, log))
+        entry["record"] = record_id
+        self.store.put_action(key, entry)  # last: the entry is the commit point of the build
         self.ws.materialise(address, entry, self.store)
         self._remember(address, key, entry["digest"], mat, record_id, "built")
         remove_tree(scratch)
@@ -280,9 +282,7 @@ class Executor:
             self.store.put_file(full, digest)
             files.append({"path": rel, "digest": digest, "size": st.st_size, "x": is_executable(st.st_mode)})
         digest = tree_digest((f["path"], f["x"], f["digest"]) for f in files)
-        entry = {"digest": digest, "files": files, "target": address, "key": key}
-        self.store.put_action(key, entry)
-        return entry
+        return {"digest": digest, "files": files, "target": address, "key": key}
 
     def _record(self, target: TargetPlan, key, mat, entry, started, seconds, log) -> dict:
         log_digest = file_digest(log)

@@ -12,6 +12,7 @@ import glob as globlib
 import json
 import os
 import re
+import sys
 from dataclasses import asdict, dataclass, field
 
 from . import __version__
@@ -137,8 +138,23 @@ def forgefile_digest(data: bytes) -> str:
     return bytes_digest(data + f"\0forgebuild {__version__}\0plan {PLAN_FORMAT}".encode())
 
 
+def environment() -> list:
+    """Which interpreter and which installed packages: a plugin installed, upgraded or
+    removed changes a site-packages folder's mtime, so the cached plan's rules are re-read."""
+    found = [sys.executable]
+    cwd = os.getcwd()
+    for entry in sys.path:
+        if entry in ("", cwd):  # `python -m` puts the project folder here; it changes with every output
+            continue
+        try:
+            found.append([entry, os.stat(entry or ".").st_mtime_ns])
+        except OSError:
+            found.append([entry, None])
+    return found
+
+
 def save(plan: Plan, path: str, digest: str) -> None:
-    payload = {"digest": digest, "plan": asdict(plan)}
+    payload = {"digest": digest, "environment": environment(), "plan": asdict(plan)}
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w", encoding="utf-8") as f:
@@ -153,7 +169,7 @@ def load_cached(path: str, digest: str) -> Plan | None:
             payload = json.load(f)
     except (OSError, ValueError):
         return None
-    if payload.get("digest") != digest:
+    if payload.get("digest") != digest or payload.get("environment") != environment():
         return None
     raw = payload["plan"]
     for module_file, (size, mtime_ns) in raw["rule_files"].items():

@@ -83,18 +83,26 @@ class RichReporter(ConsoleReporter):
 
     def __init__(self, verbose=False, quiet=False):
         super().__init__(sys.stdout, verbose, quiet)
+        self.console = self.status = None
+        self.running: list[str] = []
+        self.done = 0
+
+    def _start(self) -> None:
+        """rich costs ~80 ms of imports: a no-op build, which only prints its summary, never pays it."""
         from rich.console import Console
         from rich.markup import escape
 
         self.escape = escape
         self.console = Console(highlight=False)
-        self.running: list[str] = []
-        self.done = 0
         self.status = self.console.status("starting", spinner="dots")
         self.status.start()
 
     def __call__(self, event: dict) -> None:
+        if event["event"] == "summary" and self.console is None:
+            return super().__call__(event)
         with self.lock:
+            if self.console is None:
+                self._start()
             target = event.get("target")
             if event["event"] == "start":
                 self.running.append(target)
@@ -114,7 +122,8 @@ class RichReporter(ConsoleReporter):
         self.console.print(f"[{style}]{text}[/{style}]" if style else text)
 
     def close(self) -> None:
-        self.status.stop()
+        if self.status is not None:
+            self.status.stop()
 
 
 def summary_line(e: dict, seconds: float) -> str:

@@ -99,7 +99,7 @@ class Store:
         self._write_json(self.action_path(key), entry)
 
     def put_record(self, record: dict) -> str:
-        record_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{record['key'][:12]}"
+        record_id = f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-{record['key'][:12]}-{uuid.uuid4().hex[:6]}"
         record["id"] = record_id
         self._write_json(self._path("records", f"{record_id}.json"), record)
         return record_id

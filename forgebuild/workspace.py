@@ -18,7 +18,6 @@ import errno
 import json
 import os
 import shutil
-import stat
 import time
 import uuid
 
@@ -188,6 +187,3 @@ class Workspace:
         except OSError:
             return []
 
-
-def is_writable_file(path: str) -> bool:
-    return bool(os.stat(path).st_mode & stat.S_IWUSR)

@@ -1,0 +1,67 @@
+"""Shared fixtures: a throw-away project folder and a way to run the real CLI on it."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+class Project:
+    """A folder with a Forgefile; `run` invokes `python -m forgebuild` there, in a real process."""
+
+    def __init__(self, root):
+        self.root = root
+
+    def write(self, rel: str, text: str, mode: int | None = None) -> str:
+        path = os.path.join(self.root, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(textwrap.dedent(text))
+        if mode is not None:
+            os.chmod(path, mode)
+        return path
+
+    def forgefile(self, text: str) -> str:
+        return self.write("Forgefile.toml", text)
+
+    def read(self, rel: str) -> str:
+        with open(os.path.join(self.root, rel), encoding="utf-8") as f:
+            return f.read()
+
+    def run(self, *args, expect: int | None = 0, env=None, timeout=120) -> subprocess.CompletedProcess:
+        proc = subprocess.run([sys.executable, "-m", "forgebuild", *args], cwd=self.root, capture_output=True,
+                              text=True, env={**ENV, **(env or {})}, timeout=timeout)
+        if expect is not None:
+            assert proc.returncode == expect, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+        assert "Traceback" not in proc.stderr, proc.stderr
+        return proc
+
+    def events(self, *args, expect: int | None = 0) -> list[dict]:
+        proc = self.run(*args, "--json", expect=expect)
+        return [json.loads(line) for line in proc.stdout.splitlines()]
+
+    def build(self, *args, expect: int | None = 0) -> dict[str, str]:
+        """Build; return {target: action} from the summary, the contract CI and agents read."""
+        summary = self.events(*args, expect=expect)[-1]
+        assert summary["event"] == "summary"
+        return {t["target"]: t["action"] for t in summary["targets"]}
+
+    def runs(self) -> list[str]:
+        """Names appended to runs.txt by the commands that actually executed (evidence beside the engine's word)."""
+        path = os.path.join(self.root, "runs.txt")
+        if not os.path.exists(path):
+            return []
+        lines = self.read("runs.txt").split()
+        os.unlink(path)
+        return lines
+
+
+@pytest.fixture
+def project(tmp_path):
+    return Project(str(tmp_path))
