@@ -93,12 +93,13 @@ class RichReporter(ConsoleReporter):
         from rich.markup import escape
 
         self.escape = escape
-        self.console = Console(highlight=False)
+        self.console = Console(highlight=False, emoji=False)  # "run:b:" is not an emoji code
         self.status = self.console.status("starting", spinner="dots")
         self.status.start()
 
     def __call__(self, event: dict) -> None:
-        if event["event"] == "summary" and self.console is None:
+        if event["event"] == "summary":
+            self.close()  # the spinner goes before the last line is printed
             return super().__call__(event)
         with self.lock:
             if self.console is None:
@@ -113,9 +114,12 @@ class RichReporter(ConsoleReporter):
             for line in self.lines(event):
                 self.write(line)
             running = ", ".join(self.running) or "checking"
-            self.status.update(f"{running}  [dim]({self.done} done)[/dim]")
+            if self.status is not None:
+                self.status.update(f"{running}  [dim]({self.done} done)[/dim]")
 
     def write(self, line: str) -> None:
+        if self.console is None:
+            return super().write(line)
         word = line.split(" ", 1)[0]
         style = self.STYLE.get(word)
         text = self.escape(line)
@@ -124,6 +128,7 @@ class RichReporter(ConsoleReporter):
     def close(self) -> None:
         if self.status is not None:
             self.status.stop()
+            self.status = None
 
 
 def summary_line(e: dict, seconds: float) -> str:

@@ -185,3 +185,35 @@ def test_timeout_kills_the_command(project):
     proc = project.run(expect=1)
     assert "FAILED  run:a: command killed by signal 9" in proc.stdout
     assert "killed after 0.5 s (timeout)" in proc.stdout
+
+
+def _run_in_terminal(cwd: str, *args: str) -> tuple[int, str]:
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "forgebuild", *args], cwd=cwd, env=ENV,
+                            stdin=follower, stdout=follower, stderr=follower)
+    os.close(follower)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        out += chunk
+    os.close(leader)
+    import re
+
+    return proc.wait(), re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.decode("utf-8", "replace"))
+
+
+def test_terminal_progress_display(project):
+    project.forgefile('[run.a]\ncmd = "echo a > {out}/a"\n[run.b]\ncmd = "exit 1"\n')
+    code, out = _run_in_terminal(project.root, "-k")
+    assert code == 1
+    assert "built   run:a" in out and "FAILED  run:b: command exited with code 1" in out
+    assert "Traceback" not in out
+    code, out = _run_in_terminal(project.root, "run:a")
+    assert code == 0 and "nothing to do: 1 target up to date" in out
