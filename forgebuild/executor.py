@@ -173,6 +173,8 @@ class Executor:
         return key, mat, reason
 
     def _remember(self, address, key, digest, mat, record_id, action) -> None:
+        if action == "cached" and (self.ws.last_build(address) or {}).get("key") == key:
+            return  # nothing new to say: the history records changes, not every no-op
         self.ws.record_build(address, {"key": key, "digest": digest, "material": mat, "record": record_id})
         self.ws.append_log({"target": address, "action": action, "key": key, "digest": digest, "record": record_id})
 
@@ -191,12 +193,17 @@ class Executor:
                     return self._emit_result(Result(address, "cached", key, entry["digest"], "built by another process"))
             return self._build_locked(address, key, mat, reason)
         except ForgeError as e:
-            tail = getattr(e, "log_tail", "") or log_tail(self.ws.log_path(address))
-            self.report({"event": "failed", "target": address, "key": key, "digest": None, "reason": str(e),
-                         "log_tail": tail, "log": self.ws.log_path(address), "seconds": 0.0, "action": "failed"})
-            return Result(address, "failed", key, None, str(e))
+            return self._failed(address, key, str(e), getattr(e, "log_tail", ""))
+        except OSError as e:  # a full disk or a vanished file must not take the other builds down
+            return self._failed(address, key, f"{address}: {type(e).__name__}: {e}", "")
         finally:
             lock.release()
+
+    def _failed(self, address: str, key: str, message: str, tail: str) -> Result:
+        tail = tail or log_tail(self.ws.log_path(address))
+        self.report({"event": "failed", "target": address, "key": key, "digest": None, "reason": message,
+                     "log_tail": tail, "log": self.ws.log_path(address), "seconds": 0.0, "action": "failed"})
+        return Result(address, "failed", key, None, message)
 
     def _build_locked(self, address: str, key: str, mat: dict, reason: str) -> Result:
         target = self.plan.targets[address]

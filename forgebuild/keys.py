@@ -136,9 +136,11 @@ def decide(plan: Plan, addresses, stat_cache: StatCache, lookup, last_build, for
         waiting = [d for d in target.deps if decisions[d].state != "fresh"]
         last = last_build(address)
         if waiting:
-            state = "stale" if last else "missing"
             why = [f"dependency {d} is {decisions[d].state}" for d in waiting]
-            decisions[address] = Decision(address, state, why if last else ["never built", *why])
+            if last is None:
+                decisions[address] = Decision(address, "missing", ["never built", *why])
+            else:
+                decisions[address] = Decision(address, "stale", why + _own_changes(plan, target, stat_cache, decisions, last_build, last))
             continue
         mat = material(plan, target, stat_cache, {d: decisions[d].digest for d in target.deps})
         key = action_key(mat)
@@ -155,3 +157,18 @@ def decide(plan: Plan, addresses, stat_cache: StatCache, lookup, last_build, for
         else:
             decisions[address] = Decision(address, "stale", explain(last.get("material"), mat), key, None, mat)
     return decisions
+
+
+def _own_changes(plan, target, stat_cache, decisions, last_build, last) -> list[str]:
+    """What changed in the target itself, judged against its dependencies' last outputs.
+
+    The target's key is unknown until its stale dependencies are rebuilt, but its
+    own params and sources can already be compared with its last build.
+    """
+    digests = {}
+    for dep in target.deps:
+        digests[dep] = decisions[dep].digest or (last_build(dep) or {}).get("digest")
+        if digests[dep] is None:
+            return []
+    mat = material(plan, target, stat_cache, digests)
+    return [r for r in explain(last.get("material"), mat) if not r.startswith("dependency ") and r != "key changed"]

@@ -105,9 +105,10 @@ class Workspace:
 
     def is_materialised(self, address: str, digest: str) -> bool:
         try:
-            return os.readlink(self.out_link(address)) == self._link_text(address, digest)
+            linked = os.readlink(self.out_link(address)) == self._link_text(address, digest)
         except OSError:
             return False
+        return linked and os.path.isdir(self.artifact_dir(digest))
 
     def _link_text(self, address: str, digest: str) -> str:
         return os.path.relpath(self.artifact_dir(digest), os.path.dirname(self.out_link(address)))

@@ -205,3 +205,16 @@ def test_parallel_jobs_overlap(project):
         what, name, at = line.split()
         times[what, name] = float(at)
     assert times["start", "b"] < times["end", "a"] and times["start", "a"] < times["end", "b"]
+
+
+def test_explain_shows_own_changes_behind_a_stale_dependency(pipeline):
+    text = PIPELINE.replace("repeat = 1", "repeat = 2").replace("wc -w <", "wc -c <")
+    pipeline.forgefile(text)
+    assert pipeline.run("explain", "run:count").stdout == (
+        "run:count: stale\n"
+        "  - dependency run:prepare is stale\n"
+        '  - param cmd "echo count >> runs.txt && wc -w < {in.corpus}/corpus.txt | tr -d \' \' > {out}/count.txt"'
+        ' -> "echo count >> runs.txt && wc -c < {in.corpus}/corpus.txt | tr -d \' \' > {out}/count.txt"\n'
+        "run:prepare: stale\n"
+        "  - param params.repeat 1 -> 2\n"
+    )
