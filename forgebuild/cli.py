@@ -18,7 +18,7 @@ import time
 
 from . import __version__
 from . import plan as planlib
-from .errors import ForgefileError, ForgeError, UsageError, did_you_mean
+from .errors import ForgefileError, ForgeError, UsageError, did_you_mean, suggest_address
 from .hashing import StatCache
 from .workspace import Workspace
 
@@ -30,7 +30,7 @@ TAKES_VALUE = {"-f", "--file", "-j", "--jobs", "--format", "-C"}
 
 def _parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("-f", "--file", default="Forgefile.toml", help="the Forgefile (default: ./Forgefile.toml)")
+    common.add_argument("-f", "--file", default=None, help="the Forgefile (default: ./Forgefile.toml)")
     common.add_argument("--json", action="store_true", help="JSON Lines on stdout, a summary object last")
     common.add_argument("-v", "--verbose", action="store_true", help="say more")
     common.add_argument("-q", "--quiet", action="store_true", help="only failures and the summary")
@@ -84,8 +84,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                 break
             i += 1
             continue
-        if token not in VERBS:
-            argv = ["build", *argv]
+        # the verb goes first, so `forgebuild -f F status` works like `forgebuild status -f F`
+        argv = [token, *argv[:i], *argv[i + 1:]] if token in VERBS else ["build", *argv]
         break
     else:
         argv = ["build", *argv]
@@ -101,15 +101,16 @@ class Session:
     """The loaded project: plan (cached when possible), workspace, store and stat cache."""
 
     def __init__(self, args):
-        path = os.path.abspath(args.file)
+        given = args.file or "Forgefile.toml"
+        path = os.path.abspath(given)
         try:
             with open(path, "rb") as f:
                 data = f.read()
         except FileNotFoundError:
-            hint = " (use -f FILE to name another)" if args.file == "Forgefile.toml" else ""
-            raise UsageError(f"no Forgefile at {args.file}{hint}") from None
+            hint = "" if args.file else " (use -f FILE to name another)"
+            raise UsageError(f"no Forgefile at {given}{hint}") from None
         except OSError as e:
-            raise UsageError(f"cannot read {args.file}: {e.strerror}") from None
+            raise UsageError(f"cannot read {given}: {e.strerror}") from None
         self.workspace = Workspace(os.path.dirname(path))
         digest = planlib.forgefile_digest(data + path.encode())
         self.plan = planlib.load_cached(self.workspace.plan_path, digest)
@@ -148,7 +149,7 @@ class Session:
             elif ":" not in name and name in by_name:
                 raise UsageError(f"'{name}' is ambiguous: {', '.join(sorted(by_name[name]))}")
             else:
-                hint = did_you_mean(name, [*self.plan.targets, *by_name])
+                hint = suggest_address(name, self.plan.targets) if ":" in name else did_you_mean(name, by_name)
                 raise UsageError(f"no target '{name}' in {self.plan.display_name}{hint}")
         return found
 

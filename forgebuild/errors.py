@@ -5,7 +5,6 @@ exit code 1 and StoreError into exit code 2; none of them ever shows a traceback
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 
 
@@ -21,7 +20,7 @@ class Problem:
 
     def __str__(self) -> str:
         where = f"{self.file}:{self.line}" if self.line else self.file
-        parts = [where, " error: "]
+        parts = [where, ": error: "]
         if self.target:
             parts.append(f"{self.target}: ")
         if self.key:
@@ -63,7 +62,25 @@ class RuleFailed(ForgeError):
         super().__init__(f"{target}: {message}")
 
 
-def did_you_mean(word: str, choices, quote: str = "'") -> str:
+def suggest_address(word: str, addresses) -> str:
+    """Like did_you_mean, but 'run:nope' is compared by name with targets of its own kind first,
+    so a shared 'run:' prefix alone does not make two addresses look alike."""
+    kind, _, name = word.rpartition(":")
+    same_kind = {a.split(":", 1)[1]: a for a in addresses if a.split(":", 1)[0] == kind}
+    found = closest(name, same_kind)
+    if found:
+        return f" (did you mean '{same_kind[found]}'?)"
+    return did_you_mean(word, [a for a in addresses if a.split(":", 1)[0] != kind]) if kind else did_you_mean(word, addresses)
+
+
+def closest(word: str, choices, cutoff: float = 0.6) -> str | None:
+    import difflib  # only on the error path
+
+    found = difflib.get_close_matches(word, list(choices), n=1, cutoff=cutoff)
+    return found[0] if found else None
+
+
+def did_you_mean(word: str, choices, quote: str = "'", cutoff: float = 0.6) -> str:
     """' (did you mean 'x'?)' for the closest choice, or '' when nothing is close."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f" (did you mean {quote}{close[0]}{quote}?)" if close else ""
+    found = closest(word, choices, cutoff)
+    return f" (did you mean {quote}{found}{quote}?)" if found else ""

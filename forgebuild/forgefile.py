@@ -14,7 +14,7 @@ import sys
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import plan as planlib
-from .errors import ForgefileError, Problem, did_you_mean
+from .errors import ForgefileError, Problem, did_you_mean, suggest_address
 from .plan import InputSpec, Plan, TargetPlan
 
 if sys.version_info >= (3, 11):
@@ -73,7 +73,8 @@ class KeyLocator:
                 continue
             if m := KEYVAL.match(line):
                 key = table + _split_key(m.group(1))
-                self.lines.setdefault(key, lineno)
+                for i in range(len(table) + 1, len(key) + 1):  # `params.seed = 1` defines `params` here too
+                    self.lines.setdefault(key[:i], lineno)
                 rest = m.group(2)
                 for inner in INLINE_KEY.finditer(rest):
                     self.lines.setdefault(key + _split_key(inner.group(1)), lineno)
@@ -97,6 +98,8 @@ _EXPECTED = {
     "bool_type": "true or false", "bool_parsing": "true or false", "list_type": "an array",
     "dict_type": "a table", "model_type": "a table", "model_attributes_type": "a table",
 }
+_BOUNDS = {"greater_than_equal": (">=", "ge"), "greater_than": (">", "gt"),
+           "less_than_equal": ("<=", "le"), "less_than": ("<", "lt")}
 _TOML_TYPE = {str: "string", bool: "boolean", int: "integer", float: "float", list: "array", dict: "table"}
 
 
@@ -123,6 +126,14 @@ def _key_path(loc: tuple, raw, keep_last: bool) -> list:
         elif keep_last and i == len(loc) - 1:
             path.append(part)
     return path
+
+
+def key_text(path) -> str:
+    """`outputs[0]`, `inputs.raw`: a key path as the user would write it."""
+    text = ""
+    for part in path:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text
 
 
 def _model_at(model: type[BaseModel], path: list):
@@ -153,6 +164,8 @@ def validation_problems(exc: ValidationError, model, raw: dict, where) -> list[P
             path = _key_path(loc, raw, keep_last=True)
             owner = _model_at(model, path[:-1])
             hint = did_you_mean(str(path[-1]), owner.model_fields) if owner else ""
+            if owner and not hint:
+                hint = f"; valid keys: {', '.join(owner.model_fields)}"
             problems.append(where(path, f"unknown key{hint}"))
         elif kind == "missing":
             path = _key_path(loc, raw, keep_last=True)
@@ -160,6 +173,11 @@ def validation_problems(exc: ValidationError, model, raw: dict, where) -> list[P
         else:
             path = tuple(_key_path(loc, raw, keep_last=False))
             text = _EXPECTED.get(kind)
+            if kind in _BOUNDS:
+                op, name = _BOUNDS[kind]
+                value = _value_at(raw, list(path))
+                noun = "an integer" if isinstance(value, int) and not isinstance(value, bool) else "a number"
+                text = f"{noun} {op} {err['ctx'][name]}"
             if text is None:
                 message = err["msg"]
                 text = message[0].lower() + message[1:]
@@ -169,18 +187,22 @@ def validation_problems(exc: ValidationError, model, raw: dict, where) -> list[P
     for path, texts in expected.items():
         got = _describe(_value_at(raw, list(path)))
         plain = [t for t in texts if t.startswith(("a ", "an ", "true"))]
+        other = [t for t in texts if t not in plain]
+        if "a number" in plain and "an integer" in plain:
+            plain.remove("an integer")
         if plain:
-            problems.append(where(list(path), f"expected {' or '.join(plain)}, got {got}"))
-        for text in texts:
-            if text not in plain:
-                problems.append(where(list(path), text))
+            last = plain[-1] if " or " in plain[-1] else f"or {plain[-1]}"
+            wanted = plain[0] if len(plain) == 1 else f"{', '.join(plain[:-1])}{',' if ' or ' in last[3:] else ''} {last}"
+            problems.append(where(list(path), f"expected {wanted}, got {got}"))
+        for text in other:
+            problems.append(where(list(path), text))
     return problems
 
 
 # ------------------------------------------------------------------ loading
 
 def read_toml(path: str) -> tuple[str, dict]:
-    name = os.path.basename(path)
+    name = planlib.display_path(path)
     try:
         with open(path, "rb") as f:
             data = f.read()
@@ -199,11 +221,28 @@ def read_toml(path: str) -> tuple[str, dict]:
         message = str(e)
         m = re.search(r"\(at line (\d+), column (\d+)\)$", message)
         if m:
-            message = message[: m.start()].rstrip()
-            raise ForgefileError([Problem(name, int(m.group(1)), f"invalid TOML: {message} (column {m.group(2)})")]) from None
+            raw = message[: m.start()].rstrip()
+            message = _toml_message(raw, text)
+            column = f" (column {m.group(2)})" if message == raw else ""
+            raise ForgefileError([Problem(name, int(m.group(1)), f"invalid TOML: {message}{column}")]) from None
         m = re.search(r"\(at end of document\)$", message)
         line = text.count("\n") + 1
         raise ForgefileError([Problem(name, line, f"invalid TOML: {message[: m.start()].rstrip() if m else message}")]) from None
+
+
+def _toml_message(message: str, text: str) -> str:
+    """tomllib's words, made to speak of targets and keys where we can tell."""
+    m = re.match(r"Cannot declare \((.*)\) twice$", message)
+    if m:
+        path = tuple(re.findall(r"'((?:[^'\\]|\\.)*)'", m.group(1)))
+        what = "target" if len(path) == 2 else "table"
+        first = KeyLocator(text).line(path)
+        return f"{what} [{'.'.join(path)}] is declared twice" + (f" (first at line {first})" if first else "")
+    if message == "Cannot overwrite a value":
+        return "a key is set twice"
+    if message == "Illegal character '\\n'":
+        return "line ends inside a string (unclosed quote?)"
+    return message
 
 
 def load(path: str, rules=None) -> Plan:
@@ -211,7 +250,7 @@ def load(path: str, rules=None) -> Plan:
     from .rules import load_rules
 
     path = os.path.abspath(path)
-    name = os.path.basename(path)
+    name = planlib.display_path(path)
     text, data = read_toml(path)
     locate = KeyLocator(text)
     rules = rules if rules is not None else load_rules()
@@ -230,10 +269,11 @@ def load(path: str, rules=None) -> Plan:
         except ValidationError as e:
             problems += validation_problems(
                 e, ForgeSettings, forge_raw,
-                lambda p, msg: problem_at(("forge", *p), msg, "[forge]", ".".join(map(str, p)) or None),
+                lambda p, msg: problem_at(("forge", *p), msg, "[forge]", key_text(p) or None),
             )
 
     targets: dict[str, TargetPlan] = {}
+    declared = set()  # every address written, valid or not: no false "no target" for an invalid one
     used_rules = {}
     for kind, table in data.items():
         if kind == "forge":
@@ -250,6 +290,7 @@ def load(path: str, rules=None) -> Plan:
         used_rules[kind] = rule
         for target_name, body in table.items():
             address = f"{kind}:{target_name}"
+            declared.add(address)
             if not NAME.match(target_name):
                 problems.append(problem_at((kind, target_name), f"bad target name '{target_name}': use letters, digits, '_', '-', '.'", address))
                 continue
@@ -258,24 +299,21 @@ def load(path: str, rules=None) -> Plan:
             if target is not None:
                 targets[address] = target
 
-    problems += _reference_problems(targets, settings, rules, name, locate)
-    order = []
-    if not problems:
-        from . import graph
+    problems += _reference_problems(targets, declared, settings, rules, name, locate)
+    # Cycles and missing files are looked for among the valid targets even when others
+    # have problems: every error is reported in one pass.
+    from . import graph
 
-        cycles = graph.cycles(targets)
-        for cycle in cycles:
-            first = targets[cycle[0]]
-            spec = next(i for i in first.inputs if i.kind == "target" and i.spec == cycle[1])
-            loop = " -> ".join([*cycle, cycle[0]])
-            problems.append(Problem(name, spec.line, f"dependency cycle: {loop}", first.address, spec.key))
-        if not cycles:
-            order = graph.topological_order(targets)
-
-    settings_dict = settings.model_dump(mode="json")
-    result = Plan(path, settings_dict, targets, order, _rule_files(used_rules))
-    if not problems:
-        problems += _source_problems(result)
+    linked = {a: t for a, t in targets.items() if all(d in targets for d in t.deps)}
+    cycles = graph.cycles(linked)
+    for cycle in cycles:
+        first = targets[cycle[0]]
+        spec = next(i for i in first.inputs if i.kind == "target" and i.spec == cycle[1])
+        loop = " -> ".join([*cycle, cycle[0]])
+        problems.append(Problem(name, spec.line, f"dependency cycle: {loop}", first.address, spec.key))
+    order = graph.topological_order(targets) if not problems else []
+    result = Plan(path, settings.model_dump(mode="json"), targets, order, _rule_files(used_rules))
+    problems += _source_problems(result)
     if problems:
         raise ForgefileError(problems)
     return result
@@ -287,8 +325,7 @@ def _validate_target(rule, kind, target_name, body, problem_at, locate):
     address = f"{kind}:{target_name}"
 
     def where(path, message):
-        key = ".".join(str(p) for p in path) or None
-        return problem_at((kind, target_name, *path), message, address, key)
+        return problem_at((kind, target_name, *path), message, address, key_text(path) or None)
 
     try:
         params = rule.Params.model_validate(body)
@@ -296,7 +333,7 @@ def _validate_target(rule, kind, target_name, body, problem_at, locate):
         return None, validation_problems(e, rule.Params, body, where)
     problems = []
     for key, message in getattr(rule, "check", lambda p: [])(params):
-        problems.append(where(key.split("."), message))
+        problems.append(where([int(p) if p.isdigit() else p for p in key.split(".")], message))
     inputs = []
     for key, specs in rule.inputs(params).items():
         for spec in [specs] if isinstance(specs, str) else specs:
@@ -312,11 +349,11 @@ def _validate_target(rule, kind, target_name, body, problem_at, locate):
     return target, problems
 
 
-def _reference_problems(targets, settings, rules, name, locate) -> list[Problem]:
+def _reference_problems(targets, declared, settings, rules, name, locate) -> list[Problem]:
     problems = []
 
     def missing(address: str) -> str:
-        hint = did_you_mean(address, targets)
+        hint = suggest_address(address, declared)
         kind = address.split(":", 1)[0]
         if not hint and kind not in rules:
             hint = did_you_mean(kind, rules)
@@ -325,12 +362,12 @@ def _reference_problems(targets, settings, rules, name, locate) -> list[Problem]
 
     for target in targets.values():
         for spec in target.inputs:
-            if spec.kind == "target" and spec.spec not in targets:
+            if spec.kind == "target" and spec.spec not in declared:
                 problems.append(Problem(name, spec.line, missing(spec.spec), target.address, spec.key))
             elif spec.kind == "target" and spec.spec == target.address:
                 problems.append(Problem(name, spec.line, "a target cannot depend on itself", target.address, spec.key))
     for address in settings.default:
-        if address not in targets:
+        if address not in declared:
             problems.append(Problem(name, locate.line(("forge", "default")), missing(address), "[forge]", "default"))
     return problems
 
@@ -339,7 +376,7 @@ def _source_problems(plan: Plan) -> list[Problem]:
     problems = []
     for target in plan.targets.values():
         for spec in target.inputs:
-            if spec.kind != "target":
+            if spec.kind != "target" and not planlib.outside_root(spec.spec):
                 try:
                     planlib.resolve_sources(plan, target, spec)
                 except ForgefileError as e:

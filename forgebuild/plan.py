@@ -61,7 +61,8 @@ class Plan:
 
     @property
     def display_name(self) -> str:
-        return os.path.basename(self.forgefile)
+        """The Forgefile as the user named it: relative to the current folder when below it."""
+        return display_path(self.forgefile)
 
     def closure(self, addresses) -> list[str]:
         """The requested targets and everything they depend on, in build order."""
@@ -79,6 +80,11 @@ class Plan:
             for dep in target.deps:
                 out[dep].append(address)
         return out
+
+
+def display_path(path: str) -> str:
+    rel = os.path.relpath(path)
+    return path if rel.startswith("..") else rel
 
 
 def classify(spec: str) -> str:
@@ -126,8 +132,21 @@ def resolve_sources(plan: Plan, target: TargetPlan, spec: InputSpec) -> list[tup
         except ValueError as e:
             raise problem(str(e)) from None
     if not os.path.isfile(full):
-        raise problem(f"no such file '{spec.spec}'")
+        raise problem(f"no such file '{spec.spec}'{_nearby(root, spec.spec)}")
     return [(os.path.normpath(spec.spec).replace(os.sep, "/"), full)]
+
+
+def _nearby(root: str, spec: str) -> str:
+    """A suggestion among the files beside a missing one."""
+    from .errors import closest
+
+    folder, name = os.path.split(spec)
+    try:
+        names = os.listdir(os.path.join(root, folder))
+    except OSError:
+        return ""
+    found = closest(name, names, cutoff=0.8)  # by file name: a shared folder makes every path look alike
+    return f" (did you mean '{os.path.join(folder, found)}'?)" if found else ""
 
 
 # ---------------------------------------------------------------- plan cache

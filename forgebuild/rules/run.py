@@ -20,6 +20,7 @@ import shlex
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..errors import closest, did_you_mean
 from . import runtime
 
 version = "1"
@@ -28,6 +29,10 @@ isolate = False
 
 Scalar = str | int | float | bool
 PLACEHOLDER = re.compile(r"\{(out|work|seed|in\.[A-Za-z0-9_-]+|params\.[A-Za-z0-9_-]+)\}")
+# `{word}` or `{word.word}` not preceded by `$` (shell's ${HOME} is not ours); awk's `{print}`
+# is left alone unless it looks like a misspelt placeholder.
+LOOKALIKE = re.compile(r"(?<!\$)\{([A-Za-z_][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_-]+)?)\}")
+MISSPELT = {"input", "inputs", "param", "outs", "output", "outputs", "wrk", "workdir"}
 IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 
@@ -55,7 +60,14 @@ def check(params: Params) -> list[tuple[str, str]]:
             if not IDENT.match(name):
                 problems.append((f"{section}.{name}", "names must start with a letter or '_' and hold letters, digits, '_' or '-'"))
     commands = [params.cmd] if isinstance(params.cmd, str) else params.cmd
+    valid = ["out", "work", "seed", *(f"in.{n}" for n in params.inputs), *(f"params.{n}" for n in params.params)]
     for text in commands:
+        for m in LOOKALIKE.finditer(text):
+            word = m.group(1)
+            found = closest(word, valid)
+            if not PLACEHOLDER.fullmatch(m.group(0)) and (found or word.split(".")[0] in MISSPELT):
+                hint = f" (did you mean '{{{found}}}'?)" if found else ""
+                problems.append(("cmd", f"unknown placeholder {{{word}}}{hint}"))
         for m in PLACEHOLDER.finditer(text):
             section, _, name = m.group(1).partition(".")
             if section == "in" and name not in params.inputs:
@@ -70,8 +82,6 @@ def check(params: Params) -> list[tuple[str, str]]:
 
 
 def _hint(name, choices) -> str:
-    from ..errors import did_you_mean
-
     return did_you_mean(name, choices)
 
 
