@@ -344,9 +344,23 @@ def _validate_target(rule, kind, target_name, body, problem_at, locate):
             inputs.append(InputSpec(key, spec, input_kind, line))
     identity, runtime_values = split_params(params)
     line = locate.line((kind, target_name))
+    declared = getattr(rule, "environment", lambda p: {})(params)
     target = TargetPlan(address, kind, str(rule.version), line, identity, runtime_values, inputs,
-                        bool(getattr(rule, "isolate", True)))
+                        bool(getattr(rule, "isolate", True)), sorted(declared.get("vars", [])),
+                        _versions(declared.get("libraries", [])))
     return target, problems
+
+
+def _versions(names) -> dict[str, str | None]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in sorted(names):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
 
 
 def _reference_problems(targets, declared, settings, rules, name, locate) -> list[Problem]:

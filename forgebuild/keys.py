@@ -13,6 +13,7 @@ Standard library and xxhash only: this module is on the no-op fast path.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 
 import xxhash
@@ -49,6 +50,7 @@ def material(plan: Plan, target: TargetPlan, stat_cache: StatCache, dep_digests:
         "params": target.params,
         "seed": derive_seed(plan.settings.get("seed", 0), target.address),
         "inputs": inputs,
+        "env": {"vars": {name: os.environ.get(name) for name in target.env_vars}, "libraries": target.libraries},
     }
 
 
@@ -91,6 +93,11 @@ def explain(old: dict | None, new: dict) -> list[str]:
     if old.get("seed") != new["seed"]:
         reasons.append(f"seed {old.get('seed')} -> {new['seed']}")
     reasons += _input_reasons(old.get("inputs", {}), new["inputs"])
+    for section, what in (("vars", "environment"), ("libraries", "library")):
+        before, after = old.get("env", {}).get(section, {}), new["env"][section]
+        for name in sorted(before.keys() | after.keys()):
+            if before.get(name) != after.get(name):
+                reasons.append(f"{what} {name} {_show(before.get(name))} -> {_show(after.get(name))}")
     return reasons or ["key changed"]
 
 

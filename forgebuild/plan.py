@@ -41,6 +41,11 @@ class TargetPlan:
     runtime: dict  # runtime-only params: these never do
     inputs: list[InputSpec]
     isolate: bool = True
+    # declared environment: variables whose values enter the key (read at decision
+    # time) and library versions (resolved when the plan is made: the plan cache is
+    # invalidated whenever installed packages change)
+    env_vars: list[str] = field(default_factory=list)
+    libraries: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def deps(self) -> list[str]:

@@ -393,7 +393,7 @@ def test_several_problems_reported_together_sorted_by_line(tmp_path):
         cmd = "true"
     """)
     check_errors(proc, """
-        Forgefile.toml:5: error: run:train: key 'epochs': unknown key; valid keys: cmd, inputs, params, env, outputs, description, timeout
+        Forgefile.toml:5: error: run:train: key 'epochs': unknown key; valid keys: cmd, inputs, params, env, pass_env, outputs, description, timeout
         Forgefile.toml:8: error: [forge]: key 'defualt': unknown key (did you mean 'default'?)
         Forgefile.toml:13: error: run:prepare: key 'timeout': expected a number, got string "1h"
         Forgefile.toml:15: error: unknown target kind 'tokenise'; known kinds: run
@@ -413,7 +413,7 @@ def test_one_pass_includes_missing_files(tmp_path):
     """)
     check_errors(proc, """
         Forgefile.toml:3: error: run:prepare: key 'inputs.raw': no such file 'data/missing.bin'
-        Forgefile.toml:8: error: run:train: key 'epochs': unknown key; valid keys: cmd, inputs, params, env, outputs, description, timeout
+        Forgefile.toml:8: error: run:train: key 'epochs': unknown key; valid keys: cmd, inputs, params, env, pass_env, outputs, description, timeout
     """)
 
 
@@ -433,7 +433,7 @@ def test_one_pass_includes_cycles(tmp_path):
     """)
     check_errors(proc, """
         Forgefile.toml:3: error: run:a: key 'inputs.b': dependency cycle: run:a -> run:b -> run:a
-        Forgefile.toml:11: error: run:c: key 'epochs': unknown key; valid keys: cmd, inputs, params, env, outputs, description, timeout
+        Forgefile.toml:11: error: run:c: key 'epochs': unknown key; valid keys: cmd, inputs, params, env, pass_env, outputs, description, timeout
     """)
 
 

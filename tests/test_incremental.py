@@ -218,3 +218,17 @@ def test_explain_shows_own_changes_behind_a_stale_dependency(pipeline):
         "run:prepare: stale\n"
         "  - param params.repeat 1 -> 2\n"
     )
+
+
+def test_declared_environment_is_part_of_the_key(project):
+    project.forgefile("""
+        [run.flagged]
+        cmd = "echo $FORGE_TEST_FLAG > {out}/flag"
+        pass_env = ["FORGE_TEST_FLAG"]
+    """)
+    assert project.build(env={"FORGE_TEST_FLAG": "a"}) == {"run:flagged": "built"}
+    assert project.build(env={"FORGE_TEST_FLAG": "a", "UNRELATED": "x"}) == {"run:flagged": "cached"}
+    out = project.run("explain", "run:flagged", env={"FORGE_TEST_FLAG": "b"}).stdout
+    assert out == 'run:flagged: stale\n  - environment FORGE_TEST_FLAG "a" -> "b"\n'
+    assert project.build(env={"FORGE_TEST_FLAG": "b"}) == {"run:flagged": "built"}
+    assert project.read(".forge/out/run/flagged/flag") == "b\n"

@@ -10,6 +10,9 @@ group ``forgebuild.rules``; the entry point's name is the target kind. It has:
   ``KIND:NAME`` target the build reads, under the Forgefile key that names it.
 - ``build(ctx)``: produce the artifact in ``ctx.out``. Heavy imports go inside.
 - optional ``check(params) -> [(key path, message)]`` for checks across fields.
+- optional ``environment(params) -> {"vars": [...], "libraries": [...]}``: the
+  declared environment. The values of these variables and the installed
+  versions of these distributions (e.g. torch, transformers) enter the key.
 - optional ``isolate`` (default True): run ``build`` in a child Python process.
   A rule whose build only launches a command of its own may set it False.
 """

@@ -43,6 +43,8 @@ class Params(BaseModel):
         default_factory=dict, description="name -> path, folder, glob, KIND:NAME, or a list of those")
     params: dict[str, Scalar] = Field(default_factory=dict, description="values for {params.KEY}; part of the key")
     env: dict[str, str] = Field(default_factory=dict, description="extra environment variables; part of the key")
+    pass_env: list[str] = Field(
+        default_factory=list, description="variables of the caller's environment whose values are part of the key")
     outputs: list[str] = Field(
         default_factory=list, description="paths inside {out} the command must create; the stage fails otherwise")
     description: str = runtime("", description="shown in listings; not part of the key")
@@ -51,6 +53,10 @@ class Params(BaseModel):
 
 def inputs(params: Params) -> dict[str, str | list[str]]:
     return {f"inputs.{name}": spec for name, spec in params.inputs.items()}
+
+
+def environment(params: Params) -> dict:
+    return {"vars": params.pass_env}
 
 
 def check(params: Params) -> list[tuple[str, str]]:
