@@ -23,7 +23,7 @@ from .hashing import StatCache
 from .workspace import Workspace
 
 VERBS = ("build", "status", "explain", "graph", "path", "show", "log", "clean", "gc", "schema")
-TAKES_VALUE = {"-f", "--file", "-j", "--jobs", "--format", "-C"}
+TAKES_VALUE = {"-f", "--file", "-j", "--jobs", "--format", "--limit", "--grace"}
 
 
 # ------------------------------------------------------------------ arguments
@@ -60,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     sh.add_argument("targets", nargs="+", metavar="TARGET")
     lg = sub.add_parser("log", parents=[common], help="build history")
     lg.add_argument("targets", nargs="*", metavar="TARGET")
-    lg.add_argument("-n", "--limit", type=int, default=50, help="at most this many entries (default 50)")
+    lg.add_argument("--limit", type=int, default=50, help="at most this many entries (default 50)")
     c = sub.add_parser("clean", parents=[common], help="remove materialised outputs and scratch; keep the cache")
     c.add_argument("--cache", action="store_true", help="also empty the local cache")
     gc = sub.add_parser("gc", parents=[common], help="drop cache entries no current target uses")
@@ -121,7 +121,7 @@ class Session:
             self.plan = forgefile.load(path, self.rules)
             planlib.save(self.plan, self.workspace.plan_path, digest)
         cache = self.plan.settings.get("cache")
-        from .store import Store
+        from .cache.store import Store
 
         self.store = Store(os.path.join(self.plan.root, cache) if cache else self.workspace.dir)
         self.stat_cache = StatCache(self.workspace.statcache_path)
@@ -134,10 +134,11 @@ class Session:
             self._rules = load_rules()
         return self._rules
 
-    def resolve(self, names: list[str], default_all=True) -> list[str]:
+    def resolve(self, names: list[str], use_default=False) -> list[str]:
+        """Named targets; with none, `[forge] default` (when use_default) or every target."""
         if not names:
-            default = self.plan.settings.get("default") or []
-            return list(default) if default else (list(self.plan.order) if default_all else [])
+            default = self.plan.settings.get("default") if use_default else None
+            return list(default) if default else list(self.plan.order)
         found, by_name = [], {}
         for address in self.plan.targets:
             by_name.setdefault(address.split(":", 1)[1], []).append(address)
@@ -165,7 +166,7 @@ class Session:
 # ------------------------------------------------------------------ verbs
 
 def cmd_build(args, session: Session, report) -> int:
-    addresses = session.resolve(args.targets)
+    addresses = session.resolve(args.targets, use_default=True)
     decisions = session.decide(addresses, force=args.force)
     if args.dry_run:
         entries = []
@@ -178,7 +179,8 @@ def cmd_build(args, session: Session, report) -> int:
         report({"event": "summary", "ok": True, "dry_run": True, "targets": entries})
         return 0
     ws = session.workspace
-    if all(d.state == "fresh" and ws.is_materialised(a, d.digest) for a, d in decisions.items()):
+    if all(d.state == "fresh" and d.reasons == ["up to date"] and ws.is_materialised(a, d.digest)
+           for a, d in decisions.items()):
         # The no-op fast path: nothing to build, nothing to link; no heavy import was needed.
         targets = [{"target": a, "action": "cached", "key": d.key, "digest": d.digest, "reason": "up to date",
                     "seconds": 0.0} for a, d in decisions.items()]
@@ -206,7 +208,8 @@ def cmd_status(args, session: Session, report) -> int:
             report({"event": "status", **entry})
         elif not (args.quiet and d.state == "fresh"):
             print(f"{d.state:<8}{d.address:<{width}}  {entry['reason']}")
-    report({"event": "summary", "ok": True, "targets": entries}) if args.json else None
+    if args.json:
+        report({"event": "summary", "ok": True, "targets": entries})
     return 0
 
 
@@ -293,7 +296,7 @@ def cmd_show(args, session: Session, report) -> int:
 
 
 def cmd_log(args, session: Session, report) -> int:
-    wanted = set(session.resolve(args.targets, default_all=False)) if args.targets else None
+    wanted = set(session.resolve(args.targets)) if args.targets else None
     entries = [e for e in session.workspace.history() if wanted is None or e.get("target") in wanted]
     for e in entries[-args.limit:]:
         if args.json:
@@ -322,7 +325,7 @@ def cmd_clean(args, session: Session, report) -> int:
 
 
 def cmd_gc(args, session: Session, report) -> int:
-    from .gc import collect
+    from .cache.gc import collect
 
     stats = collect(session, dry_run=args.dry_run, grace=args.grace)
     if args.json:
@@ -353,11 +356,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from .reporter import make_reporter
 
-    report = make_reporter(args.json, args.verbose, args.quiet, building=args.verb == "build" and not getattr(args, "dry_run", False))
+    report = Summarised(make_reporter(args.json, args.verbose, args.quiet,
+                                      building=args.verb == "build" and not getattr(args, "dry_run", False)))
     session = None
     try:
         session = Session(args) if args.verb != "schema" else None
-        return COMMANDS[args.verb](args, session, report)
+        code = COMMANDS[args.verb](args, session, report)
+        if args.json and not report.summarised:  # every verb's JSON ends with a summary object
+            report({"event": "summary", "ok": code == 0})
+        return code
+    except BrokenPipeError:  # `forgebuild log | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except ForgeError as e:
         report.close()
         _report_error(e, args, report)
@@ -370,6 +380,20 @@ def main(argv: list[str] | None = None) -> int:
         report.close()
         if session is not None:
             session.close()
+
+
+class Summarised:
+    """Passes events on, noting whether a summary went out."""
+
+    def __init__(self, reporter):
+        self.reporter, self.summarised = reporter, False
+
+    def __call__(self, event: dict) -> None:
+        self.summarised |= event["event"] == "summary"
+        self.reporter(event)
+
+    def close(self) -> None:
+        self.reporter.close()
 
 
 def _report_error(e: ForgeError, args, report) -> None:

@@ -46,8 +46,41 @@ def kill_running() -> None:
                 pass
 
 
-def run_logged(argv, log_path: str, cwd: str, env=None, shell=False, timeout=None) -> int:
+MARKER = "FORGE_ACTION_KEY"
+
+
+def kill_leftovers(key: str) -> int:
+    """Kill processes that a killed earlier build of this key left running.
+
+    The death signal reaches only a build's direct child; its children (a shell's
+    commands, a launcher's workers) would go on writing into the persistent work
+    folder the next attempt resumes from. Every build process carries the key in
+    its environment, so they can be found in /proc (Linux). Only called while
+    holding the key's lock, so no live build of this key is among them.
+    """
+    needle = f"{MARKER}={key}".encode()
+    killed = 0
+    for pid in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                environ = f.read().split(b"\0")
+        except OSError:
+            continue
+        if needle in environ:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+                killed += 1
+            except OSError:
+                pass
+    return killed
+
+
+def run_logged(argv, log_path: str, cwd: str, env=None, shell=False, timeout=None, key=None) -> int:
     """Run a command with stdout and stderr appended to the log; return its exit status."""
+    if key:
+        env = {**(os.environ if env is None else env), MARKER: key}
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(argv, shell=shell, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                 stdout=log, stderr=subprocess.STDOUT, preexec_fn=_child_setup)
@@ -69,6 +102,7 @@ def run_logged(argv, log_path: str, cwd: str, env=None, shell=False, timeout=Non
 class BuildContext:
     target: str
     kind: str
+    key: str  # the action key being built
     inputs: dict  # Forgefile key path -> path (str) or paths (list), as the command sees them
     out: str  # fresh, empty output folder: everything written here is the artifact
     work: str  # kept across failed or killed runs of the same action key
@@ -86,7 +120,7 @@ class BuildContext:
         return RuleFailed(self.target, message)
 
     def run_command(self, argv, shell=False, env=None, timeout=None) -> int:
-        return run_logged(argv, self.log_path, self.project_dir, env=env, shell=shell, timeout=timeout)
+        return run_logged(argv, self.log_path, self.project_dir, env=env, shell=shell, timeout=timeout, key=self.key)
 
     def to_json(self) -> str:
         data = asdict(self)

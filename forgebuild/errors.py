@@ -58,6 +58,7 @@ class RuleFailed(ForgeError):
 
     def __init__(self, target: str, message: str, log_tail: str = ""):
         self.target = target
+        self.message = message
         self.log_tail = log_tail
         super().__init__(f"{target}: {message}")
 

@@ -23,11 +23,12 @@ import socket
 import subprocess
 import sys
 import time
+import traceback
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from . import __version__
-from .context import BuildContext, kill_running, run_logged
+from .context import BuildContext, kill_leftovers, kill_running, run_logged
 from .errors import ForgeError, RuleFailed
 from .hashing import file_digest, is_executable, tree_digest, walk_files
 from .keys import Decision, action_key, explain, material
@@ -181,6 +182,7 @@ class Executor:
     # ---------------------------------------------------------------- building
 
     def _build(self, address: str, key: str, mat: dict, reason: str) -> Result:
+        started = time.time()
         lock = KeyLock(self.store, key)
         lock.acquire(on_wait=lambda: self.report({"event": "waiting", "target": address, "key": key,
                                                   "reason": "another build of the same key is running"}))
@@ -192,25 +194,33 @@ class Executor:
                     self._remember(address, key, entry["digest"], mat, None, "cached")
                     return self._emit_result(Result(address, "cached", key, entry["digest"], "built by another process"))
             return self._build_locked(address, key, mat, reason)
+        except RuleFailed as e:
+            return self._failed(address, key, e.message, e.log_tail, started)
         except ForgeError as e:
-            return self._failed(address, key, str(e), getattr(e, "log_tail", ""))
-        except OSError as e:  # a full disk or a vanished file must not take the other builds down
-            return self._failed(address, key, f"{address}: {type(e).__name__}: {e}", "")
+            return self._failed(address, key, str(e), "", started)
+        except Exception as e:  # a rule's bug or a full disk must not take the other builds down
+            with open(self.ws.log_path(address), "a", encoding="utf-8") as f:
+                traceback.print_exc(file=f)
+            return self._failed(address, key, f"{type(e).__name__}: {e}", "", started)
         finally:
             lock.release()
 
-    def _failed(self, address: str, key: str, message: str, tail: str) -> Result:
+    def _failed(self, address: str, key: str, message: str, tail: str, started: float) -> Result:
         tail = tail or log_tail(self.ws.log_path(address))
-        self.report({"event": "failed", "target": address, "key": key, "digest": None, "reason": message,
-                     "log_tail": tail, "log": self.ws.log_path(address), "seconds": 0.0, "action": "failed"})
-        return Result(address, "failed", key, None, message)
+        result = Result(address, "failed", key, None, message, time.time() - started)
+        self.report({"event": "failed", **result.as_dict(), "log_tail": tail, "log": self.ws.log_path(address)})
+        return result
 
     def _build_locked(self, address: str, key: str, mat: dict, reason: str) -> Result:
         target = self.plan.targets[address]
         self.report({"event": "start", "target": address, "key": key, "reason": reason})
         started = time.time()
+        leftovers = self.ws.leftover_scratch(key)
+        if leftovers:  # an earlier attempt was killed: stop what it left running, drop what it wrote
+            kill_leftovers(key)
+            for folder in leftovers:
+                remove_tree(folder)
         scratch = self.ws.scratch(key)
-        remove_tree(scratch)  # whatever a killed run left here is not trusted
         out = os.path.join(scratch, "out")
         os.makedirs(out)
         work = self.ws.work(key)
@@ -220,7 +230,7 @@ class Executor:
         with open(log, "w", encoding="utf-8") as f:
             f.write(f"# forgebuild {address} key {key} ({reason})\n")
         ctx = BuildContext(
-            target=address, kind=target.kind, inputs=self._context_inputs(target, mat), out=out, work=work,
+            target=address, kind=target.kind, key=key, inputs=self._context_inputs(target, mat), out=out, work=work,
             seed=mat["seed"], project_dir=self.plan.root, log_path=log,
             raw_params=merge(target.params, target.runtime),
         )
@@ -232,7 +242,7 @@ class Executor:
             try:
                 rule.build(ctx)
             except RuleFailed as e:
-                raise RuleFailed(address, str(e).split(": ", 1)[-1], log_tail(log)) from None
+                raise RuleFailed(address, e.message, log_tail(log)) from None
         entry = self._ingest(address, key, out)
         seconds = time.time() - started
         record_id = self.store.put_record(self._record(target, key, mat, entry, started, seconds, log))
@@ -267,7 +277,8 @@ class Executor:
         ctx_file = os.path.join(scratch, "context.json")
         with open(ctx_file, "w", encoding="utf-8") as f:
             f.write(ctx.to_json())
-        code = run_logged([sys.executable, "-m", "forgebuild.worker", ctx_file], ctx.log_path, ctx.project_dir)
+        code = run_logged([sys.executable, "-m", "forgebuild.worker", ctx_file], ctx.log_path, ctx.project_dir,
+                          key=ctx.key)
         if code != 0:
             failure = os.path.join(scratch, "failure.txt")
             message = open(failure, encoding="utf-8").read() if os.path.exists(failure) else (

@@ -11,7 +11,7 @@ import os
 import re
 import sys
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from . import plan as planlib
 from .errors import ForgefileError, Problem, did_you_mean, suggest_address
@@ -23,7 +23,6 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-KIND = re.compile(r"^[a-z][a-z0-9_-]*$")
 
 
 class ForgeSettings(BaseModel):
@@ -34,6 +33,13 @@ class ForgeSettings(BaseModel):
     seed: int = Field(0, description="project seed; each target's seed is derived from it and the target's address")
     jobs: int | None = Field(None, ge=1, description="default for -j: stages run in parallel (runtime only)")
     cache: str | None = Field(None, description="local store folder, relative to the Forgefile (default .forge)")
+
+    @field_validator("cache")
+    @classmethod
+    def _local_folder(cls, value):
+        if value is not None and "://" in value:
+            raise ValueError("must be a local folder; remote caches are not supported yet")
+        return value
 
 
 # ------------------------------------------------------------------ locating keys
@@ -175,9 +181,9 @@ def validation_problems(exc: ValidationError, model, raw: dict, where) -> list[P
             text = _EXPECTED.get(kind)
             if kind in _BOUNDS:
                 op, name = _BOUNDS[kind]
-                value = _value_at(raw, list(path))
-                noun = "an integer" if isinstance(value, int) and not isinstance(value, bool) else "a number"
-                text = f"{noun} {op} {err['ctx'][name]}"
+                limit = err["ctx"][name]
+                integral = isinstance(limit, int) and isinstance(_value_at(raw, list(path)), int)
+                text = f"{'an integer' if integral else 'a number'} {op} {limit:g}"
             if text is None:
                 message = err["msg"]
                 text = message[0].lower() + message[1:]

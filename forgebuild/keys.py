@@ -98,7 +98,7 @@ def explain(old: dict | None, new: dict) -> list[str]:
         for name in sorted(before.keys() | after.keys()):
             if before.get(name) != after.get(name):
                 reasons.append(f"{what} {name} {_show(before.get(name))} -> {_show(after.get(name))}")
-    return reasons or ["key changed"]
+    return list(dict.fromkeys(reasons)) or ["key changed"]  # one file named by two inputs is one reason
 
 
 def _input_reasons(old: dict, new: dict) -> list[str]:

@@ -166,10 +166,9 @@ def environment() -> list:
     """Which interpreter and which installed packages: a plugin installed, upgraded or
     removed changes a site-packages folder's mtime, so the cached plan's rules are re-read."""
     found = [sys.executable]
-    cwd = os.getcwd()
-    for entry in sys.path:
-        if entry in ("", cwd):  # `python -m` puts the project folder here; it changes with every output
-            continue
+    # sys.path[0] is the console script's folder or, under `python -m`, the current
+    # one: neither holds plugins, and the current folder changes with every output.
+    for entry in sys.path[1:]:
         try:
             found.append([entry, os.stat(entry or ".").st_mtime_ns])
         except OSError:

@@ -1,15 +1,28 @@
 """One event stream, two views: human lines on the console, JSON Lines with --json.
 
 Events are dicts with an "event" field: start, waiting, built, cached, failed,
-skipped, status, error, and a final summary. Reporters are called from
-builder threads, so each one serialises its own output.
+skipped (building); status, explain, graph, record, log (the inspecting verbs);
+error; and, last on every verb, a summary. Reporters are called from builder
+threads, so each one serialises its own output. A reader that goes away
+(`forgebuild --json | head -1`) silences the stream but never stops a build.
 """
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
+
+
+def _written(stream, text: str):
+    """Write and flush; on a closed pipe, point the stream at /dev/null so later writes cost nothing."""
+    try:
+        stream.write(text)
+        stream.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stream.fileno())
+    return stream
 
 
 class JsonReporter:
@@ -21,8 +34,7 @@ class JsonReporter:
 
     def __call__(self, event: dict) -> None:
         with self.lock:
-            self.stream.write(json.dumps(event, ensure_ascii=False) + "\n")
-            self.stream.flush()
+            self.stream = _written(self.stream, json.dumps(event, ensure_ascii=False) + "\n")
 
     def close(self) -> None:
         pass
@@ -43,15 +55,14 @@ class ConsoleReporter:
                 self.write(line)
 
     def write(self, line: str) -> None:
-        self.stream.write(line + "\n")
-        self.stream.flush()
+        self.stream = _written(self.stream, line + "\n")
 
     def lines(self, e: dict) -> list[str]:
         kind, target = e["event"], e.get("target", "")
         if kind == "summary":
             return [summary_line(e, time.time() - self.started)]
         if kind == "failed":
-            out = [f"FAILED  {target}: {e['reason'].split(': ', 1)[-1]}"]
+            out = [f"FAILED  {target}: {e['reason']}"]
             tail = e.get("log_tail", "")
             out += [f"  | {line}" for line in tail.splitlines()]
             if e.get("log"):

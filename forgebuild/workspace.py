@@ -2,7 +2,7 @@
 
     out/<kind>/<name>     stable path of each target's artifact (a link into artifacts/)
     artifacts/<digest>/   materialised outputs: read-only hardlinks of store blobs
-    scratch/<key>/out     a stage's fresh output folder while it builds
+    scratch/<key>.<id>/out  a stage's fresh output folder while it builds (new for each attempt)
     work/<key>/           kept across failed or killed runs of the same key (checkpoints)
     logs/<kind>/<name>.log
     state/targets/...     each target's last build (key, digest, key material) for `explain`
@@ -87,7 +87,14 @@ class Workspace:
         return self.path("artifacts", digest)
 
     def scratch(self, key: str) -> str:
-        return self.path("scratch", key)
+        """A folder no earlier attempt has used: a process that outlived a killed build
+        cannot write into the next attempt's output."""
+        return self.path("scratch", f"{key}.{uuid.uuid4().hex[:8]}")
+
+    def leftover_scratch(self, key: str) -> list[str]:
+        base = self.path("scratch")
+        names = os.listdir(base) if os.path.isdir(base) else []
+        return [os.path.join(base, n) for n in names if n.startswith(key + ".")]
 
     def work(self, key: str) -> str:
         return self.path("work", key)

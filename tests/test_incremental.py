@@ -232,3 +232,29 @@ def test_declared_environment_is_part_of_the_key(project):
     assert out == 'run:flagged: stale\n  - environment FORGE_TEST_FLAG "a" -> "b"\n'
     assert project.build(env={"FORGE_TEST_FLAG": "b"}) == {"run:flagged": "built"}
     assert project.read(".forge/out/run/flagged/flag") == "b\n"
+
+
+def test_revert_after_a_same_output_rebuild_keeps_gc_and_show_on_the_current_key(pipeline):
+    pipeline.write("data/raw.txt", "THE QUICK BROWN FOX\n")  # new key, same output
+    assert pipeline.build()["run:prepare"] == "built"
+    pipeline.write("data/raw.txt", "The quick brown fox\n")  # back to the first key
+    assert pipeline.build()["run:prepare"] == "cached"
+    keys = {e["target"]: e["key"] for e in pipeline.events("status")[-1]["targets"]}
+    record = pipeline.events("show", "run:prepare")[0]
+    assert record["key"] == keys["run:prepare"]
+    pipeline.run("gc", "--grace", "0")
+    pipeline.runs()
+    assert set(pipeline.build().values()) == {"cached"}
+    assert pipeline.runs() == []
+
+
+def test_argv_command_gets_one_argument_per_file(project):
+    for name in ("a", "b", "c"):
+        project.write(f"data/{name} file.txt", name)
+    project.forgefile("""
+        [run.count]
+        cmd = ["python3", "-c", "import sys; open(sys.argv[1] + '/n', 'w').write(repr(sys.argv[2:]))", "{out}", "{in.files}"]
+        inputs = { files = "data/*.txt" }
+    """)
+    project.run()
+    assert project.read(".forge/out/run/count/n") == "['data/a file.txt', 'data/b file.txt', 'data/c file.txt']"

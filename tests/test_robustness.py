@@ -217,3 +217,43 @@ def test_terminal_progress_display(project):
     assert "Traceback" not in out
     code, out = _run_in_terminal(project.root, "run:a")
     assert code == 0 and "nothing to do: 1 target up to date" in out
+
+
+WRITER = """
+if [ -f slow ]; then
+  (while true; do echo junk >> "$1/junk"; echo junk >> "$2/junk"; sleep 0.05; done) &
+  sleep 30
+fi
+echo clean > "$1/done"
+"""
+
+
+def _marked_processes(key: str) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if f"FORGE_ACTION_KEY={key}".encode() in environ:
+            found.append(int(pid))
+    return found
+
+
+def test_processes_left_by_a_killed_build_are_stopped_before_the_rebuild(project):
+    project.write("writer.sh", WRITER)
+    project.write("slow", "")
+    project.forgefile('[run.w]\ncmd = "sh writer.sh {out} {work}"\n')
+    proc = subprocess.Popen([sys.executable, "-m", "forgebuild"], cwd=project.root, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_for(os.path.join(project.root, ".forge/scratch/*/out/junk"))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    [key] = [e["key"] for e in project.events("status")[-1]["targets"]]
+    time.sleep(0.3)
+    assert _marked_processes(key), "the background writer outlived its build (the case under test)"
+    os.unlink(os.path.join(project.root, "slow"))
+    assert project.build() == {"run:w": "built"}
+    assert sorted(os.listdir(os.path.join(project.root, ".forge/out/run/w"))) == ["done"]
+    assert _marked_processes(key) == []
+    assert glob.glob(os.path.join(project.root, ".forge/scratch/*")) == []

@@ -19,6 +19,7 @@ group ``forgebuild.rules``; the entry point's name is the target kind. It has:
 from __future__ import annotations
 
 import importlib
+import re
 from importlib.metadata import entry_points
 from types import ModuleType
 
@@ -31,6 +32,7 @@ GROUP = "forgebuild.rules"
 # so its own entry points are not registered.
 BUILTIN = {"run": "forgebuild.rules.run"}
 REQUIRED = ("version", "Params", "inputs", "build")
+KIND = re.compile(r"^[a-z][a-z0-9_-]*$")
 
 
 def runtime(default=None, **kwargs):
@@ -89,6 +91,8 @@ def load_rules() -> dict[str, ModuleType]:
 
 
 def _checked(kind: str, module: ModuleType) -> ModuleType:
+    if not KIND.match(kind):
+        raise RuleLoadError(f"rule plugin '{kind}' ({module.__name__}): a kind is lower-case letters, digits, '_' or '-'")
     missing = [name for name in REQUIRED if not hasattr(module, name)]
     if missing:
         raise RuleLoadError(f"rule plugin '{kind}' ({module.__name__}) lacks {', '.join(missing)}")

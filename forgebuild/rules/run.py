@@ -47,7 +47,7 @@ class Params(BaseModel):
         default_factory=list, description="variables of the caller's environment whose values are part of the key")
     outputs: list[str] = Field(
         default_factory=list, description="paths inside {out} the command must create; the stage fails otherwise")
-    description: str = runtime("", description="shown in listings; not part of the key")
+    description: str = runtime("", description="a note for people, kept in the build record; not part of the key")
     timeout: float | None = runtime(None, gt=0, description="seconds before the command is killed; not part of the key")
 
 
@@ -121,7 +121,13 @@ def build(ctx) -> None:
         quoted = {k: shlex.quote(v) if isinstance(v, str) else " ".join(map(shlex.quote, v)) for k, v in found.items()}
         argv, shell = PLACEHOLDER.sub(lambda m: quoted[m.group(1)], p.cmd), True
     else:
-        argv, shell = [PLACEHOLDER.sub(lambda m: joined[m.group(1)], part) for part in p.cmd], False
+        argv, shell = [], False
+        for part in p.cmd:
+            whole = PLACEHOLDER.fullmatch(part)
+            if whole and not isinstance(found[whole.group(1)], str):
+                argv.extend(found[whole.group(1)])  # "{in.shards}" alone: one argument per file
+            else:
+                argv.append(PLACEHOLDER.sub(lambda m: joined[m.group(1)], part))
     env = dict(os.environ)
     env.update({"FORGE_OUT": ctx.out, "FORGE_WORK": ctx.work, "FORGE_SEED": str(ctx.seed)})
     for name in p.inputs:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import time
 
-from .workspace import remove_tree
+from ..workspace import remove_tree
 
 
 def _young(path: str, now: float, grace: float) -> bool:

@@ -19,7 +19,7 @@ import re
 import time
 import uuid
 
-from .errors import StoreError
+from ..errors import StoreError
 
 HEX = re.compile(r"^[0-9a-f]{32}$")
 
