@@ -16,6 +16,7 @@ target's dependents; without keep_going no new build starts after it.
 from __future__ import annotations
 
 import fcntl
+import heapq
 import os
 import platform
 import shutil
@@ -110,38 +111,49 @@ class Executor:
     # ---------------------------------------------------------------- scheduling
 
     def run(self, addresses, decisions: dict[str, Decision]) -> list[Result]:
+        """Each target starts once its dependencies are settled; linear in the graph's size."""
         closure = self.plan.closure(addresses)
+        position = {a: i for i, a in enumerate(closure)}
+        waiting = {a: len(self.plan.targets[a].deps) for a in closure}
+        readers: dict[str, list[str]] = {a: [] for a in closure}
+        for address in closure:
+            for dep in self.plan.targets[address].deps:
+                readers[dep].append(address)
+        ready = [(position[a], a) for a in closure if waiting[a] == 0]  # build order breaks ties
+        heapq.heapify(ready)
         results: dict[str, Result] = {}
-        pending = list(closure)
-        running = {}
+        running: dict = {}
         stopped_by = None
+
+        def settle(address: str, result: Result) -> None:
+            results[address] = result
+            for reader in readers[address]:
+                waiting[reader] -= 1
+                if waiting[reader] == 0:
+                    heapq.heappush(ready, (position[reader], reader))
+
         with ThreadPoolExecutor(self.jobs) as pool:
             try:
-                while pending or running:
-                    for address in list(pending):
-                        deps = self.plan.targets[address].deps
-                        bad = [d for d in deps if d in results and results[d].action in ("failed", "skipped")]
+                while ready or running:
+                    while ready and len(running) < self.jobs:
+                        _, address = heapq.heappop(ready)
+                        bad = [d for d in self.plan.targets[address].deps if results[d].action in ("failed", "skipped")]
                         if bad or stopped_by:
                             reason = f"dependency {bad[0]} {results[bad[0]].action}" if bad else f"build stopped after {stopped_by} failed"
-                            results[address] = self._emit_result(Result(address, "skipped", reason=reason))
-                            pending.remove(address)
+                            settle(address, self._emit_result(Result(address, "skipped", reason=reason)))
                             continue
-                        if any(d not in results for d in deps) or len(running) >= self.jobs:
-                            continue
-                        pending.remove(address)
                         hit = self._try_cache(address, results, decisions.get(address))
                         if isinstance(hit, Result):
-                            results[address] = hit
+                            settle(address, hit)
                         else:
-                            key, mat, reason = hit
-                            running[pool.submit(self._build, address, key, mat, reason)] = address
+                            running[pool.submit(self._build, address, *hit)] = address
                     if not running:
                         continue
                     done, _ = wait(running, return_when=FIRST_COMPLETED)
                     for future in done:
                         address = running.pop(future)
                         result = future.result()
-                        results[address] = result
+                        settle(address, result)
                         if result.action == "failed" and not self.keep_going and stopped_by is None:
                             stopped_by = address
             except BaseException:

@@ -14,6 +14,7 @@ import os
 import re
 import sys
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 
 from . import __version__
 from .errors import Problem
@@ -47,7 +48,7 @@ class TargetPlan:
     env_vars: list[str] = field(default_factory=list)
     libraries: dict[str, str | None] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def deps(self) -> list[str]:
         return sorted({i.spec for i in self.inputs if i.kind == "target"})
 
@@ -165,7 +166,7 @@ def forgefile_digest(data: bytes) -> str:
 def environment() -> list:
     """Which interpreter and which installed packages: a plugin installed, upgraded or
     removed changes a site-packages folder's mtime, so the cached plan's rules are re-read."""
-    found = [sys.executable]
+    found = [os.path.realpath(sys.executable)]  # `python3` and `python3.11` are one interpreter
     # sys.path[0] is the console script's folder or, under `python -m`, the current
     # one: neither holds plugins, and the current folder changes with every output.
     for entry in sys.path[1:]:

@@ -126,9 +126,10 @@ def test_stat_cache_rehashes_files_too_recent_to_trust(tmp_path):
     """The racy-git case: written within the mtime tick of hashing, a later same-size edit keeps the mtime."""
     path = tmp_path / "racy.txt"
     path.write_bytes(b"aaaa")
-    cache = StatCache(None)
+    cache = StatCache(str(tmp_path / "stat.json"))
     first = cache.digest(str(path))
+    cache.save()  # one build ends...
     st = os.stat(path)
     path.write_bytes(b"bbbb")
-    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # an edit the stat signature cannot see
-    assert cache.digest(str(path)) != first
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # ...an edit the stat signature cannot see...
+    assert StatCache(str(tmp_path / "stat.json")).digest(str(path)) != first  # ...the next build sees it
