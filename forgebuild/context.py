@@ -7,7 +7,7 @@ import signal
 import subprocess
 import sys
 import threading
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from .errors import RuleFailed
 
@@ -110,6 +110,11 @@ class BuildContext:
     project_dir: str  # commands run here
     log_path: str
     raw_params: dict  # validated params, runtime ones included, as JSON
+    version: str = ""  # the rule's version
+    digests: dict = field(default_factory=dict)  # project-relative source path -> content digest
+    dep_digests: dict = field(default_factory=dict)  # dependency address -> output digest
+    store_root: str = ""
+    workspace_dir: str = ""
     params: object = None  # the rule's Params instance
 
     def log(self, message: str) -> None:
@@ -121,6 +126,36 @@ class BuildContext:
 
     def run_command(self, argv, shell=False, env=None, timeout=None) -> int:
         return run_logged(argv, self.log_path, self.project_dir, env=env, shell=shell, timeout=timeout, key=self.key)
+
+    def memo(self, name: str, material: dict, produce) -> str:
+        """A cached sub-step: `produce(folder)` runs only if no earlier build made the same thing.
+
+        The result is stored like an artifact (content-addressed, atomic), keyed by
+        the rule, its version, `name` and `material` (which must name everything the
+        step reads, e.g. a source file's digest and the params it uses), and
+        returned as a read-only folder. A corpus processes each source file this
+        way, so adding one file to a thousand processes one file.
+        """
+        from .cache.store import Store
+        from .keys import canonical
+        from .hashing import bytes_digest
+        from .workspace import Workspace, remove_tree
+
+        store, ws = Store(self.store_root), Workspace(self.project_dir, self.workspace_dir)
+        key = bytes_digest(canonical({"memo": name, "rule": self.kind, "version": self.version,
+                                      "material": material}).encode())
+        entry = store.get_action(key, f"{self.target} ({name})")
+        if entry is None:
+            folder = os.path.join(os.path.dirname(self.out), "memo", key)
+            remove_tree(folder)
+            os.makedirs(folder)
+            produce(folder)
+            entry = {**store.ingest_tree(folder), "target": self.target, "key": key, "memo": name}
+            store.put_action(key, entry)
+            remove_tree(folder)
+        with open(os.path.join(os.path.dirname(self.out), "memos.txt"), "a", encoding="utf-8") as f:
+            f.write(key + "\n")  # the build's cache entry lists them, so gc keeps them
+        return ws.artifact(entry, store, self.target)
 
     def to_json(self) -> str:
         data = asdict(self)

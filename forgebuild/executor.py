@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from . import __version__
 from .context import BuildContext, kill_leftovers, kill_running, run_logged
 from .errors import ForgeError, RuleFailed
-from .hashing import file_digest, is_executable, tree_digest, walk_files
+from .hashing import file_digest
 from .keys import Decision, action_key, explain, material
 from .plan import Plan, TargetPlan, resolve_sources
 from .workspace import remove_tree
@@ -244,7 +244,10 @@ class Executor:
         ctx = BuildContext(
             target=address, kind=target.kind, key=key, inputs=self._context_inputs(target, mat), out=out, work=work,
             seed=mat["seed"], project_dir=self.plan.root, log_path=log,
-            raw_params=merge(target.params, target.runtime),
+            raw_params=merge(target.params, target.runtime), version=target.version,
+            digests={rel: d for entries in mat["inputs"].values() for kind, rel, d in entries if kind == "file"},
+            dep_digests={a: d for entries in mat["inputs"].values() for kind, a, d in entries if kind == "target"},
+            store_root=self.store.root, workspace_dir=self.ws.dir,
         )
         if target.isolate:
             self._build_in_child(ctx, scratch)
@@ -256,6 +259,9 @@ class Executor:
             except RuleFailed as e:
                 raise RuleFailed(address, e.message, log_tail(log)) from None
         entry = self._ingest(address, key, out)
+        memos = os.path.join(scratch, "memos.txt")
+        if os.path.exists(memos):
+            entry["memos"] = sorted(set(open(memos, encoding="utf-8").read().split()))
         seconds = time.time() - started
         record_id = self.store.put_record(self._record(target, key, mat, entry, started, seconds, log))
         entry["record"] = record_id
@@ -299,20 +305,10 @@ class Executor:
 
     def _ingest(self, address: str, key: str, out: str) -> dict:
         try:
-            found = list(walk_files(out))
+            manifest = self.store.ingest_tree(out)
         except ValueError as e:
             raise RuleFailed(address, f"output {e}") from None
-        files = []
-        for rel, full, st in found:
-            digest = file_digest(full)
-            if os.path.islink(full):
-                resolved = full + ".forge-deref"
-                shutil.copyfile(full, resolved)
-                full = resolved
-            self.store.put_file(full, digest)
-            files.append({"path": rel, "digest": digest, "size": st.st_size, "x": is_executable(st.st_mode)})
-        digest = tree_digest((f["path"], f["x"], f["digest"]) for f in files)
-        return {"digest": digest, "files": files, "target": address, "key": key}
+        return {**manifest, "target": address, "key": key}
 
     def _record(self, target: TargetPlan, key, mat, entry, started, seconds, log) -> dict:
         log_digest = file_digest(log)

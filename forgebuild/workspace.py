@@ -123,6 +123,17 @@ class Workspace:
     def materialise(self, address: str, entry: dict, store) -> str:
         """Make the artifact visible (read-only) at its stable path; return that path."""
         digest = entry["digest"]
+        self.artifact(entry, store, address)
+        link = self.out_link(address)
+        os.makedirs(os.path.dirname(link), exist_ok=True)
+        tmp_link = f"{link}.{uuid.uuid4().hex[:8]}.tmp"
+        os.symlink(self._link_text(address, digest), tmp_link)
+        os.replace(tmp_link, link)  # the stable path switches atomically
+        return link
+
+    def artifact(self, entry: dict, store, owner: str = "") -> str:
+        """The read-only folder artifacts/<digest> holding a manifest's files (made if absent)."""
+        digest = entry["digest"]
         final = self.artifact_dir(digest)
         if not os.path.isdir(final):
             tmp = self.path("artifacts", f".tmp-{uuid.uuid4().hex}")
@@ -132,8 +143,8 @@ class Workspace:
                     blob = store.blob_path(item["digest"])
                     if not os.path.exists(blob):
                         raise StoreError(
-                            f"{blob}: {address}: blob {item['digest']} of {item['path']} is missing from the cache; "
-                            f"rebuild it with `forgebuild -B {address}`")
+                            f"{blob}: {owner}: blob {item['digest']} of {item['path']} is missing from the cache; "
+                            f"rebuild it with `forgebuild -B {owner}`")
                     dst = os.path.join(tmp, *item["path"].split("/"))
                     os.makedirs(os.path.dirname(dst), exist_ok=True)
                     if item.get("x"):
@@ -153,12 +164,7 @@ class Workspace:
             finally:
                 if os.path.exists(tmp):
                     remove_tree(tmp)
-        link = self.out_link(address)
-        os.makedirs(os.path.dirname(link), exist_ok=True)
-        tmp_link = f"{link}.{uuid.uuid4().hex[:8]}.tmp"
-        os.symlink(self._link_text(address, digest), tmp_link)
-        os.replace(tmp_link, link)  # the stable path switches atomically
-        return link
+        return final
 
     # ---------------------------------------------------------------- state
 

@@ -40,6 +40,33 @@ def build(ctx):
 '''
 
 
+PERFILE = '''
+"""Upper-case each source file, one cached sub-step per file (ctx.memo)."""
+import os
+from pydantic import BaseModel, ConfigDict
+
+version = "1"
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    sources: str
+
+def inputs(params):
+    return {"sources": params.sources}
+
+def build(ctx):
+    for rel in sorted(ctx.digests):
+        def produce(folder, rel=rel):
+            with open(os.path.join(ctx.project_dir, "memo-runs.txt"), "a") as log:
+                log.write(rel + "\\n")
+            with open(os.path.join(folder, "up.txt"), "w") as f:
+                f.write(open(os.path.join(ctx.project_dir, rel)).read().upper())
+        done = ctx.memo("upper", {"file": ctx.digests[rel]}, produce)
+        with open(os.path.join(ctx.out, os.path.basename(rel)), "w") as f:
+            f.write(open(os.path.join(done, "up.txt")).read())
+'''
+
+
 @pytest.fixture
 def plugin_env(tmp_path_factory):
     def install(version="1"):
@@ -48,7 +75,8 @@ def plugin_env(tmp_path_factory):
         dist = site / "concat_rule-0.1.dist-info"
         dist.mkdir()
         (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: concat-rule\nVersion: 0.1\n")
-        (dist / "entry_points.txt").write_text("[forgebuild.rules]\nconcat = concat_rule\n")
+        (site / "perfile_rule.py").write_text(PERFILE)
+        (dist / "entry_points.txt").write_text("[forgebuild.rules]\nconcat = concat_rule\nperfile = perfile_rule\n")
         return {"PYTHONPATH": f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     return install
 
@@ -112,3 +140,32 @@ def test_broken_plugin_is_a_clear_error(project, tmp_path_factory):
     proc = project.run(env={"PYTHONPATH": str(site)}, expect=2)
     assert proc.stderr == ("forgebuild: rule plugin 'broken' (broken_rule) failed to load: "
                            "needs a library that is not installed\n")
+
+
+def test_memo_steps_process_only_new_files(project, plugin_env):
+    env = plugin_env()
+    for name in ("a", "b", "c"):
+        project.write(f"docs/{name}.txt", name)
+    project.forgefile('[perfile.up]\nsources = "docs/*.txt"\n')
+    project.run(env=env)
+    assert project.read("memo-runs.txt").split() == ["docs/a.txt", "docs/b.txt", "docs/c.txt"]
+    os.unlink(os.path.join(project.root, "memo-runs.txt"))
+    project.write("docs/d.txt", "d")
+    assert project.build(env=env) == {"perfile:up": "built"}
+    assert project.read("memo-runs.txt").split() == ["docs/d.txt"]
+    assert project.read(".forge/out/perfile/up/d.txt") == "D"
+    assert project.read(".forge/out/perfile/up/a.txt") == "A"
+
+
+def test_gc_keeps_the_memo_steps_of_current_builds(project, plugin_env):
+    env = plugin_env()
+    for name in ("a", "b"):
+        project.write(f"docs/{name}.txt", name)
+    project.forgefile('[perfile.up]\nsources = "docs/*.txt"\n')
+    project.run(env=env)
+    project.run("gc", "--grace", "0", env=env)
+    project.run("clean", env=env)
+    os.unlink(os.path.join(project.root, "memo-runs.txt"))
+    project.write("docs/c.txt", "c")
+    project.run(env=env)
+    assert project.read("memo-runs.txt").split() == ["docs/c.txt"]

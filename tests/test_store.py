@@ -133,3 +133,24 @@ def test_stat_cache_rehashes_files_too_recent_to_trust(tmp_path):
     path.write_bytes(b"bbbb")
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # ...an edit the stat signature cannot see...
     assert StatCache(str(tmp_path / "stat.json")).digest(str(path)) != first  # ...the next build sees it
+
+
+def test_the_same_store_code_runs_over_an_fsspec_filesystem(tmp_path):
+    """The seam a remote cache will use: fsspec's memory:// filesystem, no local folder."""
+    from forgebuild.cache.store import Store
+
+    store = Store("memory://forge-test-store")
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    (out / "a.txt").write_text("alpha")
+    (out / "sub" / "b.bin").write_bytes(b"\0\1")
+    manifest = store.ingest_tree(str(out))
+    assert [f["path"] for f in manifest["files"]] == ["a.txt", "sub/b.bin"]
+    assert all(store.has_blob(f["digest"]) for f in manifest["files"])
+    store.put_action("0" * 32, {**manifest, "target": "run:x", "key": "0" * 32})
+    assert store.get_action("0" * 32, "run:x")["digest"] == manifest["digest"]
+    assert store.get_action("1" * 32) is None
+    record_id = store.put_record({"key": "0" * 32, "target": "run:x"})
+    assert store.get_record(record_id)["target"] == "run:x"
+    assert list(store.action_keys()) == ["0" * 32]
+    assert sorted(store.blob_digests()) == sorted(f["digest"] for f in manifest["files"])

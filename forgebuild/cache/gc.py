@@ -33,6 +33,12 @@ def collect(session, dry_run=False, grace=3600.0) -> dict:
         keep_keys.add(last["key"])
         keep_digests.add(entry["digest"])
         keep_blobs.update(f["digest"] for f in entry["files"])
+        for memo_key in entry.get("memos", []):  # cached sub-steps the build used
+            memo = store.get_action(memo_key, address)
+            if memo is not None:
+                keep_keys.add(memo_key)
+                keep_digests.add(memo["digest"])
+                keep_blobs.update(f["digest"] for f in memo["files"])
         record = store.get_record(entry.get("record") or last.get("record") or "")
         if record and record.get("log"):
             keep_blobs.add(record["log"])
