@@ -194,7 +194,8 @@ def cmd_build(args, session: Session, report) -> int:
     results = executor.run(addresses, decisions)
     ok = all(r.action in ("built", "cached") for r in results)
     report({"event": "summary", "ok": ok, "targets": [r.as_dict() for r in results]})
-    return 0 if ok else 1
+    failures = [r.exit_code or 1 for r in results if r.action == "failed"]
+    return max(failures, default=0 if ok else 1)  # 2 when a stage found its input data bad
 
 
 def cmd_status(args, session: Session, report) -> int:

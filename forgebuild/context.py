@@ -9,7 +9,7 @@ import sys
 import threading
 from dataclasses import asdict, dataclass, field
 
-from .errors import RuleFailed
+from .errors import BadInput, RuleFailed
 
 # Commands started by builds of this process, so an interrupt can stop them all.
 RUNNING: set[subprocess.Popen] = set()
@@ -123,6 +123,10 @@ class BuildContext:
 
     def failure(self, message: str) -> RuleFailed:
         return RuleFailed(self.target, message)
+
+    def bad_input(self, message: str) -> RuleFailed:
+        """For data the user must fix (name the file, line and field): the build exits 2."""
+        return BadInput(self.target, message)
 
     def run_command(self, argv, shell=False, env=None, timeout=None) -> int:
         return run_logged(argv, self.log_path, self.project_dir, env=env, shell=shell, timeout=timeout, key=self.key)

@@ -74,6 +74,12 @@ def suggest_address(word: str, addresses) -> str:
     return did_you_mean(word, [a for a in addresses if a.split(":", 1)[0] != kind]) if kind else did_you_mean(word, addresses)
 
 
+class BadInput(RuleFailed):
+    """A stage found its input data wrong (a bad row, a missing field): bad input, exit code 2."""
+
+    exit_code = 2
+
+
 def closest(word: str, choices, cutoff: float = 0.6) -> str | None:
     import difflib  # only on the error path
 

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 from . import __version__
 from .context import BuildContext, kill_leftovers, kill_running, run_logged
-from .errors import ForgeError, RuleFailed
+from .errors import BadInput, ForgeError, RuleFailed
 from .hashing import file_digest
 from .keys import Decision, action_key, explain, material
 from .plan import Plan, TargetPlan, resolve_sources
@@ -47,6 +47,7 @@ class Result:
     digest: str | None = None
     reason: str = ""
     seconds: float = 0.0
+    exit_code: int = 0  # of a failure: 2 when the stage found its input data bad, else 1
 
     def as_dict(self) -> dict:
         return {"target": self.target, "action": self.action, "key": self.key, "digest": self.digest,
@@ -207,7 +208,7 @@ class Executor:
                     return self._emit_result(Result(address, "cached", key, entry["digest"], "built by another process"))
             return self._build_locked(address, key, mat, reason)
         except RuleFailed as e:
-            return self._failed(address, key, e.message, e.log_tail, started)
+            return self._failed(address, key, e.message, e.log_tail, started, e.exit_code)
         except ForgeError as e:
             return self._failed(address, key, str(e), "", started)
         except Exception as e:  # a rule's bug or a full disk must not take the other builds down
@@ -217,9 +218,9 @@ class Executor:
         finally:
             lock.release()
 
-    def _failed(self, address: str, key: str, message: str, tail: str, started: float) -> Result:
+    def _failed(self, address: str, key: str, message: str, tail: str, started: float, exit_code=1) -> Result:
         tail = tail or log_tail(self.ws.log_path(address))
-        result = Result(address, "failed", key, None, message, time.time() - started)
+        result = Result(address, "failed", key, None, message, time.time() - started, exit_code)
         self.report({"event": "failed", **result.as_dict(), "log_tail": tail, "log": self.ws.log_path(address)})
         return result
 
@@ -301,6 +302,8 @@ class Executor:
             failure = os.path.join(scratch, "failure.txt")
             message = open(failure, encoding="utf-8").read() if os.path.exists(failure) else (
                 f"build process exited with code {code}" if code > 0 else f"build process killed by signal {-code}")
+            if message.startswith("bad input: "):
+                raise BadInput(ctx.target, message[len("bad input: "):], log_tail(ctx.log_path))
             raise RuleFailed(ctx.target, message, log_tail(ctx.log_path))
 
     def _ingest(self, address: str, key: str, out: str) -> dict:

@@ -25,7 +25,7 @@ def main(context_file: str) -> int:
         os.chdir(ctx.project_dir)
         rule.build(ctx)
     except RuleFailed as e:
-        message = e.message
+        message = ("bad input: " if e.exit_code == 2 else "") + e.message
     except BaseException as e:  # the rule's own bug: keep the traceback for the log
         traceback.print_exc()
         message = f"build raised {type(e).__name__}: {e}"

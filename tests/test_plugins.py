@@ -31,6 +31,8 @@ def build(ctx):
         raise ctx.failure("refusing: upper and lower disagree")
     if ctx.params.crash == "exit":
         os._exit(4)
+    if ctx.params.crash == "row":
+        raise ctx.bad_input("a.txt:3: field 'text' is missing")
     text = "".join(open(p).read() for p in ctx.inputs["sources"])
     with open(os.path.join(ctx.out, "all.txt"), "w") as f:
         f.write(text.upper() if ctx.params.upper else text)
@@ -113,16 +115,17 @@ def test_plugin_version_and_runtime_fields(project, plugin_env):
     assert "param upper false -> true" in project.run("explain", "all", env=plugin_env("1")).stdout
 
 
-@pytest.mark.parametrize("crash, message", [
-    ("raise", "FAILED  concat:all: build raised ValueError: bad data in row 3"),
-    ("fail", "FAILED  concat:all: refusing: upper and lower disagree"),
-    ("exit", "FAILED  concat:all: build process exited with code 4"),
+@pytest.mark.parametrize("crash, message, code", [
+    ("raise", "FAILED  concat:all: build raised ValueError: bad data in row 3", 1),
+    ("fail", "FAILED  concat:all: refusing: upper and lower disagree", 1),
+    ("exit", "FAILED  concat:all: build process exited with code 4", 1),
+    ("row", "FAILED  concat:all: a.txt:3: field 'text' is missing", 2),  # bad input data: exit 2
 ])
-def test_plugin_failures_are_reported_without_traceback_on_the_console(project, plugin_env, crash, message):
+def test_plugin_failures_are_reported_without_traceback_on_the_console(project, plugin_env, crash, message, code):
     project.write("a.txt", "a\n")
     project.write("b.txt", "b\n")
     project.forgefile(FORGEFILE + f'crash = "{crash}"\n')
-    proc = project.run(env=plugin_env(), expect=1)
+    proc = project.run(env=plugin_env(), expect=code)
     assert message in proc.stdout
     assert not os.path.lexists(os.path.join(project.root, ".forge/out/concat/all"))
     if crash == "raise":  # the rule's own bug: its traceback is in the log for the author

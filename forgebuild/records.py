@@ -1,0 +1,89 @@
+"""Reading data files the data rules share: text with an encoding policy, and records
+(JSONL, Parquet, CSV) with the line or row each came from, so a bad one can be named.
+
+Imported only inside builds (pyarrow is loaded only for Parquet).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+
+FORMATS = {".jsonl": "jsonl", ".json": "jsonl", ".ndjson": "jsonl", ".parquet": "parquet", ".csv": "csv"}
+BINARY_PROBE = 8192  # bytes looked at to tell binary from text, as git and grep do
+
+
+class DataError(ValueError):
+    """A file that cannot be read as declared; the message names file, line and field."""
+
+
+def format_of(path: str) -> str:
+    fmt = FORMATS.get(os.path.splitext(path)[1].lower())
+    if fmt is None:
+        raise DataError(f"{path}: unknown record format (use .jsonl, .parquet or .csv)")
+    return fmt
+
+
+def looks_binary(data: bytes) -> bool:
+    return b"\0" in data[:BINARY_PROBE]
+
+
+def decode(data: bytes, path: str, errors: str = "error") -> str:
+    """UTF-8 text; `errors` is the declared policy: "error" (name the byte offset) or "replace"."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if errors == "replace":
+            return data.decode("utf-8", errors="replace")
+        line = data[: e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not UTF-8 at byte offset {e.start} "
+                        f"(set encoding_errors = \"replace\" to replace bad bytes)") from None
+
+
+def read_text(path: str, errors: str = "error") -> str:
+    with open(path, "rb") as f:
+        data = f.read()
+    if looks_binary(data):
+        raise DataError(f"{path}: binary file (a NUL byte in the first {BINARY_PROBE} bytes)")
+    return decode(data, path, errors)
+
+
+def read_records(path: str, errors: str = "error"):
+    """Yield (line or row number, record dict) from a JSONL, Parquet or CSV file.
+
+    JSONL lines and CSV rows are numbered as an editor shows them (CSV counts
+    its header as line 1); Parquet rows from 1.
+    """
+    fmt = format_of(path)
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        for number, row in enumerate(pq.read_table(path).to_pylist(), 1):
+            yield number, row
+        return
+    with open(path, "rb") as f:
+        text = decode(f.read(), path, errors)
+    if fmt == "csv":
+        reader = csv.DictReader(io.StringIO(text, newline=""))
+        for row in reader:
+            yield reader.line_num, row
+        return
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise DataError(f"{path}:{number}: not valid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
+        yield number, row
+
+
+def field(row: dict, name: str, path: str, number: int):
+    """row[name], or a DataError that lists the fields the row has."""
+    if name in row:
+        return row[name]
+    present = ", ".join(sorted(map(str, row))) or "none"
+    raise DataError(f"{path}:{number}: no field '{name}' (fields present: {present})")
