@@ -111,6 +111,7 @@ class BuildContext:
     log_path: str
     raw_params: dict  # validated params, runtime ones included, as JSON
     version: str = ""  # the rule's version
+    sources: dict = field(default_factory=dict)  # key path -> [{spec, kind, path, files, address?, digest?}]
     digests: dict = field(default_factory=dict)  # project-relative source path -> content digest
     dep_digests: dict = field(default_factory=dict)  # dependency address -> output digest
     store_root: str = ""

@@ -242,8 +242,10 @@ class Executor:
         os.makedirs(os.path.dirname(log), exist_ok=True)
         with open(log, "w", encoding="utf-8") as f:
             f.write(f"# forgebuild {address} key {key} ({reason})\n")
+        sources = self._context_sources(target, mat)
         ctx = BuildContext(
-            target=address, kind=target.kind, key=key, inputs=self._context_inputs(target, mat), out=out, work=work,
+            target=address, kind=target.kind, key=key, inputs=self._context_inputs(sources), sources=sources,
+            out=out, work=work,
             seed=mat["seed"], project_dir=self.plan.root, log_path=log,
             raw_params=merge(target.params, target.runtime), version=target.version,
             digests={rel: d for entries in mat["inputs"].values() for kind, rel, d in entries if kind == "file"},
@@ -273,24 +275,36 @@ class Executor:
         remove_tree(work)  # checkpoints are only for resuming this key, which is now done
         return self._emit_result(Result(address, "built", key, entry["digest"], reason, seconds))
 
-    def _context_inputs(self, target: TargetPlan, mat: dict) -> dict:
-        """Input paths as the build sees them: project-relative, or a dependency's artifact folder.
+    def _context_sources(self, target: TargetPlan, mat: dict) -> dict[str, list[dict]]:
+        """Each input as the Forgefile wrote it, with what it resolved to.
 
-        A key naming one file, folder or target gets a string; a glob or a list gets a list.
+        Key path -> [{"spec", "kind": "target" | "glob" | "path", "path", "files"}]:
+        for a target, "path" is its artifact folder and "address"/"digest" name it;
+        for a glob or a path (file or folder), "files" are the project-relative files.
         """
         digests = {name: digest for entries in mat["inputs"].values() for kind, name, digest in entries if kind == "target"}
-        found: dict[str, list[str]] = {}
+        found: dict[str, list[dict]] = {}
         for spec in target.inputs:
+            item = {"spec": spec.spec, "kind": spec.kind}
             if spec.kind == "target":
-                paths = [self.ws.display(self.ws.artifact_dir(digests[spec.spec]))]
-            elif spec.kind == "glob":
-                paths = [rel for rel, _ in resolve_sources(self.plan, target, spec)]
+                item.update(path=self.ws.display(self.ws.artifact_dir(digests[spec.spec])), address=spec.spec,
+                            digest=digests[spec.spec], files=[])
             else:
-                paths = [os.path.normpath(spec.spec)]
-            found.setdefault(spec.key, []).extend(paths)
-        plural = {s.key for s in target.inputs if s.kind == "glob"}
-        plural |= {k for k in found if sum(s.key == k for s in target.inputs) > 1}
-        return {k: v if k in plural else v[0] for k, v in found.items()}
+                files = [rel for rel, _ in resolve_sources(self.plan, target, spec)]
+                item.update(path=os.path.normpath(spec.spec), files=files)
+            found.setdefault(spec.key, []).append(item)
+        return found
+
+    @staticmethod
+    def _context_inputs(sources: dict[str, list[dict]]) -> dict:
+        """Input paths as commands see them: one string for a single file, folder or target;
+        a list for a glob or a list of specs."""
+        found = {}
+        for key, items in sources.items():
+            paths = [p for i in items for p in (i["files"] if i["kind"] == "glob" else [i["path"]])]
+            plural = len(items) > 1 or items[0]["kind"] == "glob"
+            found[key] = paths if plural else paths[0]
+        return found
 
     def _build_in_child(self, ctx: BuildContext, scratch: str) -> None:
         ctx_file = os.path.join(scratch, "context.json")

@@ -339,7 +339,9 @@ def _validate_target(rule, kind, target_name, body, problem_at, locate):
         return None, validation_problems(e, rule.Params, body, where)
     problems = []
     for key, message in getattr(rule, "check", lambda p: [])(params):
-        problems.append(where([int(p) if p.isdigit() else p for p in key.split(".")], message))
+        # a key path is a tuple, or a dotted string when no part holds a dot
+        path = list(key) if isinstance(key, tuple) else [int(p) if p.isdigit() else p for p in key.split(".")]
+        problems.append(where(path, message))
     inputs = []
     for key, specs in rule.inputs(params).items():
         for spec in [specs] if isinstance(specs, str) else specs:

@@ -49,36 +49,58 @@ def read_text(path: str, errors: str = "error") -> str:
     return decode(data, path, errors)
 
 
-def read_records(path: str, errors: str = "error"):
+def read_records(path: str, errors: str = "error", bad_lines: str = "raise"):
     """Yield (line or row number, record dict) from a JSONL, Parquet or CSV file.
 
     JSONL lines and CSV rows are numbered as an editor shows them (CSV counts
-    its header as line 1); Parquet rows from 1.
+    its header as line 1); Parquet rows from 1. A JSONL line that is not a JSON
+    object raises DataError, or with bad_lines="yield" comes out as
+    (number, None, message) so a drop policy can count it and go on. A file the
+    format's own library cannot read at all is a DataError too.
     """
     fmt = format_of(path)
     if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        for number, row in enumerate(pq.read_table(path).to_pylist(), 1):
-            yield number, row
+        yield from _parquet(path)
         return
     with open(path, "rb") as f:
         text = decode(f.read(), path, errors)
     if fmt == "csv":
-        reader = csv.DictReader(io.StringIO(text, newline=""))
-        for row in reader:
-            yield reader.line_num, row
+        yield from _csv(text, path)
         return
     for number, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
             row = json.loads(line)
+            problem = None if isinstance(row, dict) else f"expected a JSON object, got {type(row).__name__}"
         except ValueError as e:
-            raise DataError(f"{path}:{number}: not valid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path}:{number}: expected a JSON object, got {type(row).__name__}")
-        yield number, row
+            problem = f"not valid JSON ({e.msg} at column {e.colno})"
+        if problem is None:
+            yield number, row
+        elif bad_lines == "yield":
+            yield number, None, problem
+        else:
+            raise DataError(f"{path}:{number}: {problem}")
+
+
+def _parquet(path: str):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except (pa.ArrowException, OSError) as e:
+        raise DataError(f"{path}: not a readable Parquet file ({e})") from None
+    yield from enumerate(rows, 1)
+
+
+def _csv(text: str, path: str):
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        for row in reader:
+            yield reader.line_num, row
+    except csv.Error as e:
+        raise DataError(f"{path}:{reader.line_num}: not valid CSV ({e})") from None
 
 
 def field(row: dict, name: str, path: str, number: int):

@@ -9,7 +9,8 @@ group ``forgebuild.rules``; the entry point's name is the target kind. It has:
 - ``inputs(params) -> {key path: spec or [specs]}``: every file, glob, folder or
   ``KIND:NAME`` target the build reads, under the Forgefile key that names it.
 - ``build(ctx)``: produce the artifact in ``ctx.out``. Heavy imports go inside.
-- optional ``check(params) -> [(key path, message)]`` for checks across fields.
+- optional ``check(params) -> [(key path, message)]`` for checks across fields;
+  a key path is a dotted string ("outputs.0") or a tuple (("splits", "v1.2")).
 - optional ``environment(params) -> {"vars": [...], "libraries": [...]}``: the
   declared environment. The values of these variables and the installed
   versions of these distributions (e.g. torch, transformers) enter the key.
