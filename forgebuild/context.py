@@ -162,6 +162,22 @@ class BuildContext:
             f.write(key + "\n")  # the build's cache entry lists them, so gc keeps them
         return ws.artifact(entry, store, self.target)
 
+    def metrics(self, values: dict) -> None:
+        """Measurements of this build (tokens/s, losses, scores) for its build record.
+
+        Timings must not go into the artifact: they would change its digest on
+        every build. The record keeps them; `show`, `log --json` and the
+        `built` event report them. Later calls update earlier keys.
+        """
+        path = os.path.join(os.path.dirname(self.out), "metrics.json")
+        found = {}
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                found = json.load(f)
+        found.update(values)
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(found, f, sort_keys=True)
+
     def to_json(self) -> str:
         data = asdict(self)
         data.pop("params")

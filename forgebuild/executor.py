@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import fcntl
 import heapq
+import json
 import os
 import platform
 import shutil
@@ -266,14 +267,21 @@ class Executor:
         if os.path.exists(memos):
             entry["memos"] = sorted(set(open(memos, encoding="utf-8").read().split()))
         seconds = time.time() - started
-        record_id = self.store.put_record(self._record(target, key, mat, entry, started, seconds, log))
+        record = self._record(target, key, mat, entry, started, seconds, log)
+        metrics = os.path.join(scratch, "metrics.json")
+        if os.path.exists(metrics):
+            with open(metrics, encoding="utf-8") as f:
+                record["metrics"] = json.load(f)
+        record_id = self.store.put_record(record)
         entry["record"] = record_id
         self.store.put_action(key, entry)  # last: the entry is the commit point of the build
         self.ws.materialise(address, entry, self.store)
         self._remember(address, key, entry["digest"], mat, record_id, "built")
         remove_tree(scratch)
         remove_tree(work)  # checkpoints are only for resuming this key, which is now done
-        return self._emit_result(Result(address, "built", key, entry["digest"], reason, seconds))
+        built = Result(address, "built", key, entry["digest"], reason, seconds)
+        self.report({"event": "built", **built.as_dict(), **({"metrics": record["metrics"]} if "metrics" in record else {})})
+        return built
 
     def _context_sources(self, target: TargetPlan, mat: dict) -> dict[str, list[dict]]:
         """Each input as the Forgefile wrote it, with what it resolved to.

@@ -39,6 +39,7 @@ def build(ctx):
     with open(os.path.join(ctx.out, "pid"), "w") as f:
         f.write(str(os.getpid()))
     ctx.log("concatenated")
+    ctx.metrics({{"characters": len(text)}})
 '''
 
 
@@ -94,8 +95,10 @@ def test_plugin_rule_builds_in_a_child_process(project, plugin_env):
     project.write("a.txt", "a\n")
     project.write("b.txt", "b\n")
     project.forgefile(FORGEFILE)
-    proc = project.run("--json", env=env)
-    assert '"action": "built"' in proc.stdout
+    events = project.events(env=env)
+    built = [e for e in events if e["event"] == "built"]
+    assert built[0]["metrics"] == {"characters": 4}
+    assert project.events("show", "concat:all", env=env)[0]["metrics"] == {"characters": 4}
     assert project.read(".forge/out/concat/all/all.txt") == "a\nb\n"
     assert project.read(".forge/logs/concat/all.log").endswith("concatenated\n")
     schema = project.run("schema", env=env).stdout
