@@ -134,6 +134,15 @@ def _key_path(loc: tuple, raw, keep_last: bool) -> list:
     return path
 
 
+def _one_of(err: dict, value) -> str:
+    """`expected one of bpe, unigram, wordpiece, got string "bpee" (did you mean 'bpe'?)`."""
+    allowed = [a.strip().strip("'") for a in re.split(r",| or ", err["ctx"]["expected"]) if a.strip()]
+    same_letters = [a for a in allowed if isinstance(value, str) and a.lower() == value.lower()]
+    hint = f" (did you mean '{same_letters[0]}'?)" if same_letters else (
+        did_you_mean(value, allowed) if isinstance(value, str) else "")
+    return f"expected one of {', '.join(allowed)}, got {_describe(value)}{hint}"
+
+
 def key_text(path) -> str:
     """`outputs[0]`, `inputs.raw`: a key path as the user would write it."""
     text = ""
@@ -179,6 +188,9 @@ def validation_problems(exc: ValidationError, model, raw: dict, where) -> list[P
         else:
             path = tuple(_key_path(loc, raw, keep_last=False))
             text = _EXPECTED.get(kind)
+            if kind == "literal_error":
+                problems.append(where(list(path), _one_of(err, _value_at(raw, list(path)))))
+                continue
             if kind in _BOUNDS:
                 op, name = _BOUNDS[kind]
                 limit = err["ctx"][name]

@@ -375,7 +375,8 @@ add_eos = false
         "byte alphabet and 4 special tokens take 516; use at least 517",
         "Forgefile.toml:16: error: tokenizer:b: key 'chat_template': not a valid Jinja template: unexpected '}' "
         "(template line 1)",
-        "Forgefile.toml:20: error: tokenizer:c: key 'model': input should be 'bpe', 'unigram' or 'wordpiece'",
+        "Forgefile.toml:20: error: tokenizer:c: key 'model': expected one of bpe, unigram, wordpiece, "
+        'got string "sentencepiece"',
         "Forgefile.toml:26: error: tokens:d: key 'seq_len': expected an integer >= 1, got integer 0",
         "Forgefile.toml:30: error: tokens:e: key 'tokenizer': no target 'tokenizr:b' (did you mean 'tokenizer:b'?)",
         "Forgefile.toml:32: error: tokens:e: key 'add_eos': with packing \"concat\" and neither add_bos nor add_eos, "
