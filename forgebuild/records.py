@@ -30,7 +30,12 @@ def looks_binary(data: bytes) -> bool:
 
 
 def decode(data: bytes, path: str, errors: str = "error") -> str:
-    """UTF-8 text; `errors` is the declared policy: "error" (name the byte offset) or "replace"."""
+    """UTF-8 text; `errors` is the declared policy: "error" (name the byte offset) or "replace".
+
+    A leading byte-order mark (Windows tools write one) is not text: it is dropped.
+    """
+    if data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -319,20 +319,9 @@ def unit_material(unit: Unit, p: Params) -> dict:
     return {"data": unit.digest, "format": unit.fmt, "curation": curation}
 
 
-class _Miss(Exception):
-    pass
-
-
-def _refuse(folder):
-    raise _Miss
-
-
 def cached_unit(ctx, unit: Unit) -> str | None:
     """The memo folder of a unit processed by an earlier build, or None (a probe: produces nothing)."""
-    try:
-        return ctx.memo("corpus-unit", unit_material(unit, ctx.params), _refuse)
-    except _Miss:
-        return None
+    return ctx.memo("corpus-unit", unit_material(unit, ctx.params))
 
 
 def process_unit(ctx, unit: Unit) -> tuple[str, str, bool]:
@@ -380,7 +369,7 @@ def process_units(ctx, units: list[Unit]) -> list[str]:
     done = {i: folder for i, (_, folder, _) in zip(todo.values(), results)}
     for i, folder in enumerate(folders):
         if folder is None:  # processed now, or identical to one that was: the memo has it
-            folders[i] = done.get(i) or ctx.memo("corpus-unit", unit_material(units[i], ctx.params), _refuse)
+            folders[i] = done.get(i) or ctx.memo("corpus-unit", unit_material(units[i], ctx.params))
     return folders
 
 
