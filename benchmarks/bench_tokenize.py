@@ -11,7 +11,7 @@ For each thread count it prints:
                    process and its imports, reading Parquet, encoding, packing,
                    writing, hashing and storing the artifact)
   target tok/s     document tokens / target wall
-  in-rule tok/s    the rule's own figure (its log's `metrics:` line): reading,
+  in-rule tok/s    the rule's own figure (the build record's `metrics`): reading,
                    encoding, packing and writing, without process start-up
   direct tok/s     Tokenizer.encode_batch_fast on the same texts, already in
                    memory, in batches of 1024 documents: the library's ceiling

@@ -1,0 +1,25 @@
+"""The README's first command: the example Forgefile builds, then has nothing to do."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+from conftest import Project
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_example_forgefile_builds_and_is_then_up_to_date(tmp_path):
+    for folder in ("examples", "forgebuild", "docs"):  # the corpus reads the repository's own code and docs
+        shutil.copytree(os.path.join(REPO, folder), tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(os.path.join(REPO, "Forgefile.example.toml"), tmp_path)
+    project = Project(str(tmp_path))
+    first = project.build("-f", "Forgefile.example.toml")
+    assert set(first.values()) == {"built"}
+    assert set(first) == {"run:prepare", "run:stats", "run:vocab", "run:report",
+                          "corpus:repo", "tokenizer:bpe", "tokens:repo"}
+    assert set(project.build("-f", "Forgefile.example.toml").values()) == {"cached"}
+    meta = json.loads(project.read(".forge/out/tokens/repo/meta.json"))
+    assert meta["seq_len"] == 128 and meta["splits"]["train"]["sequences"] > 0
+    assert project.read(".forge/out/run/report/report.md").startswith("# Example corpus report")
