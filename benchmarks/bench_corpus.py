@@ -61,17 +61,17 @@ def stdlib_sources() -> list[str]:
     return sorted(found)
 
 
-def write_corpus(folder: str, sources: list[str], n: int) -> int:
-    """Copy n files (replicating with a distinct first line if the library is smaller); return bytes."""
+def write_corpus(folder: str, sources: list[str], n: int, per_file: int = 1) -> int:
+    """Write n files, each `per_file` library files joined (a distinct first line keeps every
+    file a distinct document when the library runs out); return bytes."""
     total = 0
     for i in range(n):
-        src = sources[i % len(sources)]
         dst = os.path.join(folder, "data", f"{i // 100:03d}", f"f{i:05d}.py")
         os.makedirs(os.path.dirname(dst), exist_ok=True)
-        with open(src, "rb") as f:
-            data = f.read()
-        if i >= len(sources):
-            data = f"# copy {i // len(sources)}\n".encode() + data
+        data = f"# file {i}\n".encode() if n * per_file > len(sources) else b""
+        for j in range(per_file):
+            with open(sources[(i * per_file + j) % len(sources)], "rb") as f:
+                data += f.read()
         with open(dst, "wb") as f:
             f.write(data)
         total += len(data)
@@ -98,17 +98,18 @@ def processed_line(folder: str) -> str:
     return found.group(0) if found else "?"
 
 
-def measure(profile: str, n: int, workers: int | None, sources: list[str]) -> dict:
+def measure(profile: str, n: int, workers: int | None, sources: list[str], per_file: int = 1) -> dict:
     with scratch_dir(f"forge-bench-corpus-{profile}-") as folder:
-        size = write_corpus(folder, sources, n)
+        size = write_corpus(folder, sources, n, per_file)
         with open(os.path.join(folder, "Forgefile.toml"), "w", encoding="utf-8") as f:
             f.write(forgefile(profile, workers))
         cold, cold_stage = build(folder, "built")
         adds, lines = [], []
         for k in range(INCREMENTAL_RUNS):
-            src = sources[(n + k) % len(sources)]
-            with open(src, "rb") as f:
-                data = f"# added {k}\n".encode() + f.read()
+            data = f"# added {k}\n".encode()
+            for j in range(per_file):  # a new file the size of the others
+                with open(sources[(n * per_file + k * per_file + j) % len(sources)], "rb") as f:
+                    data += f.read()
             with open(os.path.join(folder, "data", f"added{k}.py"), "wb") as f:
                 f.write(data)
             adds.append(build(folder, "built"))
@@ -131,13 +132,16 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=1000)
     ap.add_argument("--profiles", default="light,full")
     ap.add_argument("--workers", type=int, default=None, help="the rule's `workers` (default: its default, 0)")
+    ap.add_argument("--per-file", type=int, default=1,
+                    help="library files joined into each corpus file (default 1: ~15 KB files, ~15 MB in all; "
+                         "10 gives ~150 KB files, closer to real corpus shards)")
     args = ap.parse_args()
     header("bench_corpus: corpus ingest + curation, and adding one file")
     sources = stdlib_sources()
     print(f"corpus:     {args.files} files from {sysconfig.get_paths()['stdlib']} ({len(sources)} available)")
     results = []
     for profile in args.profiles.split(","):
-        r = measure(profile, args.files, args.workers, sources)
+        r = measure(profile, args.files, args.workers, sources, args.per_file)
         print(f"  {profile:5} cold {r['cold']:.2f} s ({r['mb'] / r['cold']:.2f} MB/s), add one file "
               f"{r['add']:.2f} s, no-op {r['noop']:.3f} s; {r['lines'][-1]}", flush=True)
         expected = [": 1 processed"] * INCREMENTAL_RUNS + [": 0 processed"] * INCREMENTAL_RUNS

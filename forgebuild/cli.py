@@ -189,7 +189,7 @@ def cmd_build(args, session: Session, report) -> int:
     from .executor import Executor
 
     jobs = args.jobs or session.plan.settings.get("jobs") or 1
-    executor = Executor(session.plan, ws, session.store, session.stat_cache, report, session.rules,
+    executor = Executor(session.plan, ws, session.store, session.stat_cache, report, lambda: session.rules,
                         jobs=jobs, keep_going=args.keep_going, force=args.force)
     results = executor.run(addresses, decisions)
     ok = all(r.action in ("built", "cached") for r in results)

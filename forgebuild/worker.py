@@ -12,7 +12,7 @@ import traceback
 
 from .context import BuildContext
 from .errors import RuleFailed
-from .rules import load_rules
+from .rules import load_rule
 
 
 def main(context_file: str) -> int:
@@ -20,7 +20,7 @@ def main(context_file: str) -> int:
         ctx = BuildContext.from_json(f.read())
     failure_file = os.path.join(os.path.dirname(context_file), "failure.txt")
     try:
-        rule = load_rules()[ctx.kind]
+        rule = load_rule(ctx.kind)
         ctx.params = rule.Params.model_validate(ctx.raw_params)
         os.chdir(ctx.project_dir)
         rule.build(ctx)

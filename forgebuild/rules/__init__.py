@@ -91,6 +91,15 @@ def load_rules() -> dict[str, ModuleType]:
     return rules
 
 
+def load_rule(kind: str) -> ModuleType:
+    """One rule: what a build process needs, without importing every other rule."""
+    for ep in entry_points(group=GROUP, name=kind):
+        return _checked(kind, ep.load())
+    if kind in BUILTIN:
+        return _checked(kind, importlib.import_module(BUILTIN[kind]))
+    raise RuleLoadError(f"no rule registered for kind '{kind}'")
+
+
 def _checked(kind: str, module: ModuleType) -> ModuleType:
     if not KIND.match(kind):
         raise RuleLoadError(f"rule plugin '{kind}' ({module.__name__}): a kind is lower-case letters, digits, '_' or '-'")
