@@ -163,9 +163,30 @@ class BuildContext:
             produce(folder)
             entry = {**store.ingest_tree(folder), "target": self.target, "key": key, "memo": name}
             store.put_action(key, entry)
-        with open(os.path.join(os.path.dirname(self.out), "memos.txt"), "a", encoding="utf-8") as f:
-            f.write(key + "\n")  # the build's cache entry lists them, so gc keeps them
+        self._memo_log().write(key + "\n")  # the build's cache entry lists them, so gc keeps them
         return ws.artifact(entry, store, self.target)
+
+    def _memo_log(self):
+        """memos.txt, opened once per process (a pool's workers append too) and line-buffered."""
+        if getattr(self, "_memos", None) is None or self._memos[0] != os.getpid():
+            path = os.path.join(os.path.dirname(self.out), "memos.txt")
+            self._memos = (os.getpid(), open(path, "a", encoding="utf-8", buffering=1))
+        return self._memos[1]
+
+    def place(self, cached_file: str, rel: str) -> None:
+        """Put a file from a memo folder into the output at `rel`, as a hardlink where possible:
+        an unchanged 100 MB shard is then neither copied nor stored twice."""
+        from .workspace import clone_file
+
+        dst = os.path.join(self.out, rel)
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        clone_file(cached_file, dst)
+
+    def __getstate__(self):
+        """For a rule's process pool: an open log handle does not cross processes."""
+        state = dict(self.__dict__)
+        state.pop("_memos", None)
+        return state
 
     def _store_and_workspace(self):
         if getattr(self, "_stores", None) is None:

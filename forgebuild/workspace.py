@@ -26,7 +26,7 @@ from .errors import StoreError
 FICLONE = 0x40049409  # Linux ioctl: share extents copy-on-write (btrfs, XFS)
 
 
-def _clone(src: str, dst: str) -> None:
+def clone_file(src: str, dst: str) -> None:
     """Hardlink, else reflink, else copy: a 10 GB model is stored once where the filesystem allows."""
     try:
         os.link(src, dst)
@@ -151,7 +151,7 @@ class Workspace:
                         shutil.copyfile(blob, dst)  # the blob is shared 0444; an executable needs its own mode
                         os.chmod(dst, 0o555)
                     else:
-                        _clone(blob, dst)
+                        clone_file(blob, dst)
                         os.chmod(dst, 0o444)
                 for dirpath, _, _ in os.walk(tmp, topdown=False):
                     os.chmod(dirpath, 0o555)

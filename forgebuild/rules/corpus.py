@@ -853,8 +853,7 @@ def write_source_shards(ctx, units, folders, metas, docs, held) -> dict:
         material = {"rows": bytes_digest(listing.encode()), "layout": WRITE_OPTIONS,
                     "row_group": [ROW_GROUP_BYTES, ROW_GROUP_ROWS]}
         done = ctx.memo("corpus-shard", material, lambda f, rows=rows: write_shard(f, rows, units, folders, metas))
-        os.makedirs(os.path.join(ctx.out, split), exist_ok=True)
-        shutil.copyfile(os.path.join(done, "part.parquet"), os.path.join(ctx.out, split, f"part-{shard:05d}.parquet"))
+        ctx.place(os.path.join(done, "part.parquet"), f"{split}/part-{shard:05d}.parquet")
         written[split] += 1
     return written
 
