@@ -38,7 +38,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
