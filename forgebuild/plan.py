@@ -80,13 +80,6 @@ class Plan:
                 stack.extend(self.targets[address].deps)
         return [a for a in self.order if a in wanted]
 
-    def dependents(self) -> dict[str, list[str]]:
-        out: dict[str, list[str]] = {a: [] for a in self.targets}
-        for address, target in self.targets.items():
-            for dep in target.deps:
-                out[dep].append(address)
-        return out
-
 
 def display_path(path: str) -> str:
     rel = os.path.relpath(path)

@@ -16,7 +16,6 @@ import subprocess
 import sys
 import textwrap
 
-import pytest
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 

@@ -5,7 +5,6 @@ import glob
 import json
 import os
 
-import pytest
 
 from forgebuild.hashing import StatCache, file_digest, tree_digest
 
