@@ -26,10 +26,9 @@ import os
 import re
 import unicodedata
 from dataclasses import dataclass
-from typing import Literal, get_args
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import did_you_mean
 from . import runtime
@@ -89,28 +88,6 @@ class Params(BaseModel):
     decontaminate_fields: list[str] = Field(
         default_factory=list, description="benchmark fields whose text is read; empty: every string field")
     description: str = runtime("", description="a note for people, kept in the build record; not part of the key")
-
-    @field_validator("format", "invalid", "dedup", "split_by", mode="before")
-    @classmethod
-    def _known_choice(cls, value, info):
-        choices = get_args(cls.model_fields[info.field_name].annotation)
-        if value not in choices or isinstance(value, bool):
-            # pydantic's own words ("Input should be 'auto', ...") do not say what was written
-            hint = did_you_mean(value, choices) if isinstance(value, str) else ""
-            raise PydanticCustomError("choice", "expected one of {choices}, got {got}{hint}",
-                                      {"choices": ", ".join(choices), "got": _toml_value(value), "hint": hint})
-        return value
-
-
-def _toml_value(value) -> str:
-    """A value as the Forgefile wrote it, for messages: `string "chat"`, `integer 3`."""
-    if isinstance(value, bool):
-        return f"boolean {str(value).lower()}"
-    if isinstance(value, str):
-        return f'string "{value}"' if len(value) < 40 else "a long string"
-    names = {int: "integer", float: "float", list: "array", dict: "table"}
-    kind = names.get(type(value), type(value).__name__)
-    return f"{kind} {value!r}" if isinstance(value, (int, float)) else kind
 
 
 def as_list(value) -> list:
