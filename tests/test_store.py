@@ -153,3 +153,13 @@ def test_the_same_store_code_runs_over_an_fsspec_filesystem(tmp_path):
     assert store.get_record(record_id)["target"] == "run:x"
     assert list(store.action_keys()) == ["0" * 32]
     assert sorted(store.blob_digests()) == sorted(f["digest"] for f in manifest["files"])
+
+
+def test_gc_right_after_clean_keeps_what_the_forgefile_resolves_to(project):
+    project.forgefile(ONE)
+    project.run()
+    project.runs()
+    project.run("clean")
+    project.run("gc", "--grace", "0")
+    assert project.build() == {"run:big": "cached"}
+    assert project.runs() == []

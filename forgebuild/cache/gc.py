@@ -1,6 +1,7 @@
 """Garbage collection: keep what the current Forgefile's targets last built, drop the rest.
 
-Kept: the action-cache entry of each current target's last build, the blobs
+Kept: the action-cache entry of each current target (the one it resolves to now
+when fresh, else its last build's), the blobs
 its manifest and build record name, and its materialised artifact. Everything
 else in the local store and workspace goes, except objects touched less than
 `grace` seconds ago: they may belong to a build running right now.
@@ -23,14 +24,16 @@ def _young(path: str, now: float, grace: float) -> bool:
 def collect(session, dry_run=False, grace=3600.0) -> dict:
     store, ws, now = session.store, session.workspace, time.time()
     keep_keys, keep_digests, keep_blobs = set(), set(), set()
+    decisions = session.decide(list(session.plan.order))
     for address in session.plan.targets:
-        last = ws.last_build(address)
-        if not last:
-            continue
-        entry = store.get_action(last["key"], address)
+        # The key the Forgefile resolves to now when the target is fresh (so `clean`, which
+        # forgets the last builds, does not make everything garbage), else its last build's.
+        last = ws.last_build(address) or {}
+        key = decisions[address].key if decisions[address].state == "fresh" else last.get("key")
+        entry = store.get_action(key, address) if key else None
         if entry is None:
             continue
-        keep_keys.add(last["key"])
+        keep_keys.add(key)
         keep_digests.add(entry["digest"])
         keep_blobs.update(f["digest"] for f in entry["files"])
         for memo_key in entry.get("memos", []):  # cached sub-steps the build used
