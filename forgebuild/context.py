@@ -142,12 +142,10 @@ class BuildContext:
         way, so adding one file to a thousand processes one file. Without
         `produce` it only looks: None when no earlier build made it.
         """
-        from .hashing import bytes_digest
-        from .keys import canonical
+        from .keys import action_key
 
         store, ws = self._store_and_workspace()
-        key = bytes_digest(canonical({"memo": name, "rule": self.kind, "version": self.version,
-                                      "material": material}).encode())
+        key = action_key({"memo": name, "rule": self.kind, "version": self.version, "material": material})
         entry = store.get_action(key, f"{self.target} ({name})")
         if entry is None:
             if produce is None:

@@ -246,14 +246,15 @@ class Executor:
         os.makedirs(os.path.dirname(log), exist_ok=True)
         with open(log, "w", encoding="utf-8") as f:
             f.write(f"# forgebuild {address} key {key} ({reason})\n")
-        sources = self._context_sources(target, mat)
+        dep_digests = {a: d for entries in mat["inputs"].values() for kind, a, d in entries if kind == "target"}
+        sources = self._context_sources(target, dep_digests)
         ctx = BuildContext(
             target=address, kind=target.kind, key=key, inputs=self._context_inputs(sources), sources=sources,
             out=out, work=work,
             seed=mat["seed"], project_dir=self.plan.root, log_path=log,
             raw_params=merge(target.params, target.runtime), version=target.version,
             digests={rel: d for entries in mat["inputs"].values() for kind, rel, d in entries if kind == "file"},
-            dep_digests={a: d for entries in mat["inputs"].values() for kind, a, d in entries if kind == "target"},
+            dep_digests=dep_digests,
             store_root=self.store.root, workspace_dir=self.ws.dir,
         )
         if target.isolate:
@@ -286,14 +287,13 @@ class Executor:
         self.report({"event": "built", **built.as_dict(), **({"metrics": record["metrics"]} if "metrics" in record else {})})
         return built
 
-    def _context_sources(self, target: TargetPlan, mat: dict) -> dict[str, list[dict]]:
+    def _context_sources(self, target: TargetPlan, digests: dict[str, str]) -> dict[str, list[dict]]:
         """Each input as the Forgefile wrote it, with what it resolved to.
 
         Key path -> [{"spec", "kind": "target" | "glob" | "path", "path", "files"}]:
         for a target, "path" is its artifact folder and "address"/"digest" name it;
         for a glob or a path (file or folder), "files" are the project-relative files.
         """
-        digests = {name: digest for entries in mat["inputs"].values() for kind, name, digest in entries if kind == "target"}
         found: dict[str, list[dict]] = {}
         for spec in target.inputs:
             item = {"spec": spec.spec, "kind": spec.kind}

@@ -86,18 +86,13 @@ class Store:
         self.local = "://" not in root or root.startswith("file://")
         if root.startswith("file://"):
             self.root = root[len("file://"):]
-        self._fs = None
-        if not self.local:  # resolve the URL now: fsspec strips the protocol from paths
+        if self.local:  # plain os calls: the no-op fast path must not import fsspec
+            self.fs = LocalFS()
+        else:  # resolve the URL now: fsspec strips the protocol from paths
             import fsspec
 
-            self._fs, self.root = fsspec.url_to_fs(self.root)
+            self.fs, self.root = fsspec.url_to_fs(self.root)
             self.root = self.root.rstrip("/")
-
-    @property
-    def fs(self):
-        if self._fs is None:
-            self._fs = LocalFS()
-        return self._fs
 
     def _path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
@@ -124,7 +119,7 @@ class Store:
         self._publish(tmp, final)
 
     def has_blob(self, digest: str) -> bool:
-        return os.path.exists(self.blob_path(digest)) if self.local else self.fs.exists(self.blob_path(digest))
+        return self.fs.exists(self.blob_path(digest))
 
     def put_file(self, path: str, digest: str) -> None:
         """Move a local file into the store under its digest (a no-op if the blob exists)."""
@@ -168,12 +163,6 @@ class Store:
     # ---------------------------------------------------------------- reads
 
     def _read(self, path: str) -> bytes | None:
-        if self.local:  # plain os: the no-op fast path must not import fsspec
-            try:
-                with open(path, "rb") as f:
-                    return f.read()
-            except FileNotFoundError:
-                return None
         try:
             return self.fs.cat_file(path)
         except FileNotFoundError:
