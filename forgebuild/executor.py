@@ -35,6 +35,7 @@ from .errors import BadInput, ForgeError, RuleFailed
 from .hashing import file_digest
 from .keys import Decision, action_key, explain, material
 from .plan import Plan, TargetPlan, resolve_sources
+from .rules import parse_params
 from .workspace import remove_tree
 
 LOG_TAIL_LINES = 20
@@ -261,7 +262,7 @@ class Executor:
             self._build_in_child(ctx, scratch)
         else:
             rule = self.load_rules()[target.kind]
-            ctx.params = rule.Params.model_validate(ctx.raw_params)
+            ctx.params = parse_params(rule, ctx.raw_params)
             try:
                 rule.build(ctx)
             except RuleFailed as e:
@@ -300,6 +301,8 @@ class Executor:
             if spec.kind == "target":
                 item.update(path=self.ws.display(self.ws.artifact_dir(digests[spec.spec])), address=spec.spec,
                             digest=digests[spec.spec], files=[])
+            elif spec.kind == "external":
+                item.update(path=os.path.join(self.plan.root, os.path.expanduser(spec.spec)), files=[])
             else:
                 files = [rel for rel, _ in resolve_sources(self.plan, target, spec)]
                 item.update(path=os.path.normpath(spec.spec), files=files)

@@ -293,6 +293,7 @@ def load(path: str, rules=None) -> Plan:
     targets: dict[str, TargetPlan] = {}
     declared = set()  # every address written, valid or not: no false "no target" for an invalid one
     used_rules = {}
+    validated = {}  # address -> (rule, params, where): for checks across targets
     for kind, table in data.items():
         if kind == "forge":
             continue
@@ -312,12 +313,14 @@ def load(path: str, rules=None) -> Plan:
             if not NAME.match(target_name):
                 problems.append(problem_at((kind, target_name), f"bad target name '{target_name}': use letters, digits, '_', '-', '.'", address))
                 continue
-            target, found = _validate_target(rule, kind, target_name, body, problem_at, locate)
+            target, found, checked = _validate_target(rule, kind, target_name, body, problem_at, locate)
             problems += found
             if target is not None:
                 targets[address] = target
+                validated[address] = checked
 
     problems += _reference_problems(targets, declared, settings, rules, name, locate)
+    problems += _dependency_problems(targets, validated)
     # Cycles and missing files are looked for among the valid targets even when others
     # have problems: every error is reported in one pass.
     from . import graph
@@ -338,22 +341,19 @@ def load(path: str, rules=None) -> Plan:
 
 
 def _validate_target(rule, kind, target_name, body, problem_at, locate):
-    from .rules import split_params
+    from .rules import params_class, rule_version, split_params
 
     address = f"{kind}:{target_name}"
 
     def where(path, message):
         return problem_at((kind, target_name, *path), message, address, key_text(path) or None)
 
+    model = params_class(rule, body)
     try:
-        params = rule.Params.model_validate(body)
+        params = model.model_validate(body)
     except ValidationError as e:
-        return None, validation_problems(e, rule.Params, body, where)
-    problems = []
-    for key, message in getattr(rule, "check", lambda p: [])(params):
-        # a key path is a tuple, or a dotted string when no part holds a dot
-        path = list(key) if isinstance(key, tuple) else [int(p) if p.isdigit() else p for p in key.split(".")]
-        problems.append(where(path, message))
+        return None, validation_problems(e, model, body, where), None
+    problems = _checked(getattr(rule, "check", lambda p: [])(params), where)
     inputs = []
     for key, specs in rule.inputs(params).items():
         for spec in [specs] if isinstance(specs, str) else specs:
@@ -362,13 +362,36 @@ def _validate_target(rule, kind, target_name, body, problem_at, locate):
             if input_kind != "target" and planlib.outside_root(spec):
                 problems.append(where(key.split("."), f"path '{spec}' is outside the project folder"))
             inputs.append(InputSpec(key, spec, input_kind, line))
+    for key, spec in getattr(rule, "external_inputs", lambda p: {})(params).items():
+        inputs.append(InputSpec(key, spec, "external", locate.line((kind, target_name, *key.split(".")))))
     identity, runtime_values = split_params(params)
     line = locate.line((kind, target_name))
     declared = getattr(rule, "environment", lambda p: {})(params)
-    target = TargetPlan(address, kind, str(rule.version), line, identity, runtime_values, inputs,
+    target = TargetPlan(address, kind, rule_version(rule, params), line, identity, runtime_values, inputs,
                         bool(getattr(rule, "isolate", True)), sorted(declared.get("vars", [])),
                         _versions(declared.get("libraries", [])))
-    return target, problems
+    return target, problems, (rule, params, where)
+
+
+def _checked(found, where) -> list[Problem]:
+    problems = []
+    for key, message in found:
+        # a key path is a tuple, or a dotted string when no part holds a dot
+        path = list(key) if isinstance(key, tuple) else [int(p) if p.isdigit() else p for p in key.split(".")]
+        problems.append(where(path, message))
+    return problems
+
+
+def _dependency_problems(targets, validated) -> list[Problem]:
+    """A rule's own checks against what it reads (an sft model given a preference dataset)."""
+    problems = []
+    for address, (rule, params, where) in validated.items():
+        check_deps = getattr(rule, "check_deps", None)
+        if check_deps is None:
+            continue
+        deps = {d: (validated[d][1], targets[d].kind) for d in targets[address].deps if d in validated}
+        problems += _checked(check_deps(params, {d: {"kind": k, "params": p} for d, (p, k) in deps.items()}), where)
+    return problems
 
 
 def _versions(names) -> dict[str, str | None]:
@@ -410,7 +433,7 @@ def _source_problems(plan: Plan) -> list[Problem]:
     problems = []
     for target in plan.targets.values():
         for spec in target.inputs:
-            if spec.kind != "target" and not planlib.outside_root(spec.spec):
+            if spec.kind == "external" or (spec.kind != "target" and not planlib.outside_root(spec.spec)):
                 try:
                     planlib.resolve_sources(plan, target, spec)
                 except ForgefileError as e:

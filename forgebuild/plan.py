@@ -113,6 +113,15 @@ def resolve_sources(plan: Plan, target: TargetPlan, spec: InputSpec) -> list[tup
     def problem(message: str) -> ForgefileError:
         return ForgefileError([Problem(plan.display_name, spec.line, message, target.address, spec.key)])
 
+    if spec.kind == "external":  # a folder outside the project (an imported model): named by key, not path
+        full = os.path.join(root, os.path.expanduser(spec.spec))
+        if os.path.isdir(full):
+            from .hashing import walk_files
+
+            return [(f"<{spec.key}>/{rel}", path) for rel, path, _ in walk_files(full)]
+        if not os.path.isfile(full):
+            raise problem(f"no such file or folder '{spec.spec}'")
+        return [(f"<{spec.key}>", full)]
     if spec.kind == "glob":
         matches = sorted(
             m for m in globlib.glob(spec.spec, root_dir=root, recursive=True)

@@ -1,6 +1,8 @@
 """JSON Schema of the Forgefile, from the same pydantic models that validate it (for editors and agents)."""
 from __future__ import annotations
 
+from pydantic import TypeAdapter
+
 from .forgefile import ForgeSettings
 from .rules import load_rules
 
@@ -8,7 +10,7 @@ from .rules import load_rules
 def forgefile_schema() -> dict:
     properties = {"forge": ForgeSettings.model_json_schema()}
     for kind, rule in sorted(load_rules().items()):
-        params = rule.Params.model_json_schema()
+        params = TypeAdapter(rule.Params).json_schema()
         properties[kind] = {
             "type": "object",
             "description": (rule.__doc__ or "").strip().split("\n")[0],

@@ -8,20 +8,22 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 
 from .context import BuildContext
 from .errors import RuleFailed
-from .rules import load_rule
+from .rules import load_rule, parse_params
 
 
 def main(context_file: str) -> int:
+    os.environ["FORGE_STAGE_STARTED"] = str(time.time())  # recipes measure their time before the first step
     with open(context_file, encoding="utf-8") as f:
         ctx = BuildContext.from_json(f.read())
     failure_file = os.path.join(os.path.dirname(context_file), "failure.txt")
     try:
         rule = load_rule(ctx.kind)
-        ctx.params = rule.Params.model_validate(ctx.raw_params)
+        ctx.params = parse_params(rule, ctx.raw_params)
         os.chdir(ctx.project_dir)
         rule.build(ctx)
     except RuleFailed as e:

@@ -65,3 +65,27 @@ class Project:
 @pytest.fixture
 def project(tmp_path):
     return Project(str(tmp_path))
+
+
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory):
+    """A tiny llama pretrained by forgebuild on standard-library text (about 10 s, once per session):
+    the artifact folder's path. Recipe tests import it with `tinylab.imported_base(path)`."""
+    import tinylab
+
+    root = str(tmp_path_factory.mktemp("tiny-base"))
+    lab = Project(root)
+    tinylab.write_stdlib_text(root)
+    lab.forgefile(tinylab.BASE_FORGEFILE)
+    lab.run("model:base", timeout=300)
+    return lab.run("path", "model:base").stdout.strip()
+
+
+@pytest.fixture
+def recipe_project(project, tiny_base):
+    """A project with the tiny base as `model:base` and the arithmetic datasets written."""
+    import tinylab
+
+    tinylab.write_arith_data(project.root)
+    project.preamble = tinylab.imported_base(tiny_base) + tinylab.DATASETS
+    return project

@@ -16,6 +16,17 @@ group ``forgebuild.rules``; the entry point's name is the target kind. It has:
   versions of these distributions (e.g. torch, transformers) enter the key.
 - optional ``isolate`` (default True): run ``build`` in a child Python process.
   A rule whose build only launches a command of its own may set it False.
+- optional ``params_model(raw) -> pydantic model class``: for a rule whose
+  tables take different shapes (the ``model`` rule: one per ``recipe``); then
+  ``Params`` may be a union, used only for the JSON schema.
+- optional ``version_of(params) -> str``: a version that depends on the params
+  (the ``model`` rule's recipe versions).
+- optional ``external_inputs(params) -> {key path: path}``: files or folders outside
+  the project (an open-weight model already on disk), hashed like sources but
+  keyed by their Forgefile key, never by their path.
+- optional ``check_deps(params, deps) -> [(key path, message)]``: checks against
+  the targets this one reads; ``deps`` maps an address to its kind and params
+  (pydantic instance), for every referenced target that validated.
 """
 from __future__ import annotations
 
@@ -31,7 +42,7 @@ from ..errors import ForgeError
 GROUP = "forgebuild.rules"
 # Used when forgebuild runs from a source tree that was never pip-installed,
 # so its own entry points are not registered.
-BUILTIN = {kind: f"forgebuild.rules.{kind}" for kind in ("run", "corpus", "dataset", "tokenizer", "tokens")}
+BUILTIN = {kind: f"forgebuild.rules.{kind}" for kind in ("run", "corpus", "dataset", "tokenizer", "tokens", "model")}
 REQUIRED = ("version", "Params", "inputs", "build")
 KIND = re.compile(r"^[a-z][a-z0-9_-]*$")
 
@@ -45,6 +56,21 @@ def runtime(default=None, **kwargs):
 def is_runtime(field) -> bool:
     extra = field.json_schema_extra
     return isinstance(extra, dict) and bool(extra.get("runtime"))
+
+
+def params_class(rule, raw: dict):
+    """The pydantic model that validates this table (most rules: their one Params)."""
+    chooser = getattr(rule, "params_model", None)
+    return chooser(raw) if chooser else rule.Params
+
+
+def parse_params(rule, raw: dict) -> BaseModel:
+    return params_class(rule, raw).model_validate(raw)
+
+
+def rule_version(rule, params: BaseModel) -> str:
+    version_of = getattr(rule, "version_of", None)
+    return str(version_of(params) if version_of else rule.version)
 
 
 def split_params(params: BaseModel) -> tuple[dict, dict]:
@@ -103,7 +129,9 @@ def load_rule(kind: str) -> ModuleType:
 def _checked(kind: str, module: ModuleType) -> ModuleType:
     if not KIND.match(kind):
         raise RuleLoadError(f"rule plugin '{kind}' ({module.__name__}): a kind is lower-case letters, digits, '_' or '-'")
-    missing = [name for name in REQUIRED if not hasattr(module, name)]
+    # a rule that picks its params per table (params_model) builds its Params union lazily
+    missing = [name for name in REQUIRED if not (name == "Params" and hasattr(module, "params_model"))
+               and not hasattr(module, name)]
     if missing:
         raise RuleLoadError(f"rule plugin '{kind}' ({module.__name__}) lacks {', '.join(missing)}")
     return module

@@ -75,28 +75,31 @@ def check(params: Params) -> list[tuple[str, str]]:
 # ------------------------------------------------------------------ building
 
 def build(ctx) -> None:
-    p = ctx.params
+    tokenize(ctx, ctx.params, ctx.inputs["corpus"], ctx.inputs["tokenizer"], ctx.out)
+
+
+def tokenize(ctx, p: Params, folder: str, tokenizer_folder: str, out: str) -> None:
+    """Tokenize and pack a corpus folder into `out` (a pretraining recipe calls this too)."""
     threads = use_threads(p.threads)
     import pyarrow.parquet  # noqa: F401  (imported before the clock starts: the metrics time the work)
 
-    tokenizer = load_tokenizer(ctx, p.tokenizer, ctx.inputs["tokenizer"])
+    tokenizer = load_tokenizer(ctx, p.tokenizer, tokenizer_folder)
     tokenizer.encode_special_tokens = True  # "<|eos|>" written in a document is text, not the token
-    ids = special_ids(ctx, p, tokenizer, ctx.inputs["tokenizer"])
+    ids = special_ids(ctx, p, tokenizer, tokenizer_folder)
     vocab = max(tokenizer.get_vocab(with_added_tokens=True).values()) + 1  # ids may have gaps
     typecode, dtype = ("H", "uint16") if vocab <= UINT16_IDS else ("I", "uint32")
 
-    folder = ctx.inputs["corpus"]
     parts = {split: corpus_parts(ctx, p.corpus, folder, split, required=split == "train") for split in SPLITS}
     splits, seconds = {}, {}
     for split in SPLITS:
         started = time.perf_counter()
-        writer = SequenceWriter(os.path.join(ctx.out, f"{split}.bin"), typecode, p.seq_len, p.packing, ids["pad_id"])
+        writer = SequenceWriter(os.path.join(out, f"{split}.bin"), typecode, p.seq_len, p.packing, ids["pad_id"])
         batches = text_batches(ctx, p.corpus, folder, parts[split], rows=p.batch_documents, threads=threads > 1)
         splits[split] = pack(batches, tokenizer, ids, p, writer)
         seconds[split] = time.perf_counter() - started
 
-    write_json(os.path.join(ctx.out, "meta.json"), meta(ctx, p, dtype, vocab, ids, splits))
-    write_json(os.path.join(ctx.out, "stats.json"), stats(p, splits))
+    write_json(os.path.join(out, "meta.json"), meta(ctx, p, dtype, vocab, ids, splits))
+    write_json(os.path.join(out, "stats.json"), stats(p, splits))
     total = sum(s["document_tokens"] for s in splits.values())
     log_metrics(ctx, threads=threads, seconds={k: round(v, 3) for k, v in seconds.items()},
                 tokens_per_second=round(total / max(sum(seconds.values()), 1e-9)))

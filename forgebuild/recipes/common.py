@@ -1,0 +1,96 @@
+"""The parameters every training recipe shares, and the checks on them. Torch-free:
+the planner imports this module to validate a Forgefile."""
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..rules import runtime
+
+ADDRESS = re.compile(r"^[a-z][a-z0-9_-]*:[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+Schedule = Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr",
+                   "inverse_sqrt", "warmup_stable_decay"]
+
+
+class Train(BaseModel):
+    """How long and how fast: `train = { lr = 1e-3, steps = 200, batch_size = 8 }`."""
+    model_config = ConfigDict(extra="forbid")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate")
+    steps: int | None = Field(None, ge=1, description="optimizer steps; when unset, `epochs` (or `tokens`) decide")
+    epochs: float = Field(1.0, gt=0, description="passes over the data when `steps` is unset")
+    batch_size: int = Field(8, ge=1, description="sequences per device per micro-batch")
+    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    schedule: Schedule = Field("cosine", description="learning-rate schedule after warmup")
+    warmup_steps: int = Field(0, ge=0, description="steps of linear warmup from 0 to `lr`")
+    min_lr_rate: float = Field(0.1, ge=0, le=1, description="cosine_with_min_lr: the floor as a fraction of `lr`")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping norm (0 turns clipping off)")
+    eval_every: int | None = Field(None, ge=1, description="holdout loss every N steps (recipes with holdout data)")
+
+
+class Lora(BaseModel):
+    """`lora = { r = 16, alpha = 32, dropout = 0.05, target_modules = "all-linear", merge = true }`"""
+    model_config = ConfigDict(extra="forbid")
+    r: int = Field(8, ge=1, description="adapter rank")
+    alpha: float = Field(16, gt=0, description="scaling numerator: the update is scaled by alpha / r")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter's input")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="module names to adapt (e.g. [\"q_proj\", \"v_proj\"]) or \"all-linear\"")
+    merge: bool = Field(True, description="true: emit merged full weights; false: emit the adapter folder only")
+
+
+class Recipe(BaseModel):
+    """Runtime settings every recipe has; none of them enters the action key."""
+    model_config = ConfigDict(extra="forbid")
+    threads: int = runtime(0, ge=0, description="CPU threads for torch; 0 means every core. Not in the key")
+    device: Literal["auto", "cpu", "cuda"] = runtime(
+        "auto", description="where to train: auto takes a GPU when there is one. Not in the key")
+    dataloader_workers: int = runtime(0, ge=0, description="data loading processes. Not in the key")
+    log_every: int = runtime(10, ge=1, description="steps between progress lines in the stage log. Not in the key")
+    checkpoint_every: int = runtime(
+        50, ge=1, description="steps between checkpoints (a killed build resumes from the last). Not in the key")
+
+
+def reference_problems(params: BaseModel, keys) -> list[tuple[str, str]]:
+    problems = []
+    for key in keys:
+        value = getattr(params, key, None)
+        if value is not None and not ADDRESS.match(value):
+            problems.append((key, f"'{value}' is not a target reference: write KIND:NAME, e.g. 'model:base'"))
+    return problems
+
+
+def kind_problems(params: BaseModel, deps: dict, expected: dict) -> list[tuple[str, str]]:
+    """`expected` maps a key to the kind its target must be: base -> model, data -> dataset."""
+    problems = []
+    for key, kind in expected.items():
+        address = getattr(params, key, None)
+        if address in deps and deps[address]["kind"] != kind:
+            problems.append((key, f"{address} is a {deps[address]['kind']} target; '{key}' takes a {kind} target"))
+    return problems
+
+
+def dataset_format_problem(params: BaseModel, deps: dict, key: str, allowed: tuple, recipe: str):
+    """A dataset target whose declared format this recipe cannot train on (format "auto" is checked at build)."""
+    address = getattr(params, key, None)
+    dep = deps.get(address)
+    if dep is None or dep["kind"] != "dataset":
+        return None
+    declared = getattr(dep["params"], "format", "auto")
+    if declared != "auto" and declared not in allowed:
+        return (key, f"{address} is a '{declared}' dataset; recipe \"{recipe}\" trains on "
+                     f"{' or '.join(repr(a) for a in allowed)} data")
+    return None
+
+
+def adapter_base_problem(params: BaseModel, deps: dict, key: str = "base"):
+    """A model that emits only a LoRA adapter cannot be trained on further or imported by a recipe."""
+    address = getattr(params, key, None)
+    dep = deps.get(address)
+    lora = getattr(dep["params"], "lora", None) if dep and dep["kind"] == "model" else None
+    if lora is not None and not lora.merge:
+        return (key, f"{address} emits a LoRA adapter only (lora.merge = false); set merge = true there "
+                     f"to build on its weights")
+    return None

@@ -1,0 +1,287 @@
+"""What every recipe's build does around its trainer: set up the process, build the
+trainer arguments, resume from the last complete checkpoint, watch the loss, and save
+the artifact. Imported inside build() only: it imports torch and transformers.
+
+Reproducibility: the seed comes from `[forge] seed` and the target's address; the
+checkpoints (model, optimizer, scheduler, RNG states, data position) live in the
+action key's work folder, so a killed build resumes there and, on CPU, ends with the
+same weights as an uninterrupted one. Nothing in the artifact depends on time, paths
+or the runtime-only settings: timings go to the build record (ctx.metrics).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import time
+
+# A build never reaches a model hub: everything it reads is a local folder.
+for _name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_DISABLE_TELEMETRY"):
+    os.environ.setdefault(_name, "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+import transformers  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
+
+from ..rules import split_params  # noqa: E402
+
+COMPLETE = "forge-complete"  # written into a checkpoint folder once the trainer has saved all of it
+CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+# Fields of the trainer's log that measure time or speed: they go to the build record, not the artifact.
+TIMING = re.compile(r"(runtime|per_second|_time$|^time|seconds)")
+
+
+class LossNaN(Exception):
+    def __init__(self, step: int):
+        super().__init__(f"loss became NaN at step {step}")
+        self.step = step
+
+
+def prepare(ctx) -> None:
+    """Threads, quiet libraries, seeds: the first thing a recipe's build does."""
+    import warnings
+
+    ctx.started = float(os.environ.get("FORGE_STAGE_STARTED", time.time()))
+    threads = ctx.params.threads or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    warnings.filterwarnings("ignore")
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        import datasets
+
+        datasets.disable_progress_bars()
+        datasets.utils.logging.set_verbosity_error()
+    except ImportError:
+        pass
+    transformers.set_seed(ctx.seed)
+
+
+def on_cpu(ctx) -> bool:
+    return ctx.params.device == "cpu" or not torch.cuda.is_available()
+
+
+def checkpoints_dir(ctx) -> str:
+    return os.path.join(ctx.work, "checkpoints")
+
+
+def trainer_args(ctx, config_class, evaluating: bool = False, **extra):
+    """The TrainingArguments (or TRL config) from the recipe's `train` table and runtime settings."""
+    p, t = ctx.params, ctx.params.train
+    kwargs = dict(
+        output_dir=checkpoints_dir(ctx),
+        per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum, learning_rate=t.lr, lr_scheduler_type=t.schedule,
+        warmup_steps=t.warmup_steps, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
+        num_train_epochs=t.epochs, max_steps=t.steps or -1, seed=ctx.seed, data_seed=ctx.seed,
+        # Every step is logged (one float per step): the training log then does not depend on
+        # `log_every`, and a NaN is caught at the step it appears.
+        logging_steps=1, logging_nan_inf_filter=False,
+        save_strategy="steps", save_steps=p.checkpoint_every, save_total_limit=2,
+        eval_strategy="steps" if evaluating and t.eval_every else "no", eval_steps=t.eval_every,
+        report_to=[], disable_tqdm=True, use_cpu=on_cpu(ctx), bf16=False, fp16=False,
+        gradient_checkpointing=False, dataloader_num_workers=p.dataloader_workers,
+    )
+    if t.schedule == "cosine_with_min_lr":
+        kwargs["lr_scheduler_kwargs"] = {"min_lr_rate": t.min_lr_rate}
+    kwargs.update(extra)
+    return config_class(**kwargs)
+
+
+class Watch(TrainerCallback):
+    """Fails on a non-finite loss, writes progress to the stage log, marks complete checkpoints."""
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+        self.first_step_at = None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.first_step_at is None:
+            self.first_step_at = time.time()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        loss = logs.get("loss")
+        if isinstance(loss, float) and not math.isfinite(loss):
+            raise LossNaN(state.global_step)
+        every = self.ctx.params.log_every
+        if state.global_step % every == 0 or state.global_step == state.max_steps or "eval_loss" in logs:
+            shown = {k: round(v, 5) if isinstance(v, float) else v for k, v in logs.items()}
+            self.ctx.log(f"step {state.global_step}/{state.max_steps} {json.dumps(shown, sort_keys=True)}")
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if os.path.isdir(folder):
+            with open(os.path.join(folder, COMPLETE), "w") as f:
+                f.write(str(state.global_step))
+            self.ctx.log(f"checkpoint at step {state.global_step}")
+
+
+def last_checkpoint(folder: str) -> str | None:
+    """The newest checkpoint that was written whole; half-written ones (a kill mid-save) are removed."""
+    if not os.path.isdir(folder):
+        return None
+    found = []
+    for name in os.listdir(folder):
+        m = CHECKPOINT.match(name)
+        if not m:
+            continue
+        path = os.path.join(folder, name)
+        if os.path.exists(os.path.join(path, COMPLETE)):
+            found.append((int(m.group(1)), path))
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+    return max(found)[1] if found else None
+
+
+def train(ctx, trainer):
+    """Run the trainer from the last complete checkpoint of this action key, if any."""
+    from transformers.trainer_callback import PrinterCallback
+
+    watch = Watch(ctx)
+    trainer.remove_callback(PrinterCallback)  # Watch writes the progress lines, once every log_every steps
+    trainer.add_callback(watch)
+    resume = last_checkpoint(checkpoints_dir(ctx))
+    if resume:
+        ctx.log(f"resuming from {os.path.basename(resume)} of an earlier, interrupted build")
+    started = time.time()
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    except LossNaN as e:
+        raise ctx.failure(str(e)) from None
+    seconds = time.time() - started
+    state = trainer.state
+    resumed_at = int(CHECKPOINT.match(os.path.basename(resume)).group(1)) if resume else 0
+    ctx.metrics({
+        "train_seconds": round(seconds, 3), "steps": state.global_step,
+        "steps_per_second": round(state.global_step / seconds, 3) if seconds else None,
+        "seconds_before_first_step": round(watch.first_step_at - ctx.started, 3) if watch.first_step_at else None,
+        "resumed_from_step": resumed_at if resume else None,
+    })
+    return {"result": result, "seconds": seconds, "steps": state.global_step - resumed_at}
+
+
+def training_log(trainer) -> list[dict]:
+    """The trainer's per-step log without timings (the artifact must not change between identical builds)."""
+    rows = []
+    for entry in trainer.state.log_history:
+        rows.append({k: v for k, v in entry.items() if not TIMING.search(k) and k != "total_flos"})
+    # The trainer's train_loss averages the steps of this process only: after a resume it would
+    # differ from an uninterrupted run's. The mean of every step's loss is the same either way.
+    losses = [r["loss"] for r in rows if isinstance(r.get("loss"), (int, float))]
+    for row in rows:
+        if "train_loss" in row and losses:
+            row["train_loss"] = sum(losses) / len(losses)
+    return rows
+
+
+def final_metrics(rows: list[dict], **extra) -> dict:
+    """The last value of every logged quantity, plus what the recipe adds."""
+    last = {}
+    for row in rows:
+        for key, value in row.items():
+            if key not in ("epoch", "step") and isinstance(value, (int, float)):
+                last[key] = value
+    steps = max((r.get("step", 0) for r in rows), default=0)
+    return {**last, "steps": steps, **extra}
+
+
+def save(ctx, model, tokenizer, trainer=None, config: dict | None = None, metrics: dict | None = None) -> None:
+    """The artifact: save_pretrained weights (safetensors) and tokenizer, the resolved config,
+    the training log and the final metrics."""
+    model.save_pretrained(ctx.out, safe_serialization=True)
+    tokenizer.save_pretrained(ctx.out)
+    rows = training_log(trainer) if trainer is not None else []
+    identity, _ = split_params(ctx.params)
+    resolved = {"target": ctx.target, "recipe": ctx.params.recipe, "seed": ctx.seed, "params": identity,
+                "inputs": dict(sorted(ctx.dep_digests.items())), "versions": library_versions(), **(config or {})}
+    write_json(os.path.join(ctx.out, "training_config.json"), resolved)
+    if trainer is not None:
+        with open(os.path.join(ctx.out, "training_log.jsonl"), "w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(row, sort_keys=True) + "\n")
+    final = final_metrics(rows, **(metrics or {}))
+    write_json(os.path.join(ctx.out, "metrics.json"), final)
+    ctx.metrics({k: v for k, v in final.items() if k in ("loss", "eval_loss", "steps", "train_loss")})
+
+
+def library_versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for name in ("torch", "transformers", "trl", "peft"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def write_json(path: str, data) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def load_tokenizer(folder: str):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def load_model(ctx, folder: str, address: str):
+    """A causal LM from a model artifact, in float32 (CPU training and exact resumes want it)."""
+    from transformers import AutoModelForCausalLM
+
+    if not os.path.exists(os.path.join(folder, "config.json")):
+        raise ctx.bad_input(f"{address} is not a model folder: it has no config.json")
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+
+
+def dataset_split(ctx, address: str, folder: str, split: str, allowed: tuple):
+    """One split of a dataset target as an in-memory `datasets.Dataset` (no cache files written
+    anywhere), after checking its format is one this recipe trains on."""
+    from datasets import Dataset
+
+    meta_path = os.path.join(folder, "dataset.json")
+    if not os.path.isfile(meta_path):
+        raise ctx.bad_input(f"{address} is not a dataset artifact: it has no dataset.json")
+    with open(meta_path, encoding="utf-8") as f:
+        meta = json.load(f)
+    if meta["format"] not in allowed:
+        raise ctx.bad_input(f"{address} is a '{meta['format']}' dataset; recipe \"{ctx.params.recipe}\" trains on "
+                            f"{' or '.join(repr(a) for a in allowed)} data")
+    if split not in meta["splits"]:
+        raise ctx.bad_input(f"{address} has no split '{split}' (it has {', '.join(sorted(meta['splits']))})")
+    with open(os.path.join(folder, meta["splits"][split]["path"]), encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    if not rows:
+        raise ctx.bad_input(f"{address} split '{split}' has no rows")
+    return Dataset.from_list(rows), meta["format"]
+
+
+def lora_config(lora):
+    from peft import LoraConfig
+
+    return LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, task_type="CAUSAL_LM",
+                      target_modules=lora.target_modules)
+
+
+def save_trained(ctx, trainer, tokenizer, base_address: str, **kwargs) -> None:
+    """Save a TRL trainer's model: full weights, LoRA merged into them, or the adapter alone."""
+    model = trainer.model
+    lora = getattr(ctx.params, "lora", None)
+    if lora is not None and lora.merge:
+        model = model.merge_and_unload()
+    save(ctx, model, tokenizer, trainer, **kwargs)
+    if lora is not None and not lora.merge:
+        # peft writes the base's folder path, which differs between machines: name the target instead.
+        # Load with PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(<base path>), <this folder>).
+        path = os.path.join(ctx.out, "adapter_config.json")
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+        config["base_model_name_or_path"] = base_address
+        write_json(path, config)

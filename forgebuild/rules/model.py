@@ -1,0 +1,93 @@
+"""model: a trained language model, made by one of the training recipes.
+
+    [model.base]
+    recipe = "pretrain"              # import, pretrain, continue, sft, dpo, online-dpo, reward, grpo
+    tokens = "tokens:web"
+    tokenizer = "tokenizer:bpe"
+    arch = { family = "llama", hidden = 128, layers = 2, heads = 4 }
+    train = { lr = 3e-3, steps = 200 }
+
+Each recipe is a module of its own in `forgebuild.recipes` with its own Params,
+inputs and build; this rule only picks the recipe a table names. The artifact is
+a Hugging Face `save_pretrained` folder (safetensors and tokenizer) with
+training_config.json, training_log.jsonl and metrics.json beside the weights.
+See docs/rules/model.md.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+version = "1"
+
+RECIPES = {
+    "import": "hf_import",
+    "pretrain": "pretrain",
+    "continue": "continued",
+    "sft": "sft",
+    "dpo": "dpo",
+    "online-dpo": "online_dpo",
+    "reward": "reward",
+    "grpo": "grpo",
+}
+
+
+class RecipeChoice(BaseModel):
+    """What a table is validated against when its `recipe` is missing or unknown."""
+    model_config = ConfigDict(extra="allow")
+    recipe: Literal[tuple(RECIPES)] = Field(description="the training method")
+
+
+def recipe_module(name: str):
+    return importlib.import_module(f"forgebuild.recipes.{RECIPES[name]}")
+
+
+def params_model(raw: dict):
+    name = raw.get("recipe") if isinstance(raw, dict) else None
+    return recipe_module(name).Params if name in RECIPES else RecipeChoice
+
+
+def _union():
+    return Annotated[Union[tuple(recipe_module(n).Params for n in RECIPES)], Field(discriminator="recipe")]
+
+
+def __getattr__(name):
+    # `Params` (for the JSON schema) imports every recipe module: built on first use only.
+    if name == "Params":
+        return _union()
+    raise AttributeError(name)
+
+
+def version_of(params) -> str:
+    return f"{version}/{params.recipe}-{recipe_module(params.recipe).version}"
+
+
+def inputs(params) -> dict:
+    return recipe_module(params.recipe).inputs(params)
+
+
+def external_inputs(params) -> dict:
+    found = getattr(recipe_module(params.recipe), "external_inputs", None)
+    return found(params) if found else {}
+
+
+def environment(params) -> dict:
+    module = recipe_module(params.recipe)
+    found = getattr(module, "environment", None)
+    return found(params) if found else {"libraries": ["torch", "transformers", "safetensors"]}
+
+
+def check(params) -> list:
+    found = getattr(recipe_module(params.recipe), "check", None)
+    return found(params) if found else []
+
+
+def check_deps(params, deps: dict) -> list:
+    found = getattr(recipe_module(params.recipe), "check_deps", None)
+    return found(params, deps) if found else []
+
+
+def build(ctx) -> None:
+    recipe_module(ctx.params.recipe).build(ctx)
