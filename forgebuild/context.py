@@ -49,13 +49,19 @@ def kill_running() -> None:
 MARKER = "FORGE_ACTION_KEY"
 
 
+def marker(key: str, workspace_dir: str) -> str:
+    """The value that tags a build's processes: the key alone would also match a build of the
+    same key in another project on this machine (two checkouts building the same base)."""
+    return f"{key}@{os.path.realpath(workspace_dir)}"
+
+
 def kill_leftovers(key: str) -> int:
     """Kill processes that a killed earlier build of this key left running.
 
     The death signal reaches only a build's direct child; its children (a shell's
     commands, a launcher's workers) would go on writing into the persistent work
-    folder the next attempt resumes from. Every build process carries the key in
-    its environment, so they can be found in /proc (Linux). Only called while
+    folder the next attempt resumes from. Every build process carries the key and
+    workspace (see `marker`) in its environment, so they can be found in /proc (Linux). Only called while
     holding the key's lock, so no live build of this key is among them.
     """
     needle = f"{MARKER}={key}".encode()
@@ -130,7 +136,8 @@ class BuildContext:
         return BadInput(self.target, message)
 
     def run_command(self, argv, shell=False, env=None, timeout=None) -> int:
-        return run_logged(argv, self.log_path, self.project_dir, env=env, shell=shell, timeout=timeout, key=self.key)
+        return run_logged(argv, self.log_path, self.project_dir, env=env, shell=shell, timeout=timeout,
+                          key=marker(self.key, self.workspace_dir))
 
     def memo(self, name: str, material: dict, produce=None) -> str | None:
         """A cached sub-step: `produce(folder)` runs only if no earlier build made the same thing.

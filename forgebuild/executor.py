@@ -30,7 +30,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from . import __version__
-from .context import BuildContext, kill_leftovers, kill_running, run_logged
+from .context import BuildContext, kill_leftovers, kill_running, marker, run_logged
 from .errors import BadInput, ForgeError, RuleFailed
 from .hashing import file_digest
 from .keys import Decision, action_key, explain, material
@@ -235,7 +235,7 @@ class Executor:
         started = time.time()
         leftovers = self.ws.leftover_scratch(key)
         if leftovers:  # an earlier attempt was killed: stop what it left running, drop what it wrote
-            kill_leftovers(key)
+            kill_leftovers(marker(key, self.ws.dir))
             for folder in leftovers:
                 remove_tree(folder)
         scratch = self.ws.scratch(key)
@@ -325,7 +325,7 @@ class Executor:
         with open(ctx_file, "w", encoding="utf-8") as f:
             f.write(ctx.to_json())
         code = run_logged([sys.executable, "-m", "forgebuild.worker", ctx_file], ctx.log_path, ctx.project_dir,
-                          key=ctx.key)
+                          key=marker(ctx.key, ctx.workspace_dir))
         if code != 0:
             failure = os.path.join(scratch, "failure.txt")
             message = open(failure, encoding="utf-8").read() if os.path.exists(failure) else (

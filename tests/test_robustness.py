@@ -235,7 +235,7 @@ def _marked_processes(key: str) -> list[int]:
             environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
         except OSError:
             continue
-        if f"FORGE_ACTION_KEY={key}".encode() in environ:
+        if any(e.startswith(f"FORGE_ACTION_KEY={key}@".encode()) for e in environ):
             found.append(int(pid))
     return found
 

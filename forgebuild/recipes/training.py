@@ -102,6 +102,12 @@ class Watch(TrainerCallback):
         if self.first_step_at is None:
             self.first_step_at = time.time()
 
+    def on_step_end(self, args, state, control, **kwargs):
+        # The trainer also saves at the last step: a full checkpoint (optimizer included) that
+        # nothing resumes from, since the artifact is saved right after. Skip it.
+        if state.global_step >= state.max_steps and state.global_step % args.save_steps:
+            control.should_save = False
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
         loss = logs.get("loss")
@@ -284,4 +290,6 @@ def save_trained(ctx, trainer, tokenizer, base_address: str, **kwargs) -> None:
         with open(path, encoding="utf-8") as f:
             config = json.load(f)
         config["base_model_name_or_path"] = base_address
+        if isinstance(config.get("target_modules"), list):  # peft writes a set: its order varies by run
+            config["target_modules"] = sorted(config["target_modules"])
         write_json(path, config)
