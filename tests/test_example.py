@@ -11,15 +11,29 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_example_forgefile_builds_and_is_then_up_to_date(tmp_path):
+    """The whole example: data targets, then base -> sft -> dpo (ODPO) -> grpo, trained for real."""
+    from transformers import AutoModelForCausalLM
+
     for folder in ("examples", "forgebuild", "docs"):  # the corpus reads the repository's own code and docs
         shutil.copytree(os.path.join(REPO, folder), tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(os.path.join(REPO, "Forgefile.example.toml"), tmp_path)
     project = Project(str(tmp_path))
     first = project.build("-f", "Forgefile.example.toml")
     assert set(first.values()) == {"built"}
-    assert set(first) == {"run:prepare", "run:stats", "run:vocab", "run:report",
-                          "corpus:repo", "tokenizer:bpe", "tokens:repo"}
+    assert set(first) == {"run:prepare", "run:stats", "run:vocab", "run:report", "corpus:repo", "tokenizer:bpe",
+                          "tokens:repo", "dataset:arith-sft", "dataset:arith-pref", "dataset:arith-prompts",
+                          "model:base", "model:sft-v1", "model:dpo-v2", "model:rl-v3"}
     assert set(project.build("-f", "Forgefile.example.toml").values()) == {"cached"}
     meta = json.loads(project.read(".forge/out/tokens/repo/meta.json"))
     assert meta["seq_len"] == 128 and meta["splits"]["train"]["sequences"] > 0
     assert project.read(".forge/out/run/report/report.md").startswith("# Example corpus report")
+    rl = os.path.join(project.root, ".forge/out/model/rl-v3")
+    assert AutoModelForCausalLM.from_pretrained(rl).config.model_type == "llama"
+    dpo = json.loads(project.read(".forge/out/model/dpo-v2/training_config.json"))
+    assert dpo["params"]["loss"] == ["odpo"]
+    # editing the reward code retrains the last stage only
+    with open(tmp_path / "examples/rewards.py", "a") as f:
+        f.write("\n# tuned\n")
+    stale = [line.split()[1] for line in project.run("-f", "Forgefile.example.toml", "status").stdout.splitlines()
+             if not line.startswith("fresh")]
+    assert stale == ["model:rl-v3"]

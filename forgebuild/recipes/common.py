@@ -10,15 +10,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..rules import runtime
 
 ADDRESS = re.compile(r"^[a-z][a-z0-9_-]*:[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-Schedule = Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr",
-                   "inverse_sqrt", "warmup_stable_decay"]
+Schedule = Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr", "inverse_sqrt"]
 
 
 class Train(BaseModel):
     """How long and how fast: `train = { lr = 1e-3, steps = 200, batch_size = 8 }`."""
     model_config = ConfigDict(extra="forbid")
     lr: float = Field(1e-3, gt=0, description="peak learning rate")
-    steps: int | None = Field(None, ge=1, description="optimizer steps; when unset, `epochs` (or `tokens`) decide")
+    steps: int | None = Field(None, ge=1, description="optimizer steps; when unset, `epochs` (or a pretrain's `budget_tokens`) decide")
     epochs: float = Field(1.0, gt=0, description="passes over the data when `steps` is unset")
     batch_size: int = Field(8, ge=1, description="sequences per device per micro-batch")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")

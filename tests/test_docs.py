@@ -1,0 +1,19 @@
+"""Every Forgefile key of the model rule is documented in docs/rules/model.md."""
+from __future__ import annotations
+
+import os
+
+from forgebuild.recipes import common, pretrain, rewards
+from forgebuild.rules import model
+
+DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "rules", "model.md")
+
+
+def test_every_model_key_is_documented():
+    text = open(DOC, encoding="utf-8").read()
+    models = [common.Recipe, common.Train, common.Lora, pretrain.Arch, rewards.Reward]
+    models += [model.recipe_module(name).Params for name in model.RECIPES]
+    missing = sorted({f"{m.__module__}.{m.__name__}.{key}" for m in models for key in m.model_fields
+                      if f"`{key}`" not in text and key not in ("recipe",)})
+    assert missing == []
+    assert all(f"[`{name}`]" in text for name in model.RECIPES)
