@@ -336,3 +336,48 @@ def test_planning_model_targets_never_imports_torch(recipe_project, tmp_path_fac
     """)
     for args in (["-n", "model:rl", "model:online"], ["status"], ["explain", "model:rl"], ["graph"], ["schema"]):
         p.run(*args, env=env)
+
+
+KILLING_REWARD = '''
+import os, signal
+
+CALLS = [0]
+
+
+def exact(completions, answer, **kwargs):
+    CALLS[0] += 1
+    if CALLS[0] == int(os.environ.get("KILL_AT_CALL", "0")):
+        os.kill(os.getpid(), signal.SIGKILL)  # the build process dies mid-training, as under the OOM killer
+    return [1.0 if c.strip().startswith(a) else 0.1 * any(ch.isdigit() for ch in c) for c, a in zip(completions, answer)]
+'''
+
+GRPO = """
+[model.rl]
+recipe = "grpo"
+base = "model:base"
+prompts = "dataset:prompts"
+rewards = ["rewards.py:exact"]
+generations = 4
+max_completion_length = 4
+train = { lr = 1e-4, steps = 6, batch_size = 8 }
+checkpoint_every = 2
+threads = 1
+"""
+
+
+def test_a_trl_recipe_killed_mid_training_resumes_to_the_uninterrupted_digest(recipe_project, tmp_path_factory,
+                                                                             tiny_base):
+    """GRPO (sampling, a reward function, TRL's trainer): SIGKILLed at its 5th reward call (step 5,
+    after the step-4 checkpoint), rebuilt, and the digest is the one an uninterrupted build gives."""
+    clean = Project(str(tmp_path_factory.mktemp("uninterrupted")))
+    for project in (clean, recipe_project):
+        tinylab.write_arith_data(project.root)
+        project.write("rewards.py", KILLING_REWARD)
+        project.forgefile(tinylab.imported_base(tiny_base) + tinylab.DATASETS + GRPO)
+    clean.run("model:rl", timeout=300)
+    killed = recipe_project.run("model:rl", expect=1, env={"KILL_AT_CALL": "5"}, timeout=300)
+    assert "killed by signal 9" in killed.stdout, killed.stdout
+    recipe_project.run("model:rl", timeout=300)
+    log = recipe_project.read(".forge/logs/model/rl.log")
+    assert "resuming from checkpoint-4" in log
+    assert digest_of(recipe_project, "model:rl") == digest_of(clean, "model:rl")
