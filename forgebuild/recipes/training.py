@@ -167,7 +167,19 @@ def train(ctx, trainer):
         "seconds_before_first_step": round(watch.first_step_at - ctx.started, 3) if watch.first_step_at else None,
         "resumed_from_step": resumed_at if resume else None,
     })
+    tokens = trained_tokens(state.log_history, resumed_at)
+    if tokens and seconds:
+        ctx.metrics({"tokens_per_second": round(tokens / seconds, 1)})
     return {"result": result, "seconds": seconds, "steps": state.global_step - resumed_at}
+
+
+def trained_tokens(log_history: list[dict], resumed_at: int) -> float | None:
+    """Tokens this process trained on, from TRL's cumulative `num_tokens` (sft, dpo, grpo log it)."""
+    counts = [(row.get("step", 0), row["num_tokens"]) for row in log_history if "num_tokens" in row]
+    if not counts:
+        return None
+    before = max((n for step, n in counts if step <= resumed_at), default=0)
+    return counts[-1][1] - before
 
 
 def training_log(trainer) -> list[dict]:
