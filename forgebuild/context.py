@@ -201,6 +201,13 @@ class BuildContext:
             self._stores = Store(self.store_root), Workspace(self.project_dir, self.workspace_dir)
         return self._stores
 
+    def verdict(self, message: str) -> None:
+        """Fail the build, but keep the artifact: it is stored and cached like any other, and the
+        target reports this failure (exit 1) whenever it is asked for, without rebuilding. For an
+        eval whose gates fail: the report is the evidence, and re-evaluating would say the same."""
+        with open(os.path.join(os.path.dirname(self.out), "verdict.txt"), "w", encoding="utf-8") as f:
+            f.write(message)
+
     def metrics(self, values: dict) -> None:
         """Measurements of this build (tokens/s, losses, scores) for its build record.
 

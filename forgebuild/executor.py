@@ -180,9 +180,7 @@ class Executor:
         if not self.force:
             entry = self.store.get_action(key, address)
             if entry is not None:
-                self.ws.materialise(address, entry, self.store)
-                self._remember(address, key, entry["digest"], mat, None, "cached")
-                return self._emit_result(Result(address, "cached", key, entry["digest"], "up to date"))
+                return self._cached(address, key, entry, mat, "up to date")
         reason = "forced (-B)" if self.force else None
         if reason is None and decision is not None and decision.key == key:
             reason = "; ".join(decision.reasons)
@@ -190,6 +188,19 @@ class Executor:
             last = self.ws.last_build(address)
             reason = "; ".join(explain(last.get("material") if last else None, mat))
         return key, mat, reason
+
+    def _cached(self, address: str, key: str, entry: dict, mat: dict, reason: str) -> Result:
+        self.ws.materialise(address, entry, self.store)
+        self._remember(address, key, entry["digest"], mat, None, "cached")
+        if "verdict" in entry:  # a kept failure (a failed gate): the same answer, without re-running
+            return self._verdict(address, key, entry, 0.0)
+        return self._emit_result(Result(address, "cached", key, entry["digest"], reason))
+
+    def _verdict(self, address: str, key: str, entry: dict, seconds: float) -> Result:
+        result = Result(address, "failed", key, entry["digest"], entry["verdict"], seconds, 1)
+        self.report({"event": "failed", **result.as_dict(), "verdict": True, "log_tail": "",
+                     "log": self.ws.log_path(address)})
+        return result
 
     def _remember(self, address, key, digest, mat, record_id, action) -> None:
         if action == "cached" and (self.ws.last_build(address) or {}).get("key") == key:
@@ -208,9 +219,7 @@ class Executor:
             if not self.force:
                 entry = self.store.get_action(key, address)
                 if entry is not None:  # another process built it while we waited
-                    self.ws.materialise(address, entry, self.store)
-                    self._remember(address, key, entry["digest"], mat, None, "cached")
-                    return self._emit_result(Result(address, "cached", key, entry["digest"], "built by another process"))
+                    return self._cached(address, key, entry, mat, "built by another process")
             return self._build_locked(address, key, mat, reason)
         except RuleFailed as e:
             return self._failed(address, key, e.message, e.log_tail, started, e.exit_code)
@@ -277,6 +286,9 @@ class Executor:
         if os.path.exists(metrics):
             with open(metrics, encoding="utf-8") as f:
                 record["metrics"] = json.load(f)
+        verdict = os.path.join(scratch, "verdict.txt")
+        if os.path.exists(verdict):
+            entry["verdict"] = record["verdict"] = open(verdict, encoding="utf-8").read()
         record_id = self.store.put_record(record)
         entry["record"] = record_id
         self.store.put_action(key, entry)  # last: the entry is the commit point of the build
@@ -284,6 +296,8 @@ class Executor:
         self._remember(address, key, entry["digest"], mat, record_id, "built")
         remove_tree(scratch)
         remove_tree(work)  # checkpoints are only for resuming this key, which is now done
+        if "verdict" in entry:
+            return self._verdict(address, key, entry, seconds)
         built = Result(address, "built", key, entry["digest"], reason, seconds)
         self.report({"event": "built", **built.as_dict(), **({"metrics": record["metrics"]} if "metrics" in record else {})})
         return built

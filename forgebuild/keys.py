@@ -154,6 +154,8 @@ def decide(plan: Plan, addresses, stat_cache: StatCache, lookup, last_build, for
         entry = None if force else lookup(key, address)
         if entry is not None:
             why = ["up to date"] if last and last.get("key") == key else ["output cached from an earlier build"]
+            if "verdict" in entry:  # kept, but a failure (a failed gate): never the no-op path
+                why.append(f"failed: {entry['verdict']}")
             decisions[address] = Decision(address, "fresh", why, key, entry["digest"], mat)
         elif force:
             decisions[address] = Decision(address, "stale" if last else "missing", ["forced (-B)"], key, None, mat)

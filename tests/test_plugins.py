@@ -174,3 +174,46 @@ def test_gc_keeps_the_memo_steps_of_current_builds(project, plugin_env):
     project.write("docs/c.txt", "c")
     project.run(env=env)
     assert project.read("memo-runs.txt").split() == ["docs/c.txt"]
+
+
+VERDICT_RULE = '''
+from pydantic import BaseModel, ConfigDict
+
+version = "1"
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    score: float
+
+
+def inputs(params):
+    return {}
+
+
+def build(ctx):
+    open(ctx.out + "/report.txt", "w").write(f"score {ctx.params.score}\\n")
+    open(ctx.project_dir + "/runs.txt", "a").write("judged\\n")
+    if ctx.params.score < 0.5:
+        ctx.verdict(f"gate score >= 0.5 failed: measured {ctx.params.score}")
+'''
+
+
+def test_a_verdict_keeps_the_artifact_and_fails_every_time_without_rebuilding(project, tmp_path_factory):
+    site = tmp_path_factory.mktemp("judge")
+    (site / "judge_rule.py").write_text(VERDICT_RULE)
+    dist = site / "judge_rule-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: judge-rule\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[forgebuild.rules]\njudge = judge_rule\n")
+    env = {"PYTHONPATH": str(site)}
+    project.forgefile('[judge.j]\nscore = 0.25\n[run.after]\ncmd = "echo x > {out}/x"\ninputs = { j = "judge:j" }\n')
+    for attempt in range(2):
+        proc = project.run("run:after", expect=1, env=env)
+        assert "judge:j: gate score >= 0.5 failed: measured 0.25" in proc.stdout
+        assert "run:after" in proc.stdout and "skipped" in proc.stdout
+    assert project.runs() == ["judged"]  # judged once: the second build reports the kept verdict
+    assert project.read(".forge/out/judge/j/report.txt") == "score 0.25\n"
+    assert "failed: gate score >= 0.5 failed" in project.run("status", env=env).stdout
+    project.forgefile('[judge.j]\nscore = 0.75\n[run.after]\ncmd = "echo x > {out}/x"\ninputs = { j = "judge:j" }\n')
+    assert project.build("run:after", env=env) == {"judge:j": "built", "run:after": "built"}
