@@ -1,0 +1,179 @@
+"""release: a model copied, with a generated model card, to where production reads it, only
+when every gate passed.
+
+    [release.prod]
+    model = "model:rl-v3"
+    gates = ["eval:release"]       # eval targets whose gates must all pass (and that evaluate this model)
+    to = "dist/rl-v3"              # a folder (relative to the Forgefile) or an fsspec URL (s3://bucket/rl-v3)
+
+A failed gate fails its eval target, so the release is skipped and nothing is copied.
+The artifact is what was copied: the model's files, README.md (the model card:
+lineage, data digests, recipe, metrics) and release.json (every file's digest).
+The copy lands whole or not at all: into a temporary name beside `to`, renamed at the
+end (a URL: release.json is written last, the sign that the copy is complete).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import uuid
+
+from pydantic import BaseModel, ConfigDict, Field
+
+version = "1"
+
+ADDRESS = re.compile(r"^[a-z][a-z0-9_-]*:[A-Za-z0-9_][A-Za-z0-9_.-]*$")
+URL = re.compile(r"^[a-z][a-z0-9+.-]*://")
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(description="the model target to release")
+    gates: list[str] = Field(default_factory=list, description="eval targets whose gates must pass")
+    to: str = Field(description="destination: a folder (relative to the Forgefile) or an fsspec URL")
+    name: str | None = Field(None, description="the model's name in its card (default: the release's name)")
+
+
+def inputs(params: Params) -> dict:
+    return {"model": params.model, **{f"gates.{i}": g for i, g in enumerate(params.gates)}}
+
+
+def check(params: Params) -> list[tuple[str, str]]:
+    problems = []
+    for key, value in [("model", params.model), *((f"gates.{i}", g) for i, g in enumerate(params.gates))]:
+        if not ADDRESS.match(value):
+            problems.append((key, f"'{value}' is not a target reference: write KIND:NAME"))
+    return problems
+
+
+def check_deps(params: Params, deps: dict) -> list[tuple[str, str]]:
+    problems = []
+    if params.model in deps and deps[params.model]["kind"] != "model":
+        problems.append(("model", f"{params.model} is a {deps[params.model]['kind']} target, not a model"))
+    for i, gate in enumerate(params.gates):
+        dep = deps.get(gate)
+        if dep is None:
+            continue
+        if dep["kind"] != "eval":
+            problems.append((f"gates.{i}", f"{gate} is a {dep['kind']} target; gates are eval targets"))
+        elif params.model not in dep["params"].models:
+            problems.append((f"gates.{i}", f"{gate} does not evaluate {params.model} (it evaluates "
+                                           f"{', '.join(dep['params'].models)})"))
+        elif not dep["params"].gate:
+            problems.append((f"gates.{i}", f"{gate} has no gate: add gate = {{ \"METRIC\" = \">= VALUE\" }} there"))
+    return problems
+
+
+def build(ctx) -> None:
+    p = ctx.params
+    reports = [read_json(os.path.join(ctx.inputs[f"gates.{i}"], "report.json")) for i in range(len(p.gates))]
+    for gate, report in zip(p.gates, reports):
+        if not report.get("passed"):  # the eval target fails first; this guards a hand-edited store
+            raise ctx.failure(f"{gate} did not pass its gates: nothing released")
+    model = ctx.inputs["model"]
+    for parent, _, files in os.walk(model):
+        for name in files:
+            src = os.path.join(parent, name)
+            ctx.place(src, os.path.relpath(src, model))
+    card = model_card(ctx, p, reports)
+    with open(os.path.join(ctx.out, "README.md"), "w", encoding="utf-8") as f:
+        f.write(card)
+    manifest = {"model": p.model, "digest": ctx.dep_digests[p.model], "gates": {g: ctx.dep_digests[g] for g in p.gates},
+                "files": file_digests(ctx.out)}
+    with open(os.path.join(ctx.out, "release.json"), "w", encoding="utf-8") as f:
+        json.dump(manifest, f, indent=2, sort_keys=True)
+    publish(ctx, ctx.out, p.to)
+    ctx.log(f"released {p.model} ({ctx.dep_digests[p.model]}) to {p.to}")
+
+
+def read_json(path: str) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def file_digests(folder: str) -> dict:
+    from ..hashing import file_digest
+
+    found = {}
+    for parent, _, files in os.walk(folder):
+        for name in sorted(files):
+            path = os.path.join(parent, name)
+            found[os.path.relpath(path, folder).replace(os.sep, "/")] = file_digest(path)
+    return dict(sorted(found.items()))
+
+
+# ------------------------------------------------------------------ the model card
+
+def model_card(ctx, p: Params, reports: list[dict]) -> str:
+    config_path = os.path.join(ctx.inputs["model"], "training_config.json")
+    config = read_json(config_path) if os.path.exists(config_path) else {}
+    name = p.name or ctx.target.split(":", 1)[1]
+    lines = [f"# {name}", "", f"Released by forgebuild from `{p.model}` (artifact `{ctx.dep_digests[p.model]}`).", ""]
+    if config:
+        lines += ["## Training", "", f"- recipe: `{config.get('recipe')}`", f"- seed: `{config.get('seed')}`",
+                  f"- libraries: {', '.join(f'{k} {v}' for k, v in sorted(config.get('versions', {}).items()))}", ""]
+        lines += ["```json", json.dumps(config.get("params", {}), indent=2, sort_keys=True), "```", ""]
+    lines += ["## Lineage", "", "Every target this model was made from, with the digest of what it produced:", ""]
+    lines += [f"{'  ' * depth}- `{address}` `{digest}`{f' ({recipe})' if recipe else ''}"
+              for depth, address, digest, recipe in lineage(ctx, p.model, ctx.dep_digests[p.model])]
+    lines += ["", "## Evaluation", ""]
+    for gate, report in zip(p.gates, reports):
+        lines += [f"From `{gate}` (every gate passed):", "", "| metric | value | 95% interval |", "|---|---|---|"]
+        for metric, stat in sorted(report["results"].get(p.model, {}).items()):
+            lines.append(f"| {metric} | {fmt(stat.get('value'))} | [{fmt(stat.get('low'))}, {fmt(stat.get('high'))}] |")
+        lines += ["", "| gate | threshold | measured |", "|---|---|---|"]
+        for g in report["gates"]:
+            if g["model"] == p.model:
+                lines.append(f"| {g['metric']} | {g['op']} {g['threshold']:g} | {fmt(g['value'])} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def fmt(value) -> str:
+    return "—" if value is None else f"{value:.4g}"
+
+
+def lineage(ctx, address: str, digest: str, depth: int = 0, seen=None) -> list[tuple]:
+    """(depth, address, digest, recipe) down the training configs' recorded inputs."""
+    seen = set() if seen is None else seen
+    folder = os.path.join(ctx.workspace_dir, "artifacts", digest)
+    config_path = os.path.join(folder, "training_config.json")
+    config = read_json(config_path) if os.path.exists(config_path) else {}
+    rows = [(depth, address, digest, config.get("recipe"))]
+    if digest in seen:
+        return rows
+    seen.add(digest)
+    for dep, dep_digest in sorted(config.get("inputs", {}).items()):
+        rows += lineage(ctx, dep, dep_digest, depth + 1, seen)
+    return rows
+
+
+# ------------------------------------------------------------------ the copy
+
+def publish(ctx, folder: str, to: str) -> None:
+    if URL.match(to):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(to)
+        files = sorted(file_digests(folder))
+        files.remove("release.json")
+        for rel in [*files, "release.json"]:  # release.json last: a reader sees a complete release or none
+            fs.makedirs(os.path.dirname(f"{path}/{rel}"), exist_ok=True)
+            fs.put_file(os.path.join(folder, rel), f"{path}/{rel}")
+        return
+    dest = os.path.join(ctx.project_dir, to)
+    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+    staging = f"{dest}.tmp-{uuid.uuid4().hex[:8]}"
+    shutil.copytree(folder, staging)  # copies, not links: the store's files stay the store's
+    for parent, dirs, files in os.walk(staging):  # the store's files are read-only; a release is the user's
+        for name in dirs + files:
+            os.chmod(os.path.join(parent, name), 0o755 if name in dirs else 0o644)
+    if os.path.exists(dest):
+        old = f"{dest}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(dest, old)
+        os.replace(staging, dest)
+        shutil.rmtree(old)
+    else:
+        os.replace(staging, dest)

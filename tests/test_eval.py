@@ -1,0 +1,218 @@
+"""eval and release targets on tiny trained models: metrics with intervals on benchmarks whose
+answers are known, per model x benchmark caching, gates that fail the build but keep the
+report, and releases that copy only what passed."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import tinylab
+
+SCORER = '''
+def digits(prompts, completions, answer, **kwargs):
+    return [1.0 if any(ch.isdigit() for ch in c) else 0.0 for c in completions]
+'''
+
+EVAL = """
+[corpus.text]
+sources = ["text/*.txt"]
+holdout = 0.3
+
+[model.sft]
+recipe = "sft"
+base = "model:base"
+data = "dataset:sft"
+max_length = 32
+train = { lr = 1e-3, steps = 3, batch_size = 8 }
+threads = 1
+
+[eval.check]
+models = ["model:base", "model:sft"]
+benchmarks = [
+    { name = "arith", data = "bench/arith.jsonl", metrics = ["exact_match", "numeric"], tolerance = 100, scorers = ["scorers.py:digits"] },
+    { name = "mc", kind = "choice", data = "bench/mc.jsonl" },
+    { name = "holdout", kind = "perplexity", corpus = "corpus:text", seq_len = 32 },
+]
+generation = { max_new_tokens = 4 }
+limit = 12
+gate = { "arith.exact_match" = ">= 0.9", "holdout.perplexity" = "<= 100000" }
+threads = 1
+"""
+
+
+def write_benchmarks(root: str) -> None:
+    pairs = tinylab.arithmetic(12, seed=5)
+    tinylab.write_jsonl(os.path.join(root, "bench/arith.jsonl"),
+                        ({"prompt": f"What is {a}+{b}?\nAnswer:", "answer": str(a + b)} for a, b in pairs))
+    tinylab.write_jsonl(os.path.join(root, "bench/mc.jsonl"),
+                        ({"prompt": f"What is {a}+{b}?\nAnswer:", "choices": [f" {a + b}", f" {a + b + 7}"], "answer": 0}
+                         for a, b in pairs))
+
+
+@pytest.fixture
+def eval_project(recipe_project):
+    p = recipe_project
+    tinylab.write_stdlib_text(p.root, files=12, max_chars=3000)
+    write_benchmarks(p.root)
+    p.write("scorers.py", SCORER)
+    return p
+
+
+def evaluations(log: str) -> list[str]:
+    return [line.split("evaluating ", 1)[1].split(" (")[0] for line in log.splitlines() if "evaluating " in line]
+
+
+def test_report_intervals_failed_gate_kept_and_per_model_caching(eval_project):
+    p = eval_project
+    p.forgefile(p.preamble + EVAL)
+    failed = p.run("eval:check", expect=1, timeout=600)
+    assert "eval:check: 1 of 2 gates failed" in failed.stdout
+    assert "arith.exact_match" in failed.stdout and "FAIL" in failed.stdout
+    log = p.read(".forge/logs/eval/check.log")
+    assert sorted(evaluations(log)) == sorted(f"{m} on {b}" for m in ("model:base", "model:sft")
+                                              for b in ("arith", "mc", "holdout"))
+    report = json.loads(p.read(".forge/out/eval/check/report.json"))
+    assert report["passed"] is False and report["models"] == ["model:base", "model:sft"]
+    for model in report["models"]:
+        results = report["results"][model]
+        assert set(results) == {"arith.exact_match", "arith.numeric", "arith.digits", "mc.accuracy",
+                                "mc.accuracy_norm", "holdout.perplexity", "holdout.loss"}
+        for stat in results.values():
+            assert stat["low"] <= stat["value"] <= stat["high"] and stat["n"] > 0
+        assert results["arith.numeric"]["value"] == results["arith.digits"]["value"]  # tolerance 100: any number
+    assert {c["metric"] for c in report["comparisons"]} >= {"arith.exact_match", "mc.accuracy"}
+    assert all({"diff", "low", "high", "significant"} <= set(c) for c in report["comparisons"])
+    gate = {g["metric"]: g for g in report["gates"]}
+    assert gate["arith.exact_match"]["model"] == "model:sft" and not gate["arith.exact_match"]["passed"]
+    assert gate["holdout.perplexity"]["passed"]
+    samples = p.read(".forge/out/eval/check/samples/model-sft/arith.jsonl").splitlines()
+    assert len(samples) == 12 and {"prompt", "output", "reference", "scores"} <= set(json.loads(samples[0]))
+    html = p.read(".forge/out/eval/check/report.html")
+    assert "model:sft" in html and "data:image/png;base64," in html
+    assert "arith.exact_match" in p.read(".forge/out/eval/check/report.md")
+
+    # asked again: the same failure from the cache, nothing evaluated
+    again = p.run("eval:check", expect=1)
+    assert "1 of 2 gates failed" in again.stdout
+    assert evaluations(p.read(".forge/logs/eval/check.log")) == evaluations(log)
+
+    # a gate that holds: the eval is rebuilt from the cached evaluations
+    p.forgefile(p.read("Forgefile.toml").replace('">= 0.9"', '">= 0.0"'))
+    assert p.build("eval:check")["eval:check"] == "built"
+    assert evaluations(p.read(".forge/logs/eval/check.log")) == []
+
+    # a new model next to the old ones: only its evaluations run
+    p.forgefile(p.read("Forgefile.toml").replace(
+        'models = ["model:base", "model:sft"]', 'models = ["model:base", "model:sft", "model:sft2"]')
+        + '\n[model.sft2]\nrecipe = "sft"\nbase = "model:base"\ndata = "dataset:sft"\nmax_length = 32\n'
+          'train = { lr = 1e-3, steps = 2, batch_size = 8 }\nthreads = 1\n')
+    p.run("eval:check", timeout=600)
+    assert sorted(evaluations(p.read(".forge/logs/eval/check.log"))) == [
+        "model:sft2 on arith", "model:sft2 on holdout", "model:sft2 on mc"]
+
+
+def test_known_answers_score_one_and_zero(eval_project):
+    """A model taught one answer: a benchmark expecting it scores 1 (interval [1, 1]), one expecting
+    another answer scores 0, and multiple choice picks the taught answer."""
+    p = eval_project
+    prompts = [f"Question {i}: is the sky up?\nAnswer:" for i in range(24)]
+    tinylab.write_jsonl(os.path.join(p.root, "data/yes.jsonl"), ({"prompt": q, "completion": " yes"} for q in prompts))
+    tinylab.write_jsonl(os.path.join(p.root, "bench/yes.jsonl"), ({"prompt": q, "answer": "yes"} for q in prompts[:8]))
+    tinylab.write_jsonl(os.path.join(p.root, "bench/no.jsonl"), ({"prompt": q, "answer": "no"} for q in prompts[:8]))
+    tinylab.write_jsonl(os.path.join(p.root, "bench/yes_mc.jsonl"),
+                        ({"prompt": q, "choices": [" no", " yes"], "answer": 1} for q in prompts[:8]))
+    p.forgefile(p.preamble + """
+        [dataset.yes]
+        source = "data/yes.jsonl"
+        format = "prompt_completion"
+
+        [model.yes]
+        recipe = "sft"
+        base = "model:base"
+        data = "dataset:yes"
+        max_length = 32
+        train = { lr = 5e-3, steps = 25, batch_size = 8, schedule = "constant" }
+        threads = 1
+
+        [eval.known]
+        models = ["model:yes"]
+        benchmarks = ["bench/yes.jsonl", "bench/no.jsonl", { name = "mc", kind = "choice", data = "bench/yes_mc.jsonl" }]
+        generation = { max_new_tokens = 8 }
+        threads = 1
+    """)
+    p.run("eval:known", timeout=300)
+    results = json.loads(p.read(".forge/out/eval/known/report.json"))["results"]["model:yes"]
+    assert results["yes.exact_match"] == {"value": 1.0, "low": 1.0, "high": 1.0, "n": 8}
+    assert results["no.exact_match"]["value"] == 0.0
+    assert results["mc.accuracy"]["value"] == 1.0
+
+
+def test_eval_forgefile_errors(eval_project):
+    p = eval_project
+    p.forgefile(p.preamble + """
+        [eval.bad]
+        models = ["model:base"]
+        benchmarks = ["bench/arith.jsonl", { name = "ppl", kind = "perplexity", corpus = "corpus:text" }]
+        gate = { "arith.exact" = ">= 0.5", "ppl.perplexity" = "below 10" }
+
+        [corpus.text]
+        sources = ["text/*.txt"]
+    """)
+    lines = p.run(expect=2).stderr.strip().splitlines()
+    assert ("Forgefile.toml:25: error: eval:bad: key 'gate.arith.exact': the eval produces no metric 'arith.exact'; "
+            "it produces arith.exact_match, ppl.perplexity, ppl.loss") in lines, lines
+    assert ("Forgefile.toml:25: error: eval:bad: key 'gate.ppl.perplexity': 'below 10' is not a condition: write "
+            "e.g. \">= 0.6\" (>=, <=, >, <, ==, then a number)") in lines, lines
+
+
+def test_a_bad_benchmark_row_names_its_line(eval_project):
+    p = eval_project
+    with open(os.path.join(p.root, "bench/arith.jsonl"), "a") as f:
+        f.write('{"prompt": "What is 1+1?"}\n')
+    p.forgefile(p.preamble + '\n[eval.e]\nmodels = ["model:base"]\nbenchmarks = ["bench/arith.jsonl"]\nthreads = 1\n')
+    proc = p.run("eval:e", expect=2, timeout=300)
+    assert "bench/arith.jsonl:13: field 'answer' is missing" in proc.stdout, proc.stdout
+
+
+RELEASE = """
+[eval.gate]
+models = ["model:base"]
+benchmarks = ["bench/arith.jsonl"]
+generation = { max_new_tokens = 2 }
+gate = { "arith.exact_match" = "GATE" }
+threads = 1
+
+[release.prod]
+model = "model:base"
+gates = ["eval:gate"]
+to = "dist/prod"
+"""
+
+
+def test_release_copies_only_what_passed(eval_project):
+    from transformers import AutoModelForCausalLM
+
+    p = eval_project
+    p.forgefile(p.preamble + RELEASE.replace("GATE", ">= 0.99"))
+    proc = p.run("release:prod", expect=1, timeout=300)
+    assert "release:prod" in proc.stdout and "skipped" in proc.stdout
+    assert not os.path.exists(os.path.join(p.root, "dist"))
+    p.forgefile(p.preamble + RELEASE.replace("GATE", ">= 0.0"))
+    p.run("release:prod", timeout=300)
+    dest = os.path.join(p.root, "dist/prod")
+    assert AutoModelForCausalLM.from_pretrained(dest).config.model_type == "llama"
+    card = p.read("dist/prod/README.md")
+    assert "## Lineage" in card and "model:base" in card and "arith.exact_match" in card
+    manifest = json.loads(p.read("dist/prod/release.json"))
+    assert "model.safetensors" in manifest["files"] and manifest["model"] == "model:base"
+    assert os.listdir(os.path.join(p.root, "dist")) == ["prod"]  # no staging folder left behind
+
+
+def test_release_gate_must_evaluate_the_model(eval_project):
+    p = eval_project
+    p.forgefile(p.preamble + RELEASE.replace("GATE", ">= 0.5") + '\n[release.other]\nmodel = "model:x"\n'
+                'gates = ["eval:gate"]\nto = "dist/x"\n[model.x]\nrecipe = "import"\npath = "dist"\n')
+    lines = p.run("-n", expect=2).stderr.strip().splitlines()
+    assert any(line.endswith("error: release:other: key 'gates[0]': eval:gate does not evaluate model:x "
+                             "(it evaluates model:base)") for line in lines), lines
