@@ -17,3 +17,13 @@ def test_every_model_key_is_documented():
                       if f"`{key}`" not in text and key not in ("recipe",)})
     assert missing == []
     assert all(f"[`{name}`]" in text for name in model.RECIPES)
+
+
+def test_every_eval_and_release_key_is_documented():
+    from forgebuild.rules import eval as eval_rule
+    from forgebuild.rules import release
+
+    text = open(os.path.join(os.path.dirname(DOC), "eval.md"), encoding="utf-8").read()
+    models = [eval_rule.Params, eval_rule.Benchmark, eval_rule.Generation, release.Params]
+    missing = sorted(f"{m.__name__}.{key}" for m in models for key in m.model_fields if f"`{key}`" not in text)
+    assert missing == []
