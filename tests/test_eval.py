@@ -216,3 +216,29 @@ def test_release_gate_must_evaluate_the_model(eval_project):
     lines = p.run("-n", expect=2).stderr.strip().splitlines()
     assert any(line.endswith("error: release:other: key 'gates[0]': eval:gate does not evaluate model:x "
                              "(it evaluates model:base)") for line in lines), lines
+
+
+def test_lm_eval_tasks_from_a_local_folder(eval_project):
+    from test_eval_harness import write_task_dir
+
+    p = eval_project
+    write_task_dir(p.root)
+    p.forgefile(p.preamble + """
+        [eval.harness]
+        models = ["model:base"]
+        benchmarks = [{ name = "lm", kind = "lm-eval", path = "tasks", tasks = ["arith_gen", "arith_mc"] }]
+        limit = 6
+        gate = { "lm.arith_mc.acc" = ">= 0.0" }
+        threads = 1
+    """)
+    p.run("eval:harness", timeout=300)
+    report = json.loads(p.read(".forge/out/eval/harness/report.json"))
+    results = report["results"]["model:base"]
+    assert {"lm.arith_gen.exact_match", "lm.arith_mc.acc"} <= set(results)
+    assert results["lm.arith_mc.acc"]["n"] == 6 and report["passed"]
+    rows = p.read(".forge/out/eval/harness/samples/model-base/lm.jsonl").splitlines()
+    assert len(rows) == 12 and {"task", "prompt", "output", "reference"} <= set(json.loads(rows[0]))
+    # a gate on a metric the tasks do not produce: known once their YAML is read, exit 2 listing them
+    p.forgefile(p.read("Forgefile.toml").replace('"lm.arith_mc.acc"', '"lm.arith_mc.f1"'))
+    proc = p.run("eval:harness", expect=2, timeout=300)
+    assert "gate 'lm.arith_mc.f1': the eval produces no such metric; it produces" in proc.stdout

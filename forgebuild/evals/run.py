@@ -209,7 +209,14 @@ def lm_eval_scores(ctx, address, bench, index, limit):
     except HarnessError as e:
         raise ctx.bad_input(f"benchmark {bench.name}: {e}") from None
     samples = [{"task": task, **row} for task, rows in sorted(found["samples"].items()) for row in rows]
-    return dict(found["per_example"]), samples
+    # Means of per-example scores (acc, exact_match) are bootstrapped like every other metric; lm-eval's
+    # other aggregations (perplexity from log-likelihood pairs, bleu) have no per-example mean to resample.
+    scores = {metric: values for metric, values in found["per_example"].items()
+              if found["metrics"][metric]["aggregation"] == "mean"}
+    skipped = sorted(set(found["per_example"]) - set(scores))
+    if skipped:
+        ctx.log(f"benchmark {bench.name}: not reported (not a mean of per-example scores): {', '.join(skipped)}")
+    return scores, samples
 
 
 class no_grad:
