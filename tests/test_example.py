@@ -22,7 +22,8 @@ def test_example_forgefile_builds_and_is_then_up_to_date(tmp_path):
     assert set(first.values()) == {"built"}
     assert set(first) == {"run:prepare", "run:stats", "run:vocab", "run:report", "corpus:repo", "tokenizer:bpe",
                           "tokens:repo", "dataset:arith-sft", "dataset:arith-pref", "dataset:arith-prompts",
-                          "model:base", "model:sft-v1", "model:dpo-v2", "model:rl-v3"}
+                          "model:base", "model:sft-v1", "model:dpo-v2", "model:rl-v3", "eval:arith",
+                          "release:rl-v3"}
     assert set(project.build("-f", "Forgefile.example.toml").values()) == {"cached"}
     meta = json.loads(project.read(".forge/out/tokens/repo/meta.json"))
     assert meta["seq_len"] == 128 and meta["splits"]["train"]["sequences"] > 0
@@ -31,9 +32,13 @@ def test_example_forgefile_builds_and_is_then_up_to_date(tmp_path):
     assert AutoModelForCausalLM.from_pretrained(rl).config.model_type == "llama"
     dpo = json.loads(project.read(".forge/out/model/dpo-v2/training_config.json"))
     assert dpo["params"]["loss"] == ["odpo"]
-    # editing the reward code retrains the last stage only
+    report = json.loads(project.read(".forge/out/eval/arith/report.json"))
+    assert report["passed"] and set(report["results"]) == {"model:sft-v1", "model:dpo-v2", "model:rl-v3"}
+    assert AutoModelForCausalLM.from_pretrained(os.path.join(project.root, "dist/rl-v3")) is not None
+    assert "## Lineage" in project.read("dist/rl-v3/README.md")
+    # editing the reward code retrains the last stage only (and what reads it)
     with open(tmp_path / "examples/rewards.py", "a") as f:
         f.write("\n# tuned\n")
     stale = [line.split()[1] for line in project.run("-f", "Forgefile.example.toml", "status").stdout.splitlines()
              if not line.startswith("fresh")]
-    assert stale == ["model:rl-v3"]
+    assert stale == ["model:rl-v3", "eval:arith", "release:rl-v3"]

@@ -26,6 +26,16 @@ def main():
                      "score_chosen": 1.0, "score_rejected": round(1.0 - abs(off) / 4, 2)})
     write("pref.jsonl", pref)
     write("prompts.jsonl", ({"prompt": prompt.format(a, b), "answer": str(a + b)} for a, b in pairs[400:]))
+    # the benchmark: questions no training set holds (the dataset rule could also decontaminate)
+    seen = set(pairs)
+    rng = random.Random(7)
+    bench = []
+    while len(bench) < 40:
+        a, b = rng.randint(0, 30), rng.randint(0, 30)
+        if (a, b) not in seen:
+            seen.add((a, b))
+            bench.append({"prompt": prompt.format(a, b), "answer": str(a + b)})
+    write("bench.jsonl", bench)
 
 
 if __name__ == "__main__":

@@ -269,7 +269,9 @@ def statistics(bench, found: dict, samples: int, seed: int) -> dict:
     if bench.kind == "perplexity":
         nll, tokens = found["nll"], found["tokens"]
         losses = [n / max(t, 1) for n, t in zip(nll, tokens)]
-        return {"perplexity": (bootstrap_ratio(nll, tokens, samples, seed, transform=math.exp), losses),
+        # compared through each document's loss only: a difference of perplexities is no mean of
+        # per-document differences
+        return {"perplexity": (bootstrap_ratio(nll, tokens, samples, seed, transform=math.exp), None),
                 "loss": (bootstrap_ratio(nll, tokens, samples, seed), losses)}
     out = {}
     for metric, per_example in sorted(found.items()):
@@ -287,14 +289,13 @@ def comparisons(models: list[str], values: dict, samples: int, seed: int) -> lis
     for other in models[1:]:
         for metric in sorted(values[baseline]):
             a, b = values[baseline][metric], values[other].get(metric)
-            if b is None or len(a) != len(b) or not a:
+            if a is None or b is None or len(a) != len(b) or not a:
                 continue
             pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None
                      and not (isinstance(x, float) and math.isnan(x)) and not (isinstance(y, float) and math.isnan(y))]
             if not pairs:
                 continue
             diff = paired_difference([x for x, _ in pairs], [y for _, y in pairs], samples, seed)
-            # perplexity is compared through each document's loss: its per-example values
             found.append({"metric": metric, "a": baseline, "b": other, **diff,
                           "lower_is_better": metric.rsplit(".", 1)[-1] in LOWER_IS_BETTER})
     return found
