@@ -242,3 +242,13 @@ def test_lm_eval_tasks_from_a_local_folder(eval_project):
     p.forgefile(p.read("Forgefile.toml").replace('"lm.arith_mc.acc"', '"lm.arith_mc.f1"'))
     proc = p.run("eval:harness", expect=2, timeout=300)
     assert "gate 'lm.arith_mc.f1': the eval produces no such metric; it produces" in proc.stdout
+
+
+def test_release_to_an_fsspec_url(eval_project, tmp_path_factory):
+    p = eval_project
+    bucket = tmp_path_factory.mktemp("bucket")
+    p.forgefile(p.preamble + RELEASE.replace("GATE", ">= 0.0").replace('to = "dist/prod"', f'to = "file://{bucket}/prod"'))
+    p.run("release:prod", timeout=300)
+    manifest = json.loads((bucket / "prod" / "release.json").read_text())
+    assert sorted(os.listdir(bucket / "prod")) == sorted([*manifest["files"], "release.json"])
+    assert "README.md" in manifest["files"] and "model.safetensors" in manifest["files"]
