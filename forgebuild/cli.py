@@ -22,8 +22,9 @@ from .errors import ForgefileError, ForgeError, UsageError, did_you_mean, sugges
 from .hashing import StatCache
 from .workspace import Workspace
 
-VERBS = ("build", "status", "explain", "graph", "path", "show", "log", "clean", "gc", "schema")
-TAKES_VALUE = {"-f", "--file", "-j", "--jobs", "--format", "--limit", "--grace"}
+VERBS = ("build", "status", "explain", "graph", "path", "show", "log", "clean", "gc", "schema", "lock", "verify",
+         "diff", "cache")
+TAKES_VALUE = {"-f", "--file", "-j", "--jobs", "--format", "--limit", "--grace", "--remote", "--lock"}
 
 
 # ------------------------------------------------------------------ arguments
@@ -34,6 +35,11 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--json", action="store_true", help="JSON Lines on stdout, a summary object last")
     common.add_argument("-v", "--verbose", action="store_true", help="say more")
     common.add_argument("-q", "--quiet", action="store_true", help="only failures and the summary")
+    common.add_argument("--remote", default=None, metavar="URL",
+                        help="a shared cache (fsspec URL); also FORGE_REMOTE or [forge] remote")
+    common.add_argument("--no-push", action="store_true", help="read from the remote, never write to it")
+    common.add_argument("--require-remote", action="store_true",
+                        help="fail (exit 2) instead of going on locally when the remote cannot be reached")
 
     parser = argparse.ArgumentParser(prog="forgebuild", description="make for language models")
     parser.add_argument("--version", action="version", version=f"forgebuild {__version__}")
@@ -45,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("-n", "--dry-run", action="store_true", help="say what would be built, build nothing")
     b.add_argument("-k", "--keep-going", action="store_true", help="after a failure, go on with independent targets")
     b.add_argument("-B", "--force", action="store_true", help="rebuild the targets and their dependencies")
+    b.add_argument("--frozen", action="store_true",
+                   help="fail (exit 1) when any target's key differs from Forgefile.lock, naming what changed")
+    b.add_argument("--lock", default=None, metavar="FILE", help="the lock file (default: Forgefile.lock beside the Forgefile)")
 
     s = sub.add_parser("status", parents=[common], help="every target: fresh / stale / missing, and why")
     s.add_argument("targets", nargs="*", metavar="TARGET")
@@ -68,6 +77,19 @@ def _parser() -> argparse.ArgumentParser:
     gc.add_argument("--grace", type=float, default=3600.0,
                     help="keep objects written less than this many seconds ago (default 3600): they may belong to a running build")
     sub.add_parser("schema", parents=[common], help="JSON Schema of the Forgefile")
+    lk = sub.add_parser("lock", parents=[common], help="write Forgefile.lock: every target's key, digest, toolchain")
+    lk.add_argument("targets", nargs="*", metavar="TARGET")
+    lk.add_argument("--lock", default=None, metavar="FILE", help="where (default: Forgefile.lock beside the Forgefile)")
+    vf = sub.add_parser("verify", parents=[common], help="re-hash the cache, or rebuild and compare digests")
+    vf.add_argument("targets", nargs="*", metavar="TARGET")
+    vf.add_argument("--rebuild", action="store_true", help="rebuild the closure ignoring caches and compare digests")
+    df = sub.add_parser("diff", parents=[common], help="what differs between two builds, and why")
+    df.add_argument("a", metavar="A", help="a build record id, TARGET@N (from `log`), or a lock file")
+    df.add_argument("b", metavar="B", help="the same, for the other side")
+    df.add_argument("--format", choices=("text", "markdown"), default="text")
+    ca = sub.add_parser("cache", parents=[common], help="the shared remote cache: push or pull targets")
+    ca.add_argument("action", choices=("push", "pull"))
+    ca.add_argument("targets", nargs="*", metavar="TARGET")
     return parser
 
 
@@ -100,7 +122,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 class Session:
     """The loaded project: plan (cached when possible), workspace, store and stat cache."""
 
-    def __init__(self, args):
+    def __init__(self, args, report=None):
         given = args.file or "Forgefile.toml"
         path = os.path.abspath(given)
         try:
@@ -125,6 +147,16 @@ class Session:
 
         self.store = Store(os.path.join(self.plan.root, cache) if cache else self.workspace.dir)
         self.stat_cache = StatCache(self.workspace.statcache_path)
+        self.args, self.report, self._remote = args, report, False
+
+    @property
+    def remote(self):
+        """The shared cache, when one is configured (made on first use: fsspec stays unimported otherwise)."""
+        if self._remote is False:
+            from .cache.remote import remote_for
+
+            self._remote = remote_for(self.args, self.plan.settings, self.plan.root, self.report)
+        return self._remote
 
     @property
     def rules(self):
@@ -168,6 +200,11 @@ class Session:
 def cmd_build(args, session: Session, report) -> int:
     addresses = session.resolve(args.targets, use_default=True)
     decisions = session.decide(addresses, force=args.force)
+    if args.frozen:
+        from .lockfile import frozen_problems
+
+        if frozen_problems(args, session, decisions, report):
+            return 1
     if args.dry_run:
         entries = []
         for d in decisions.values():
@@ -190,7 +227,7 @@ def cmd_build(args, session: Session, report) -> int:
 
     jobs = args.jobs or session.plan.settings.get("jobs") or 1
     executor = Executor(session.plan, ws, session.store, session.stat_cache, report, lambda: session.rules,
-                        jobs=jobs, keep_going=args.keep_going, force=args.force)
+                        jobs=jobs, keep_going=args.keep_going, force=args.force, remote=session.remote)
     results = executor.run(addresses, decisions)
     ok = all(r.action in ("built", "cached") for r in results)
     report({"event": "summary", "ok": ok, "targets": [r.as_dict() for r in results]})
@@ -345,9 +382,33 @@ def cmd_schema(args, session, report) -> int:
     return 0
 
 
+def cmd_lock(args, session, report) -> int:
+    from .lockfile import cmd_lock as run
+
+    return run(args, session, report)
+
+
+def cmd_verify(args, session, report) -> int:
+    from .lockfile import cmd_verify as run
+
+    return run(args, session, report)
+
+
+def cmd_diff(args, session, report) -> int:
+    from .audit import cmd_diff as run
+
+    return run(args, session, report)
+
+
+def cmd_cache(args, session, report) -> int:
+    from .cache.remote import cmd_cache as run
+
+    return run(args, session, report)
+
+
 COMMANDS = {"build": cmd_build, "status": cmd_status, "explain": cmd_explain, "graph": cmd_graph,
             "path": cmd_path, "show": cmd_show, "log": cmd_log, "clean": cmd_clean, "gc": cmd_gc,
-            "schema": cmd_schema}
+            "schema": cmd_schema, "lock": cmd_lock, "verify": cmd_verify, "diff": cmd_diff, "cache": cmd_cache}
 
 
 # ------------------------------------------------------------------ entry point
@@ -361,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
                                       building=args.verb == "build" and not getattr(args, "dry_run", False)))
     session = None
     try:
-        session = Session(args) if args.verb != "schema" else None
+        session = Session(args, report) if args.verb != "schema" else None
         code = COMMANDS[args.verb](args, session, report)
         if args.json and not report.summarised:  # every verb's JSON ends with a summary object
             report({"event": "summary", "ok": code == 0})

@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from . import __version__
 from .context import BuildContext, kill_leftovers, kill_running, marker, run_logged
-from .errors import BadInput, ForgeError, RuleFailed
+from .errors import BadInput, ForgeError, RuleFailed, StoreError
 from .hashing import file_digest
 from .keys import Decision, action_key, explain, material
 from .plan import Plan, TargetPlan, resolve_sources
@@ -100,12 +100,13 @@ class KeyLock:
 
 class Executor:
     def __init__(self, plan: Plan, workspace, store, stat_cache, reporter, load_rules, jobs=1, keep_going=False,
-                 force=False):
+                 force=False, remote=None):
         """`load_rules()` gives {kind: rule module}; called only when a rule builds in this process
         (the run rule), since importing every rule costs ~0.1 s that isolated builds never need."""
         self.plan, self.ws, self.store, self.stat_cache = plan, workspace, store, stat_cache
         self.report, self.load_rules = reporter, load_rules
         self.jobs, self.keep_going, self.force = max(1, jobs), keep_going, force
+        self.remote = remote  # a shared cache: read on a local miss, written after a build
         self._git_commit = False
 
     @property
@@ -181,6 +182,9 @@ class Executor:
             entry = self.store.get_action(key, address)
             if entry is not None:
                 return self._cached(address, key, entry, mat, "up to date")
+            entry = self._fetch(key, address)
+            if entry is not None:
+                return self._cached(address, key, entry, mat, f"fetched from {self.remote.url}")
         reason = "forced (-B)" if self.force else None
         if reason is None and decision is not None and decision.key == key:
             reason = "; ".join(decision.reasons)
@@ -188,6 +192,27 @@ class Executor:
             last = self.ws.last_build(address)
             reason = "; ".join(explain(last.get("material") if last else None, mat))
         return key, mat, reason
+
+    def _fetch(self, key: str, address: str) -> dict | None:
+        if self.remote is None:
+            return None
+        from .cache.remote import RemoteUnreachable
+
+        try:
+            return self.remote.fetch(key, address, self.store)
+        except RemoteUnreachable:
+            raise
+        except StoreError as e:  # a corrupt or tampered remote entry: say so, build here
+            self.report({"event": "warning", "target": address, "message": f"{e}; building locally"})
+            return None
+
+    def _push(self, address: str, key: str, entry: dict) -> None:
+        if self.remote is None:
+            return
+        try:
+            self.remote.push(key, entry, self.store)
+        except StoreError as e:
+            self.report({"event": "warning", "target": address, "message": f"push failed: {e}"})
 
     def _cached(self, address: str, key: str, entry: dict, mat: dict, reason: str) -> Result:
         self.ws.materialise(address, entry, self.store)
@@ -292,6 +317,7 @@ class Executor:
         record_id = self.store.put_record(record)
         entry["record"] = record_id
         self.store.put_action(key, entry)  # last: the entry is the commit point of the build
+        self._push(address, key, entry)
         self.ws.materialise(address, entry, self.store)
         self._remember(address, key, entry["digest"], mat, record_id, "built")
         remove_tree(scratch)

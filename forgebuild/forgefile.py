@@ -33,12 +33,23 @@ class ForgeSettings(BaseModel):
     seed: int = Field(0, description="project seed; each target's seed is derived from it and the target's address")
     jobs: int | None = Field(None, ge=1, description="default for -j: stages run in parallel (runtime only)")
     cache: str | None = Field(None, description="local store folder, relative to the Forgefile (default .forge)")
+    remote: str | None = Field(None, description="a shared cache (fsspec URL: s3://bucket/prefix, file:///mnt/cache); "
+                                                 "credentials come from the filesystem's own configuration")
+    push: bool = Field(True, description="write what this workspace builds to the remote (false: read only)")
 
     @field_validator("cache")
     @classmethod
     def _local_folder(cls, value):
         if value is not None and "://" in value:
-            raise ValueError("must be a local folder; remote caches are not supported yet")
+            raise ValueError("must be a local folder; a shared cache is `remote`")
+        return value
+
+    @field_validator("remote")
+    @classmethod
+    def _no_secrets(cls, value):
+        if value is not None and re.match(r"^[a-z0-9+.-]+://[^/@]*:[^/@]*@", value):
+            raise ValueError("holds credentials: configure them for the filesystem (environment, profiles), "
+                             "never in the Forgefile")
         return value
 
 

@@ -68,6 +68,8 @@ class ConsoleReporter:
             if e.get("log"):
                 out.append(f"  (full log: {e['log']})")
             return out
+        if kind == "warning":  # shown even with -q: something did not go as configured
+            return [f"warning: {e['message']}"]
         if self.quiet:
             return []
         if kind == "start":
@@ -75,7 +77,8 @@ class ConsoleReporter:
         if kind == "built":
             return [f"built   {target}  {e['seconds']:.2f}s"]
         if kind == "cached":
-            return [f"cached  {target}"] if self.verbose else []
+            remote = e.get("reason", "").startswith("fetched from ")
+            return [f"fetched {target}  ({e['reason']})"] if remote or self.verbose else []
         if kind == "skipped":
             return [f"skipped {target}  ({e['reason']})"]
         if kind == "waiting":
@@ -149,9 +152,17 @@ def summary_line(e: dict, seconds: float) -> str:
     if e.get("dry_run"):
         would = counts.get("would-build", 0)
         return f"dry run: {would} to build, {counts.get('cached', 0)} fresh"
+    if "message" in e:  # a verb's own one-line result (cache push / pull, lock, verify)
+        return e["message"]
+    fetched = sum(1 for t in e.get("targets", []) if str(t.get("reason", "")).startswith("fetched from "))
+    if fetched:
+        counts["fetched"] = fetched
+        counts["cached"] -= fetched
+        if not counts["cached"]:
+            del counts["cached"]
     if counts and set(counts) == {"cached"}:
         return f"nothing to do: {counts['cached']} target{'s' if counts['cached'] != 1 else ''} up to date ({seconds:.2f}s)"
-    parts = [f"{counts[a]} {a}" for a in ("built", "cached", "failed", "skipped") if counts.get(a)]
+    parts = [f"{counts[a]} {a}" for a in ("built", "fetched", "cached", "failed", "skipped") if counts.get(a)]
     verdict = "ok" if e.get("ok") else "FAILED"
     return f"{verdict}: {', '.join(parts) or 'no targets'} ({seconds:.2f}s)"
 

@@ -14,11 +14,13 @@ def test_example_forgefile_builds_and_is_then_up_to_date(tmp_path):
     """The whole example: data targets, then base -> sft -> dpo (ODPO) -> grpo, trained for real."""
     from transformers import AutoModelForCausalLM
 
+    project = Project(str(tmp_path / "first"))
     for folder in ("examples", "forgebuild", "docs"):  # the corpus reads the repository's own code and docs
-        shutil.copytree(os.path.join(REPO, folder), tmp_path / folder, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy(os.path.join(REPO, "Forgefile.example.toml"), tmp_path)
-    project = Project(str(tmp_path))
-    first = project.build("-f", "Forgefile.example.toml")
+        shutil.copytree(os.path.join(REPO, folder), os.path.join(project.root, folder),
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(os.path.join(REPO, "Forgefile.example.toml"), project.root)
+    shared = f"file://{tmp_path}/team-cache"
+    first = project.build("-f", "Forgefile.example.toml", "--remote", shared)
     assert set(first.values()) == {"built"}
     assert set(first) == {"run:prepare", "run:stats", "run:vocab", "run:report", "corpus:repo", "tokenizer:bpe",
                           "tokens:repo", "dataset:arith-sft", "dataset:arith-pref", "dataset:arith-prompts",
@@ -37,7 +39,14 @@ def test_example_forgefile_builds_and_is_then_up_to_date(tmp_path):
     assert AutoModelForCausalLM.from_pretrained(os.path.join(project.root, "dist/rl-v3")) is not None
     assert "## Lineage" in project.read("dist/rl-v3/README.md")
     # editing the reward code retrains the last stage only (and what reads it)
-    with open(tmp_path / "examples/rewards.py", "a") as f:
+    # a second workspace with an empty cache and the same files: everything comes from the shared
+    # cache, and not one training step runs
+    second = Project(str(tmp_path / "second"))
+    shutil.copytree(project.root, second.root, ignore=shutil.ignore_patterns(".forge", "dist"))
+    events = second.events("-f", "Forgefile.example.toml", "--remote", shared)
+    assert not [e for e in events if e["event"] == "start"]
+    assert {t["action"] for t in events[-1]["targets"]} == {"cached"}
+    with open(os.path.join(project.root, "examples/rewards.py"), "a") as f:
         f.write("\n# tuned\n")
     stale = [line.split()[1] for line in project.run("-f", "Forgefile.example.toml", "status").stdout.splitlines()
              if not line.startswith("fresh")]

@@ -61,6 +61,9 @@ class LocalFS:
     def put_file(self, local: str, path: str) -> None:
         shutil.copyfile(local, path)
 
+    def get_file(self, path: str, local: str) -> None:
+        shutil.copyfile(path, local)
+
     def cat_file(self, path: str) -> bytes:
         with open(path, "rb") as f:
             return f.read()
@@ -80,12 +83,18 @@ class LocalFS:
         return os.path.getsize(path)
 
 
+# Object stores write an object whole or not at all (an interrupted upload is never visible), so
+# objects go straight to their final name there: a rename would be a second full copy.
+OBJECT_STORES = ("s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "memory")
+
+
 class Store:
     def __init__(self, root: str):
         self.root = root.rstrip("/")
         self.local = "://" not in root or root.startswith("file://")
         if root.startswith("file://"):
             self.root = root[len("file://"):]
+        self.atomic_put = False
         if self.local:  # plain os calls: the no-op fast path must not import fsspec
             self.fs = LocalFS()
         else:  # resolve the URL now: fsspec strips the protocol from paths
@@ -93,6 +102,8 @@ class Store:
 
             self.fs, self.root = fsspec.url_to_fs(self.root)
             self.root = self.root.rstrip("/")
+            protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+            self.atomic_put = protocol in OBJECT_STORES
 
     def _path(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
@@ -113,6 +124,9 @@ class Store:
         self.fs.mv(tmp, final)
 
     def _write_json(self, final: str, obj) -> None:
+        if self.atomic_put:
+            self.fs.pipe_file(final, json.dumps(obj, sort_keys=True, indent=1).encode())
+            return
         tmp = self._tmp()
         self.fs.makedirs(tmp.rsplit("/", 1)[0], exist_ok=True)
         self.fs.pipe_file(tmp, json.dumps(obj, sort_keys=True, indent=1).encode())
@@ -134,6 +148,25 @@ class Store:
         else:
             self.fs.put_file(path, tmp)
         self._publish(tmp, final)
+
+    def copy_in(self, path: str, digest: str) -> None:
+        """Copy a file (a blob of another store) in under its digest; the source stays where it is."""
+        if self.has_blob(digest):
+            return
+        final = self.blob_path(digest)
+        if self.atomic_put:
+            self.fs.put_file(path, final)
+            return
+        tmp = self._tmp()
+        self.fs.makedirs(tmp.rsplit("/", 1)[0], exist_ok=True)
+        self.fs.put_file(path, tmp)
+        if self.local:
+            os.chmod(tmp, 0o444)
+        self._publish(tmp, final)
+
+    def put_record_as(self, record: dict) -> None:
+        """A record under its own id (one fetched from, or pushed to, another store)."""
+        self._write_json(self._path("records", f"{record['id']}.json"), record)
 
     def ingest_tree(self, folder: str) -> dict:
         """Move every file below a folder into the store; return {"digest", "files"} (the manifest).
