@@ -182,7 +182,7 @@ class Executor:
             entry = self.store.get_action(key, address)
             if entry is not None:
                 return self._cached(address, key, entry, mat, "up to date")
-            entry = self._fetch(key, address)
+            entry = self._fetch(key, address, mat)
             if entry is not None:
                 return self._cached(address, key, entry, mat, f"fetched from {self.remote.url}")
         reason = "forced (-B)" if self.force else None
@@ -193,13 +193,13 @@ class Executor:
             reason = "; ".join(explain(last.get("material") if last else None, mat))
         return key, mat, reason
 
-    def _fetch(self, key: str, address: str) -> dict | None:
+    def _fetch(self, key: str, address: str, mat: dict) -> dict | None:
         if self.remote is None:
             return None
         from .cache.remote import RemoteUnreachable
 
         try:
-            return self.remote.fetch(key, address, self.store)
+            return self.remote.fetch(key, address, self.store, mat)
         except RemoteUnreachable:
             raise
         except StoreError as e:  # a corrupt or tampered remote entry: say so, build here
@@ -316,6 +316,7 @@ class Executor:
             entry["verdict"] = record["verdict"] = open(verdict, encoding="utf-8").read()
         record_id = self.store.put_record(record)
         entry["record"] = record_id
+        entry["provenance"] = self._statement(scratch, address, key, mat, entry, record)
         self.store.put_action(key, entry)  # last: the entry is the commit point of the build
         self._push(address, key, entry)
         self.ws.materialise(address, entry, self.store)
@@ -327,6 +328,17 @@ class Executor:
         built = Result(address, "built", key, entry["digest"], reason, seconds)
         self.report({"event": "built", **built.as_dict(), **({"metrics": record["metrics"]} if "metrics" in record else {})})
         return built
+
+    def _statement(self, scratch: str, address: str, key: str, mat: dict, entry: dict, record: dict) -> str:
+        """The artifact's provenance statement, stored as a blob; its digest."""
+        from . import provenance
+
+        path = os.path.join(scratch, "provenance.json")
+        with open(path, "wb") as f:
+            f.write(provenance.encode(provenance.statement(address, key, mat, entry, record)))
+        digest = file_digest(path)
+        self.store.put_file(path, digest)
+        return digest
 
     def _context_sources(self, target: TargetPlan, digests: dict[str, str]) -> dict[str, list[dict]]:
         """Each input as the Forgefile wrote it, with what it resolved to.

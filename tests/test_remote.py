@@ -126,3 +126,32 @@ def test_credentials_never_in_the_forgefile(project):
     project.forgefile('[forge]\nremote = "s3://key:secret@bucket/cache"\n' + PIPELINE)
     proc = project.run(expect=2)
     assert "key 'remote': Value error, holds credentials" in proc.stderr or "holds credentials" in proc.stderr
+
+
+def test_a_remote_entry_is_reused_only_when_its_provenance_vouches_for_it(tmp_path):
+    from forgebuild.hashing import file_digest
+
+    a, b = workspaces(tmp_path)
+    shared = tmp_path / "shared"
+    a.run("--remote", f"file://{shared}")
+    key = json.loads(a.run("show", "run:one", "--json").stdout.splitlines()[0])["key"]
+    entry_path = shared / "ac" / key[:2] / f"{key}.json"
+    entry = json.loads(entry_path.read_text())
+    statement = json.loads((shared / "cas" / entry["provenance"][:2] / entry["provenance"]).read_text())
+    assert statement["_type"] == "https://in-toto.io/Statement/v1"
+    assert statement["subject"][0] == {"name": "run:one", "digest": {"xxh3_128": entry["digest"]}}
+    assert statement["predicate"]["buildDefinition"]["internalParameters"]["action_key"] == key
+    # a statement that vouches for other materials: stored validly, under its own digest
+    statement["predicate"]["buildDefinition"]["resolvedDependencies"] = [
+        {"name": "evil.sh", "digest": {"xxh3_128": "0" * 32}, "annotations": {"key": "x", "kind": "file"}}]
+    forged = tmp_path / "forged.json"
+    forged.write_text(json.dumps(statement))
+    digest = file_digest(str(forged))
+    (shared / "cas" / digest[:2]).mkdir(exist_ok=True)
+    (shared / "cas" / digest[:2] / digest).write_bytes(forged.read_bytes())
+    entry["provenance"] = digest
+    os.chmod(entry_path, 0o644)
+    entry_path.write_text(json.dumps(entry))
+    proc = b.run("--remote", f"file://{shared}")
+    assert f"remote entry {key} for run:one: its provenance lists other materials than this build's inputs" in proc.stdout
+    assert b.runs() == ["one"]

@@ -36,6 +36,8 @@ def collect(session, dry_run=False, grace=3600.0) -> dict:
         keep_keys.add(key)
         keep_digests.add(entry["digest"])
         keep_blobs.update(f["digest"] for f in entry["files"])
+        if entry.get("provenance"):
+            keep_blobs.add(entry["provenance"])
         for memo_key in entry.get("memos", []):  # cached sub-steps the build used
             memo = store.get_action(memo_key, address)
             if memo is not None:

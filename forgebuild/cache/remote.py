@@ -72,18 +72,26 @@ class Remote:
 
     # ---------------------------------------------------------------- read-through
 
-    def fetch(self, key: str, target: str, local) -> dict | None:
-        """The remote's entry for `key`, with its blobs now in the local store; None on a miss."""
+    def fetch(self, key: str, target: str, local, mat: dict | None = None) -> dict | None:
+        """The remote's entry for `key`, with its blobs now in the local store; None on a miss.
+
+        With `mat` (the action's material as this workspace computes it), the entry's
+        provenance statement must vouch for this action, or the entry is refused."""
         if self.disabled or self.store is None:
             return None
         entry = self._guard(self.store.get_action, key, target)
         if entry is None:
             return None
-        missing = sorted({f["digest"] for f in entry["files"] if not local.has_blob(f["digest"])})
+        if mat is not None and not entry.get("provenance"):
+            raise StoreError(f"remote entry {key} for {target} has no provenance statement")
+        wanted = {f["digest"] for f in entry["files"]} | ({entry["provenance"]} if entry.get("provenance") else set())
+        missing = sorted(d for d in wanted if not local.has_blob(d))
         with ThreadPoolExecutor(THREADS) as pool:
             for found in pool.map(lambda d: self._fetch_blob(d, key, target, local), missing):
                 if found is False:
                     return None  # the remote went away mid-fetch: build locally
+        if mat is not None:
+            self._check_provenance(key, target, local, mat, entry)
         record_id = entry.get("record")
         if record_id and local.get_record(record_id) is None:
             record = self._guard(self.store.get_record, record_id)
@@ -91,6 +99,17 @@ class Remote:
                 local.put_record_as(record)
         local.put_action(key, entry)  # last: the entry is the commit point
         return entry
+
+    @staticmethod
+    def _check_provenance(key: str, target: str, local, mat: dict, entry: dict) -> None:
+        import json
+
+        from ..provenance import problem
+
+        with open(local.blob_path(entry["provenance"]), "rb") as f:
+            found = problem(json.loads(f.read()), target, key, mat, entry)
+        if found:
+            raise StoreError(f"remote entry {key} for {target}: {found}")
 
     def _fetch_blob(self, digest: str, key: str, target: str, local) -> bool:
         tmp = os.path.join(local.root, "tmp", f"fetch-{uuid.uuid4().hex}")
@@ -122,6 +141,8 @@ class Remote:
         if not self.push_enabled or self.disabled or self.store is None:
             return 0
         sizes = {f["digest"]: f["size"] for f in entry["files"]}
+        if entry.get("provenance"):
+            sizes[entry["provenance"]] = os.path.getsize(local.blob_path(entry["provenance"]))
         present = self._guard(lambda: {d for d in sizes if self.store.has_blob(d)})
         if present is None:
             return 0
@@ -201,7 +222,7 @@ def _pull(session, remote, addresses, report) -> int:
         entry = session.store.get_action(key, address)
         if entry is None:
             try:
-                entry = remote.fetch(key, address, session.store)
+                entry = remote.fetch(key, address, session.store, mat)
             except StoreError as e:
                 report({"event": "warning", "message": str(e)})
                 entry = None

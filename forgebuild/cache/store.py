@@ -30,6 +30,8 @@ def validate_manifest(entry, where: str) -> list[dict]:
     """The manifest's file list, after checking it cannot write outside an artifact."""
     if not isinstance(entry, dict) or not isinstance(entry.get("files"), list) or not HEX.match(str(entry.get("digest", ""))):
         raise StoreError(f"{where}: not a valid action-cache entry")
+    if "provenance" in entry and not HEX.match(str(entry["provenance"])):
+        raise StoreError(f"{where}: bad provenance digest")
     for item in entry["files"]:
         path = item.get("path", "") if isinstance(item, dict) else ""
         parts = path.split("/")
