@@ -89,7 +89,7 @@ def test_gc_drops_what_no_current_target_uses(project):
     project.run()
     assert len(_entries(project)) == 2
     out = project.run("gc", "--grace", "0").stdout
-    assert out.startswith("removed 1 cache entries, 2 blobs")  # old weights and the old build's log
+    assert out.startswith("removed 1 cache entries, 3 blobs")  # old weights, the old build's log and provenance
     assert len(_entries(project)) == 1
     assert project.build() == {"run:big": "cached"}
     project.forgefile(ONE)
