@@ -307,6 +307,7 @@ class Executor:
             entry["memos"] = sorted(set(open(memos, encoding="utf-8").read().split()))
         seconds = time.time() - started
         record = self._record(target, key, mat, entry, started, seconds, log)
+        record["sources_text"] = self._code_texts(mat)
         metrics = os.path.join(scratch, "metrics.json")
         if os.path.exists(metrics):
             with open(metrics, encoding="utf-8") as f:
@@ -328,6 +329,18 @@ class Executor:
         built = Result(address, "built", key, entry["digest"], reason, seconds)
         self.report({"event": "built", **built.as_dict(), **({"metrics": record["metrics"]} if "metrics" in record else {})})
         return built
+
+    def _code_texts(self, mat: dict) -> dict:
+        """The text of the code a build read (reward functions, scorers, scripts): an audit diff shows
+        how it changed, long after the files did. Python files under 256 KB."""
+        texts = {}
+        for entries in mat["inputs"].values():
+            for kind, rel, _ in entries:
+                path = os.path.join(self.plan.root, rel)
+                if kind == "file" and rel.endswith(".py") and os.path.isfile(path) and os.path.getsize(path) < 262144:
+                    with open(path, encoding="utf-8", errors="replace") as f:
+                        texts[rel] = f.read()
+        return texts
 
     def _statement(self, scratch: str, address: str, key: str, mat: dict, entry: dict, record: dict) -> str:
         """The artifact's provenance statement, stored as a blob; its digest."""

@@ -223,7 +223,26 @@ def save(ctx, model, tokenizer, trainer=None, config: dict | None = None, metric
                 f.write(json.dumps(row, sort_keys=True) + "\n")
     final = final_metrics(rows, **(metrics or {}))
     write_json(os.path.join(ctx.out, "metrics.json"), final)
+    with open(os.path.join(ctx.out, "README.md"), "w", encoding="utf-8") as f:
+        f.write(model_card(ctx, identity, final))
     ctx.metrics({k: v for k, v in final.items() if k in ("loss", "eval_loss", "steps", "train_loss")})
+
+
+def model_card(ctx, identity: dict, final: dict) -> str:
+    """README.md: what the model is and what it was made from (the release card adds eval metrics)."""
+    name = ctx.target.split(":", 1)[1]
+    lines = [f"# {name}", "", f"Built by forgebuild as `{ctx.target}` with recipe `{ctx.params.recipe}` "
+             f"(seed {ctx.seed}).", "", "## Made from", "", "| input | digest |", "|---|---|"]
+    lines += [f"| `{address}` | `{digest}` |" for address, digest in sorted(ctx.dep_digests.items())]
+    lines += ["", "## Hyper-parameters", "", "```json", json.dumps(identity, indent=2, sort_keys=True), "```", "",
+              "## Final training metrics", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in sorted(final.items())]
+    versions = ", ".join(f"{k} {v}" for k, v in sorted(library_versions().items()))
+    lines += ["", f"Libraries: {versions}.", "",
+              "Load it with `transformers.AutoModelForCausalLM.from_pretrained(path)`"
+              + (" (a LoRA adapter: `peft.PeftModel.from_pretrained(base, path)`)."
+                 if getattr(ctx.params, "lora", None) is not None and not ctx.params.lora.merge else "."), ""]
+    return "\n".join(lines)
 
 
 def library_versions() -> dict:
