@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from . import __version__
 from .context import BuildContext, kill_leftovers, kill_running, marker, run_logged
 from .errors import BadInput, ForgeError, RuleFailed, StoreError
-from .hashing import file_digest
+from .hashing import bytes_digest, file_digest
 from .keys import Decision, action_key, explain, material
 from .plan import Plan, TargetPlan, resolve_sources
 from .rules import parse_params
@@ -332,14 +332,25 @@ class Executor:
 
     def _code_texts(self, mat: dict) -> dict:
         """The text of the code a build read (reward functions, scorers, scripts): an audit diff shows
-        how it changed, long after the files did. Python files under 256 KB."""
+        how it changed, long after the files did. Python files under 256 KB that an input names on
+        its own (a glob of code is data: corpus:repo would copy the project's sources into every
+        record), and only the bytes the key hashed."""
         texts = {}
         for entries in mat["inputs"].values():
-            for kind, rel, _ in entries:
-                path = os.path.join(self.plan.root, rel)
-                if kind == "file" and rel.endswith(".py") and os.path.isfile(path) and os.path.getsize(path) < 262144:
-                    with open(path, encoding="utf-8", errors="replace") as f:
-                        texts[rel] = f.read()
+            files = [e for e in entries if e[0] == "file"]
+            if len(files) != 1 or not files[0][1].endswith(".py"):
+                continue
+            _, rel, digest = files[0]
+            path = os.path.join(self.plan.root, rel)
+            try:
+                if os.path.getsize(path) >= 262144:
+                    continue
+                with open(path, "rb") as f:
+                    data = f.read()
+                if bytes_digest(data) == digest:  # not a file edited since it was hashed
+                    texts[rel] = data.decode("utf-8")
+            except (OSError, UnicodeDecodeError):
+                continue
         return texts
 
     def _statement(self, scratch: str, address: str, key: str, mat: dict, entry: dict, record: dict) -> str:
