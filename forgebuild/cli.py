@@ -230,6 +230,10 @@ def cmd_build(args, session: Session, report) -> int:
                         jobs=jobs, keep_going=args.keep_going, force=args.force, remote=session.remote)
     results = executor.run(addresses, decisions)
     ok = all(r.action in ("built", "cached") for r in results)
+    if ok and args.frozen:  # a dependency rebuilt to another output changes its readers' keys only now
+        from .lockfile import frozen_results
+
+        ok = not frozen_results(args, session, results, report)
     report({"event": "summary", "ok": ok, "targets": [r.as_dict() for r in results]})
     failures = [r.exit_code or 1 for r in results if r.action == "failed"]
     return max(failures, default=0 if ok else 1)  # 2 when a stage found its input data bad
