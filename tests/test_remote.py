@@ -155,3 +155,28 @@ def test_a_remote_entry_is_reused_only_when_its_provenance_vouches_for_it(tmp_pa
     proc = b.run("--remote", f"file://{shared}")
     assert f"remote entry {key} for run:one: its provenance lists other materials than this build's inputs" in proc.stdout
     assert b.runs() == ["one"]
+
+
+def test_a_fetch_killed_midway_leaves_nothing_half_visible_and_the_next_run_completes(tmp_path):
+    import signal
+    import time
+
+    from forgebuild.hashing import file_digest
+
+    a, b = workspaces(tmp_path)
+    for p in (a, b):  # a 256 MB output: the fetch takes long enough to be killed in the middle
+        p.forgefile(PIPELINE.replace("head -c 300000 /dev/zero", "head -c 268435456 /dev/urandom"))
+    shared = f"file://{tmp_path}/shared"
+    a.run("--remote", shared, timeout=300)
+    proc = subprocess.Popen([sys.executable, "-m", "forgebuild", "--remote", shared], cwd=b.root, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and not glob.glob(f"{b.root}/.forge/tmp/fetch-*"):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert glob.glob(f"{b.root}/.forge/ac/*/*.json") == []  # no entry: nothing looks fetched
+    for blob in glob.glob(f"{b.root}/.forge/cas/*/*"):  # whatever arrived is whole
+        assert file_digest(blob) == os.path.basename(blob)
+    assert b.build("--remote", shared) == {"run:one": "cached", "run:two": "cached"} and b.runs() == []
+    assert len(b.read(".forge/out/run/one/x.txt")) == 6
