@@ -140,15 +140,22 @@ class Remote:
         """Upload what the remote lacks; return the bytes sent."""
         if not self.push_enabled or self.disabled or self.store is None:
             return 0
+        try:  # the same entry already there: its blobs were written before it (entries come last)
+            there = self._guard(self.store.get_action, key)
+        except StoreError:
+            there = None  # a corrupt remote entry: overwrite it with a good one
+        if there is not None and there.get("digest") == entry["digest"] and there.get("provenance"):
+            return 0
         sizes = {f["digest"]: f["size"] for f in entry["files"]}
         if entry.get("provenance"):
             sizes[entry["provenance"]] = os.path.getsize(local.blob_path(entry["provenance"]))
-        present = self._guard(lambda: {d for d in sizes if self.store.has_blob(d)})
+        with ThreadPoolExecutor(THREADS) as pool:  # one existence check per blob, in parallel
+            present = self._guard(lambda: {d for d, there in zip(sizes, pool.map(self.store.has_blob, sizes)) if there})
         if present is None:
             return 0
         missing = sorted(set(sizes) - present)
         with ThreadPoolExecutor(THREADS) as pool:
-            list(pool.map(lambda d: self._guard(self.store.copy_in, local.blob_path(d), d), missing))
+            list(pool.map(lambda d: self._guard(self.store.copy_in, local.blob_path(d), d, False), missing))
         if self.disabled:
             return 0
         record_id = entry.get("record")

@@ -151,9 +151,10 @@ class Store:
             self.fs.put_file(path, tmp)
         self._publish(tmp, final)
 
-    def copy_in(self, path: str, digest: str) -> None:
-        """Copy a file (a blob of another store) in under its digest; the source stays where it is."""
-        if self.has_blob(digest):
+    def copy_in(self, path: str, digest: str, check: bool = True) -> None:
+        """Copy a file (a blob of another store) in under its digest; the source stays where it is.
+        `check=False` when the caller already knows the blob is missing (one request less)."""
+        if check and self.has_blob(digest):
             return
         final = self.blob_path(digest)
         if self.atomic_put:
