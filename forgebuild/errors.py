@@ -91,3 +91,8 @@ def did_you_mean(word: str, choices, quote: str = "'", cutoff: float = 0.6) -> s
     """' (did you mean 'x'?)' for the closest choice, or '' when nothing is close."""
     found = closest(word, choices, cutoff)
     return f" (did you mean {quote}{found}{quote}?)" if found else ""
+
+
+class Delegated(Exception):
+    """A build handed to a launcher (torchrun) that ran it to completion: the process that
+    raised it has nothing more to do."""

@@ -12,12 +12,13 @@ import time
 import traceback
 
 from .context import BuildContext
-from .errors import RuleFailed
+from .errors import Delegated, RuleFailed
 from .rules import load_rule, parse_params
 
 
 def main(context_file: str) -> int:
-    os.environ["FORGE_STAGE_STARTED"] = str(time.time())  # recipes measure their time before the first step
+    os.environ.setdefault("FORGE_STAGE_STARTED", str(time.time()))  # recipes measure their time before the first step
+    os.environ["FORGE_CONTEXT_FILE"] = os.path.abspath(context_file)  # a launcher (torchrun) runs this file again
     with open(context_file, encoding="utf-8") as f:
         ctx = BuildContext.from_json(f.read())
     failure_file = os.path.join(os.path.dirname(context_file), "failure.txt")
@@ -26,6 +27,9 @@ def main(context_file: str) -> int:
         ctx.params = parse_params(rule, ctx.raw_params)
         os.chdir(ctx.project_dir)
         rule.build(ctx)
+        finish_distributed()
+    except Delegated:  # torchrun ran the build in its own processes, and it succeeded
+        return 0
     except RuleFailed as e:
         message = ("bad input: " if e.exit_code == 2 else "") + e.message
     except BaseException as e:  # the rule's own bug: keep the traceback for the log
@@ -37,6 +41,18 @@ def main(context_file: str) -> int:
         f.write(message)
     print(f"forgebuild: {ctx.target}: {message}", file=sys.stderr)
     return 1
+
+
+def finish_distributed() -> None:
+    """Under torchrun: wait for every rank (rank 0 is still writing the artifact), then take the
+    process group down; a rank that exits with it alive aborts ("terminate called ...")."""
+    if "LOCAL_RANK" not in os.environ:
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

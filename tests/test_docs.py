@@ -11,7 +11,7 @@ DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 
 
 def test_every_model_key_is_documented():
     text = open(DOC, encoding="utf-8").read()
-    models = [common.Recipe, common.Train, common.Lora, pretrain.Arch, rewards.Reward]
+    models = [common.Recipe, common.Train, common.Lora, common.Launch, pretrain.Arch, rewards.Reward]
     models += [model.recipe_module(name).Params for name in model.RECIPES]
     missing = sorted({f"{m.__module__}.{m.__name__}.{key}" for m in models for key in m.model_fields
                       if f"`{key}`" not in text and key not in ("recipe",)})

@@ -19,7 +19,7 @@ class Train(BaseModel):
     lr: float = Field(1e-3, gt=0, description="peak learning rate")
     steps: int | None = Field(None, ge=1, description="optimizer steps; when unset, `epochs` (or a pretrain's `budget_tokens`) decide")
     epochs: float = Field(1.0, gt=0, description="passes over the data when `steps` is unset")
-    batch_size: int = Field(8, ge=1, description="sequences per device per micro-batch")
+    batch_size: int = Field(8, ge=1, description="sequences per micro-batch, over all processes (see `launch`)")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
     schedule: Schedule = Field("cosine", description="learning-rate schedule after warmup")
     warmup_steps: int = Field(0, ge=0, description="steps of linear warmup from 0 to `lr`")
@@ -40,9 +40,24 @@ class Lora(BaseModel):
     merge: bool = Field(True, description="true: emit merged full weights; false: emit the adapter folder only")
 
 
+class Launch(BaseModel):
+    """`launch = { processes = 2 }`: one training stage on several processes (torchrun, DDP)."""
+    model_config = ConfigDict(extra="forbid")
+    processes: int = Field(1, ge=1, description="processes on this machine (GPUs, or CPU processes with gloo)")
+    backend: Literal["torchrun", "deepspeed"] = Field(
+        "torchrun", description="torchrun: DistributedDataParallel; deepspeed: DeepSpeed ZeRO through the HF Trainer "
+                                "(launched by torchrun too)")
+    zero: Literal[1, 2] = Field(2, description="deepspeed: the ZeRO stage (1: optimizer states sharded, "
+                                               "2: gradients too)")
+    offload: Literal["none", "cpu"] = Field("none", description="deepspeed: keep the optimizer states in CPU memory")
+
+
 class Recipe(BaseModel):
     """Runtime settings every recipe has; none of them enters the action key."""
     model_config = ConfigDict(extra="forbid")
+    launch: Launch | None = runtime(None, description=(
+        "several processes for this stage (torchrun); the global batch (train.batch_size x grad_accum) stays "
+        "the same, each process takes batch_size / processes. Not in the key"))
     threads: int = runtime(0, ge=0, description="CPU threads for torch; 0 means every core. Not in the key")
     device: Literal["auto", "cpu", "cuda"] = runtime(
         "auto", description="where to train: auto takes a GPU when there is one. Not in the key")

@@ -63,10 +63,10 @@ def build(ctx) -> None:
     from . import training
     from .pretrain import fit, packed_tokens_with
 
-    training.prepare(ctx)
     p = ctx.params
+    folder = packed_tokens_with(ctx, p, ctx.inputs["base"], p.base)  # before a launch: see pretrain
+    training.prepare(ctx)
     tokenizer = training.load_tokenizer(ctx.inputs["base"])
-    folder = packed_tokens_with(ctx, p, ctx.inputs["base"], p.base)
     model = training.load_model(ctx, ctx.inputs["base"], p.base)
     if p.lora:
         from peft import get_peft_model

@@ -130,10 +130,11 @@ def check_deps(params, deps: dict) -> list[tuple[str, str]]:
 def build(ctx) -> None:
     from . import training
 
-    training.prepare(ctx)
     p = ctx.params
-    tokenizer = training.load_tokenizer(ctx.inputs["tokenizer"])
+    # tokenized before a launch: the launched processes then find it cached, and never race to make it
     folder = packed_tokens_with(ctx, p, ctx.inputs["tokenizer"], p.tokenizer)
+    training.prepare(ctx)
+    tokenizer = training.load_tokenizer(ctx.inputs["tokenizer"])
     model = new_model(ctx, p.arch, tokenizer, seq_len(folder))
     fit(ctx, model, tokenizer, folder)
 
@@ -218,7 +219,7 @@ def fit(ctx, model, tokenizer, folder: str) -> None:
                       data_collator=default_data_collator)
     run = training.train(ctx, trainer)
     tokens_per_step = p.train.batch_size * p.train.grad_accum * meta["seq_len"]
-    if run["seconds"]:
+    if run["seconds"] and training.is_main():
         ctx.metrics({"tokens_per_second": round(run["steps"] * tokens_per_step / run["seconds"], 1)})
     extra = {"train_tokens": trainer.state.global_step * tokens_per_step}
     if len(holdout):

@@ -40,9 +40,23 @@ class LossNaN(Exception):
         self.step = step
 
 
+def processes(ctx) -> int:
+    launch = getattr(ctx.params, "launch", None)
+    return launch.processes if launch else 1
+
+
+def is_main() -> bool:
+    """Rank 0 (or the only process): the one that writes the artifact, metrics and log lines."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def prepare(ctx) -> None:
-    """Threads, quiet libraries, seeds: the first thing a recipe's build does."""
+    """Threads, quiet libraries, seeds: the first thing a recipe's build does. With `launch`,
+    the build is run again under torchrun and this process stops here (Delegated)."""
     import warnings
+
+    if processes(ctx) > 1 and "LOCAL_RANK" not in os.environ:
+        delegate(ctx)
 
     ctx.started = float(os.environ.get("FORGE_STAGE_STARTED", time.time()))
     threads = ctx.params.threads or os.cpu_count() or 1
@@ -60,6 +74,35 @@ def prepare(ctx) -> None:
     transformers.set_seed(ctx.seed)
 
 
+def delegate(ctx) -> None:
+    """Run this very build (the worker's context file) in `processes` processes under torchrun."""
+    import socket
+    import sys
+
+    from ..errors import Delegated
+
+    n = processes(ctx)
+    if ctx.params.train.batch_size % n:
+        raise ctx.bad_input(f"train.batch_size {ctx.params.train.batch_size} is not a multiple of "
+                            f"launch.processes {n}: the global batch is split evenly between processes")
+    with socket.socket() as s:  # a free port for the rendezvous: two launches never collide
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", "--nnodes=1",
+            f"--master_addr=127.0.0.1", f"--master_port={port}", "-m", "forgebuild.worker",
+            os.environ["FORGE_CONTEXT_FILE"]]
+    ctx.log(f"launching {n} processes: {' '.join(argv[2:])}")
+    # DeepSpeed compiles a small op on first use: once per workspace, not per build
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": os.environ.get(
+        "TORCH_EXTENSIONS_DIR", os.path.join(ctx.workspace_dir, "torch_extensions"))}
+    code = ctx.run_command(argv, env=env)
+    if code != 0:
+        failure = os.path.join(os.path.dirname(os.environ["FORGE_CONTEXT_FILE"]), "failure.txt")
+        reason = open(failure, encoding="utf-8").read() if os.path.exists(failure) else f"exit code {code}"
+        raise ctx.failure(f"distributed training failed ({n} processes): {reason}")
+    raise Delegated()
+
+
 def on_cpu(ctx) -> bool:
     return ctx.params.device == "cpu" or not torch.cuda.is_available()
 
@@ -71,9 +114,10 @@ def checkpoints_dir(ctx) -> str:
 def trainer_args(ctx, config_class, evaluating: bool = False, **extra):
     """The TrainingArguments (or TRL config) from the recipe's `train` table and runtime settings."""
     p, t = ctx.params, ctx.params.train
+    per_process = t.batch_size // processes(ctx)  # the global batch stays train.batch_size
     kwargs = dict(
         output_dir=checkpoints_dir(ctx),
-        per_device_train_batch_size=t.batch_size, per_device_eval_batch_size=t.batch_size,
+        per_device_train_batch_size=per_process, per_device_eval_batch_size=per_process,
         gradient_accumulation_steps=t.grad_accum, learning_rate=t.lr, lr_scheduler_type=t.schedule,
         warmup_steps=t.warmup_steps, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
         num_train_epochs=t.epochs, max_steps=t.steps or -1, seed=ctx.seed, data_seed=ctx.seed,
@@ -85,10 +129,25 @@ def trainer_args(ctx, config_class, evaluating: bool = False, **extra):
         report_to=[], disable_tqdm=True, use_cpu=on_cpu(ctx), bf16=False, fp16=False,
         gradient_checkpointing=False, dataloader_num_workers=p.dataloader_workers,
     )
+    if processes(ctx) > 1:
+        kwargs["ddp_backend"] = "gloo" if on_cpu(ctx) else "nccl"
+        if ctx.params.launch.backend == "deepspeed":
+            kwargs["deepspeed"] = deepspeed_config(ctx.params.launch)
     if t.schedule == "cosine_with_min_lr":
         kwargs["lr_scheduler_kwargs"] = {"min_lr_rate": t.min_lr_rate}
     kwargs.update(extra)
     return config_class(**kwargs)
+
+
+def deepspeed_config(launch) -> dict:
+    """ZeRO through the HF Trainer: "auto" lets the Trainer fill in batch sizes and clipping, so the
+    `train` table stays the one source of them (this config ran on CPU with 2 processes, gloo)."""
+    zero = {"stage": launch.zero}
+    if launch.offload == "cpu":
+        zero["offload_optimizer"] = {"device": "cpu"}
+    return {"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
+            "train_batch_size": "auto", "gradient_clipping": "auto", "zero_optimization": zero,
+            "zero_allow_untested_optimizer": True, "bf16": {"enabled": False}, "fp16": {"enabled": False}}
 
 
 class Watch(TrainerCallback):
@@ -113,6 +172,8 @@ class Watch(TrainerCallback):
         loss = logs.get("loss")
         if isinstance(loss, float) and not math.isfinite(loss):
             raise LossNaN(state.global_step)
+        if not is_main():
+            return
         every = self.ctx.params.log_every
         if state.global_step % every == 0 or state.global_step == state.max_steps or "eval_loss" in logs:
             shown = {k: round(v, 5) if isinstance(v, float) else v for k, v in logs.items()}
@@ -120,7 +181,7 @@ class Watch(TrainerCallback):
 
     def on_save(self, args, state, control, **kwargs):
         folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
-        if os.path.isdir(folder):
+        if is_main() and os.path.isdir(folder):
             with open(os.path.join(folder, COMPLETE), "w") as f:
                 f.write(str(state.global_step))
             self.ctx.log(f"checkpoint at step {state.global_step}")
@@ -160,6 +221,8 @@ def train(ctx, trainer):
         raise ctx.failure(str(e)) from None
     seconds = time.time() - started
     state = trainer.state
+    if not is_main():
+        return {"result": result, "seconds": seconds, "steps": state.global_step}
     resumed_at = int(CHECKPOINT.match(os.path.basename(resume)).group(1)) if resume else 0
     ctx.metrics({
         "train_seconds": round(seconds, 3), "steps": state.global_step,
@@ -210,6 +273,8 @@ def final_metrics(rows: list[dict], **extra) -> dict:
 def save(ctx, model, tokenizer, trainer=None, config: dict | None = None, metrics: dict | None = None) -> None:
     """The artifact: save_pretrained weights (safetensors) and tokenizer, the resolved config,
     the training log and the final metrics."""
+    if not is_main():  # rank 0 alone writes the artifact
+        return
     model.save_pretrained(ctx.out, safe_serialization=True)
     tokenizer.save_pretrained(ctx.out)
     rows = training_log(trainer) if trainer is not None else []
@@ -309,6 +374,8 @@ def lora_config(lora):
 
 def save_trained(ctx, trainer, tokenizer, base_address: str, **kwargs) -> None:
     """Save a TRL trainer's model: full weights, LoRA merged into them, or the adapter alone."""
+    if not is_main():
+        return
     model = trainer.model
     lora = getattr(ctx.params, "lora", None)
     if lora is not None and lora.merge:
