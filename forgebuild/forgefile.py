@@ -36,6 +36,8 @@ class ForgeSettings(BaseModel):
     remote: str | None = Field(None, description="a shared cache (fsspec URL: s3://bucket/prefix, file:///mnt/cache); "
                                                  "credentials come from the filesystem's own configuration")
     push: bool = Field(True, description="write what this workspace builds to the remote (false: read only)")
+    launch: dict | None = Field(None, description="default `launch` of training stages, e.g. { processes = 2 } "
+                                                  "(runtime only; a target's own launch wins)")
 
     @field_validator("cache")
     @classmethod
@@ -331,6 +333,7 @@ def load(path: str, rules=None) -> Plan:
                 validated[address] = checked
 
     problems += _reference_problems(targets, declared, settings, rules, name, locate)
+    problems += _default_launch(settings, targets, name, locate)
     problems += _dependency_problems(targets, validated)
     # Cycles and missing files are looked for among the valid targets even when others
     # have problems: every error is reported in one pass.
@@ -415,6 +418,24 @@ def _versions(names) -> dict[str, str | None]:
         except PackageNotFoundError:
             found[name] = None
     return found
+
+
+def _default_launch(settings, targets, name, locate) -> list[Problem]:
+    """[forge] launch: the launch of every training stage that has none of its own (runtime only)."""
+    if not settings.launch:
+        return []
+    from .recipes.common import Launch
+
+    try:
+        launch = Launch.model_validate(settings.launch).model_dump(mode="json")
+    except ValidationError as e:
+        where = lambda p, msg: Problem(name, locate.line(("forge", "launch", *p)), msg, "[forge]",
+                                       key_text(("launch", *p)))
+        return validation_problems(e, Launch, settings.launch, where)
+    for target in targets.values():
+        if "launch" in target.runtime and target.runtime["launch"] is None:
+            target.runtime["launch"] = launch
+    return []
 
 
 def _reference_problems(targets, declared, settings, rules, name, locate) -> list[Problem]:

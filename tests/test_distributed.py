@@ -52,7 +52,7 @@ def test_sft_on_two_processes(recipe_project):
         train = { lr = 1e-3, steps = 4, batch_size = 8 }
         threads = 1
     """
-    p.forgefile(p.preamble + table + "        launch = { processes = 2 }\n")
+    p.forgefile(p.preamble + table + "\n[forge]\nlaunch = { processes = 2 }\n")  # the project's default launch
     p.run("model:sft", timeout=600)
     assert "launching 2 processes" in p.read(".forge/logs/model/sft.log")
     assert len(losses(p.run("path", "model:sft").stdout.strip())) == 4
@@ -71,3 +71,28 @@ def test_the_global_batch_must_split_evenly(recipe_project):
     """)
     proc = p.run("model:sft", expect=2, timeout=300)
     assert "train.batch_size 5 is not a multiple of launch.processes 2" in proc.stdout
+
+
+def test_a_killed_distributed_build_resumes_from_its_checkpoint(tmp_path, tiny_base):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import ENV
+
+    lab = Project(str(tmp_path))
+    tinylab.write_stdlib_text(lab.root)
+    lab.forgefile(tinylab.BASE_FORGEFILE + "launch = { processes = 2 }\ncheckpoint_every = 5\nlog_every = 1\n")
+    log = os.path.join(lab.root, ".forge/logs/model/base.log")
+    proc = subprocess.Popen([sys.executable, "-m", "forgebuild", "model:base"], cwd=lab.root, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 180
+    while time.time() < deadline and not (os.path.exists(log) and "checkpoint at step 10" in open(log).read()):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # forgebuild, torchrun and both ranks
+    proc.wait()
+    lab.run("model:base", timeout=600)
+    assert "resuming from checkpoint-" in lab.read(".forge/logs/model/base.log")
+    one, two = losses(tiny_base), losses(lab.run("path", "model:base").stdout.strip())
+    assert len(two) == 30 and max(abs(a - b) for a, b in zip(one, two)) < TOLERANCE

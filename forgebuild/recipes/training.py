@@ -162,9 +162,9 @@ class Watch(TrainerCallback):
             self.first_step_at = time.time()
 
     def on_step_end(self, args, state, control, **kwargs):
-        # The trainer also saves at the last step: a full checkpoint (optimizer included) that
-        # nothing resumes from, since the artifact is saved right after. Skip it.
-        if state.global_step >= state.max_steps and state.global_step % args.save_steps:
+        # No checkpoint at the last step: the artifact is saved right after, so nothing needs it, and
+        # transformers resuming from a checkpoint at max_steps trains one step more (seen: 31 of 30).
+        if state.global_step >= state.max_steps:
             control.should_save = False
 
     def on_log(self, args, state, control, logs=None, **kwargs):
