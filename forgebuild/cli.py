@@ -24,7 +24,7 @@ from .workspace import Workspace
 
 VERBS = ("build", "status", "explain", "graph", "path", "show", "log", "clean", "gc", "schema", "lock", "verify",
          "diff", "cache")
-TAKES_VALUE = {"-f", "--file", "-j", "--jobs", "--format", "--limit", "--grace", "--remote", "--lock"}
+TAKES_VALUE = {"-f", "--file", "-j", "--jobs", "--format", "--limit", "--grace", "--remote", "--lock", "--executor"}
 
 
 # ------------------------------------------------------------------ arguments
@@ -51,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("-n", "--dry-run", action="store_true", help="say what would be built, build nothing")
     b.add_argument("-k", "--keep-going", action="store_true", help="after a failure, go on with independent targets")
     b.add_argument("-B", "--force", action="store_true", help="rebuild the targets and their dependencies")
+    b.add_argument("--executor", choices=("local", "ray", "slurm"), default="local",
+                   help="where stages run: here, as Ray tasks (RAY_ADDRESS or a local cluster), or as Slurm jobs "
+                        "(submitit)")
     b.add_argument("--frozen", action="store_true",
                    help="fail (exit 1) when any target's key differs from Forgefile.lock, naming what changed")
     b.add_argument("--lock", default=None, metavar="FILE", help="the lock file (default: Forgefile.lock beside the Forgefile)")
@@ -226,8 +229,11 @@ def cmd_build(args, session: Session, report) -> int:
     from .executor import Executor
 
     jobs = args.jobs or session.plan.settings.get("jobs") or 1
+    from .runners import make_runner
+
     executor = Executor(session.plan, ws, session.store, session.stat_cache, report, lambda: session.rules,
-                        jobs=jobs, keep_going=args.keep_going, force=args.force, remote=session.remote)
+                        jobs=jobs, keep_going=args.keep_going, force=args.force, remote=session.remote,
+                        runner=make_runner(args.executor, ws.dir))
     results = executor.run(addresses, decisions)
     ok = all(r.action in ("built", "cached") for r in results)
     if ok and args.frozen:  # a dependency rebuilt to another output changes its readers' keys only now

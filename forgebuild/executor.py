@@ -100,13 +100,14 @@ class KeyLock:
 
 class Executor:
     def __init__(self, plan: Plan, workspace, store, stat_cache, reporter, load_rules, jobs=1, keep_going=False,
-                 force=False, remote=None):
+                 force=False, remote=None, runner=None):
         """`load_rules()` gives {kind: rule module}; called only when a rule builds in this process
         (the run rule), since importing every rule costs ~0.1 s that isolated builds never need."""
         self.plan, self.ws, self.store, self.stat_cache = plan, workspace, store, stat_cache
         self.report, self.load_rules = reporter, load_rules
         self.jobs, self.keep_going, self.force = max(1, jobs), keep_going, force
         self.remote = remote  # a shared cache: read on a local miss, written after a build
+        self.runner = runner  # None: build processes are children of this one; else Ray or Slurm
         self._git_commit = False
 
     @property
@@ -292,8 +293,8 @@ class Executor:
             dep_digests=dep_digests,
             store_root=self.store.root, workspace_dir=self.ws.dir,
         )
-        if target.isolate:
-            self._build_in_child(ctx, scratch)
+        if target.isolate or self.runner is not None:
+            self._build_in_child(ctx, scratch, target.runtime)
         else:
             rule = self.load_rules()[target.kind]
             ctx.params = parse_params(rule, ctx.raw_params)
@@ -396,12 +397,18 @@ class Executor:
             found[key] = paths if plural else paths[0]
         return found
 
-    def _build_in_child(self, ctx: BuildContext, scratch: str) -> None:
+    def _build_in_child(self, ctx: BuildContext, scratch: str, runtime: dict) -> None:
         ctx_file = os.path.join(scratch, "context.json")
         with open(ctx_file, "w", encoding="utf-8") as f:
             f.write(ctx.to_json())
-        code = run_logged([sys.executable, "-m", "forgebuild.worker", ctx_file], ctx.log_path, ctx.project_dir,
-                          key=marker(ctx.key, ctx.workspace_dir))
+        argv = [sys.executable, "-m", "forgebuild.worker", ctx_file]
+        if self.runner is None:
+            code = run_logged(argv, ctx.log_path, ctx.project_dir, key=marker(ctx.key, ctx.workspace_dir))
+        else:
+            from .runners import resources
+
+            env = {**os.environ, "FORGE_ACTION_KEY": marker(ctx.key, ctx.workspace_dir)}
+            code = self.runner.run(argv, ctx.log_path, ctx.project_dir, env, resources(runtime))
         if code != 0:
             failure = os.path.join(scratch, "failure.txt")
             message = open(failure, encoding="utf-8").read() if os.path.exists(failure) else (
