@@ -57,6 +57,13 @@ def prepare(ctx) -> None:
 
     if processes(ctx) > 1 and "LOCAL_RANK" not in os.environ:
         delegate(ctx)
+    if "LOCAL_RANK" not in os.environ:
+        # One process, one GPU: with several visible, transformers' Trainer would spread the model over
+        # all of them (nn.DataParallel), multiplying the batch by a number the key does not hold.
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        os.environ["CUDA_VISIBLE_DEVICES"] = "0" if visible is None else visible.split(",")[0]  # "" hides all
+    if ctx.params.device == "cuda" and not torch.cuda.is_available():
+        raise ctx.failure('device = "cuda", but torch sees no GPU here (use device = "auto" to train where it can)')
 
     ctx.started = float(os.environ.get("FORGE_STAGE_STARTED", time.time()))
     threads = ctx.params.threads or os.cpu_count() or 1
