@@ -41,7 +41,7 @@ def test_pretrain_on_two_processes_matches_one(tmp_path, tiny_base, launch):
     assert "up to date" in lab.run("explain", "model:base").stdout
 
 
-def test_sft_on_two_processes(recipe_project):
+def test_sft_on_two_processes(recipe_project, tmp_path_factory, tiny_base):
     p = recipe_project
     table = """
         [model.sft]
@@ -55,7 +55,14 @@ def test_sft_on_two_processes(recipe_project):
     p.forgefile(p.preamble + table + "\n[forge]\nlaunch = { processes = 2 }\n")  # the project's default launch
     p.run("model:sft", timeout=600)
     assert "launching 2 processes" in p.read(".forge/logs/model/sft.log")
-    assert len(losses(p.run("path", "model:sft").stdout.strip())) == 4
+    single = Project(str(tmp_path_factory.mktemp("single")))
+    tinylab.write_arith_data(single.root)
+    single.forgefile(p.preamble + table)
+    single.run("model:sft", timeout=600)
+    one = losses(single.run("path", "model:sft").stdout.strip())
+    two = losses(p.run("path", "model:sft").stdout.strip())
+    assert len(one) == len(two) == 4
+    assert max(abs(a - b) for a, b in zip(one, two)) < TOLERANCE
 
 
 def test_the_global_batch_must_split_evenly(recipe_project):
