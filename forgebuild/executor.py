@@ -30,7 +30,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from . import __version__
-from .context import BuildContext, kill_leftovers, kill_running, marker, run_logged
+from .context import MARKER, BuildContext, kill_leftovers, kill_running, marker, run_logged
 from .errors import BadInput, ForgeError, RuleFailed, StoreError
 from .hashing import bytes_digest, file_digest
 from .keys import Decision, action_key, explain, material
@@ -407,7 +407,7 @@ class Executor:
         else:
             from .runners import resources
 
-            env = {**os.environ, "FORGE_ACTION_KEY": marker(ctx.key, ctx.workspace_dir)}
+            env = {**os.environ, MARKER: marker(ctx.key, ctx.workspace_dir)}
             code = self.runner.run(argv, ctx.log_path, ctx.project_dir, env, resources(runtime))
         if code != 0:
             failure = os.path.join(scratch, "failure.txt")

@@ -6,6 +6,8 @@ import json
 import math
 import os
 
+import torch  # this module runs inside an eval's build process only
+
 from ..rules.eval import parse_gate
 
 OPS = {">=": lambda v, t: v >= t, "<=": lambda v, t: v <= t, ">": lambda v, t: v > t, "<": lambda v, t: v < t,
@@ -138,7 +140,7 @@ def generation_scores(ctx, model, tokenizer, bench, index, limit):
     rows = read(ctx, bench, index, "generate", limit)
     g = ctx.params.generation
     prompts = [r["prompt"] for r in rows]
-    with no_grad():
+    with torch.no_grad():
         outputs = generate(model, tokenizer, prompts, max_new_tokens=g.max_new_tokens, stop=tuple(g.stop),
                            batch_size=ctx.params.batch_size, temperature=g.temperature, seed=ctx.seed)
     scores = {m: [score_output(o, r["answer"], m, pattern=bench.pattern, tolerance=bench.tolerance)
@@ -165,7 +167,7 @@ def choice_scores(ctx, model, tokenizer, bench, index, limit):
     from .scoring import choice_scores as score
 
     rows = read(ctx, bench, index, "choice", limit)
-    with no_grad():
+    with torch.no_grad():
         found = score(model, tokenizer, rows, batch_size=ctx.params.batch_size)
     scores = {"accuracy": [f["correct"] for f in found], "accuracy_norm": [f["correct_norm"] for f in found]}
     samples = [{"line": r["line"], "prompt": r["prompt"], "output": r["choices"][f["pred"]],
@@ -180,7 +182,7 @@ def perplexity_scores(ctx, model, tokenizer, bench, index, limit):
     texts = holdout_texts(ctx, bench, index)
     if not texts:
         raise ctx.bad_input(f"{bench.corpus} has no holdout documents to measure perplexity on")
-    with no_grad():
+    with torch.no_grad():
         docs = perplexity(model, tokenizer, texts, seq_len=bench.seq_len, batch_size=ctx.params.batch_size,
                           max_documents=limit)
     scores = {"nll": [d["nll"] for d in docs], "tokens": [d["tokens"] for d in docs]}
@@ -217,17 +219,6 @@ def lm_eval_scores(ctx, address, bench, index, limit):
     if skipped:
         ctx.log(f"benchmark {bench.name}: not reported (not a mean of per-example scores): {', '.join(skipped)}")
     return scores, samples
-
-
-class no_grad:
-    def __enter__(self):
-        import torch
-
-        self.inner = torch.no_grad()
-        return self.inner.__enter__()
-
-    def __exit__(self, *exc):
-        return self.inner.__exit__(*exc)
 
 
 # ------------------------------------------------------------------ the report

@@ -96,7 +96,7 @@ def delegate(ctx) -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     argv = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", "--nnodes=1",
-            f"--master_addr=127.0.0.1", f"--master_port={port}", "-m", "forgebuild.worker",
+            "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "forgebuild.worker",
             os.environ["FORGE_CONTEXT_FILE"]]
     ctx.log(f"launching {n} processes: {' '.join(argv[2:])}")
     # DeepSpeed compiles a small op on first use: once per workspace, not per build

@@ -27,12 +27,12 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from ..plan import ADDRESS
 from . import runtime
 
 version = "1"
 
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
-ADDRESS = re.compile(r"^[a-z][a-z0-9_-]*:[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 GATE = re.compile(r"^\s*(>=|<=|==|>|<)\s*(-?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
 CODE = re.compile(r"^[^:]+\.py:[A-Za-z_][A-Za-z0-9_]*$")
 GENERATE_METRICS = ("exact_match", "contains", "regex", "numeric")

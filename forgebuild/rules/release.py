@@ -22,9 +22,10 @@ import uuid
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..plan import ADDRESS
+
 version = "1"
 
-ADDRESS = re.compile(r"^[a-z][a-z0-9_-]*:[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 URL = re.compile(r"^[a-z][a-z0-9+.-]*://")
 
 
@@ -94,14 +95,9 @@ def read_json(path: str) -> dict:
 
 
 def file_digests(folder: str) -> dict:
-    from ..hashing import file_digest
+    from ..hashing import file_digest, walk_files
 
-    found = {}
-    for parent, _, files in os.walk(folder):
-        for name in sorted(files):
-            path = os.path.join(parent, name)
-            found[os.path.relpath(path, folder).replace(os.sep, "/")] = file_digest(path)
-    return dict(sorted(found.items()))
+    return {rel: file_digest(path) for rel, path, _ in walk_files(folder)}
 
 
 # ------------------------------------------------------------------ the model card
