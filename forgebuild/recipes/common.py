@@ -40,14 +40,22 @@ class Lora(BaseModel):
 
 
 class Launch(BaseModel):
-    """`launch = { processes = 2 }`: one training stage on several processes (torchrun, DDP)."""
+    """`launch = { processes = 2 }`: one training stage on several processes (torchrun, DDP), on one
+    machine or, with `nodes`, several (see forgebuild/recipes/launch.py)."""
     model_config = ConfigDict(extra="forbid")
-    processes: int = Field(1, ge=1, description="processes on this machine (GPUs, or CPU processes with gloo)")
+    processes: int = Field(1, ge=1, description="processes on each machine (GPUs, or CPU processes with gloo)")
+    nodes: int = Field(1, ge=1, description="machines: this one (node 0) and nodes - 1 that run `forgebuild join`")
+    master_addr: str | None = Field(
+        None, description="nodes > 1: the address the other nodes reach node 0 at; unset: MASTER_ADDR, or the "
+                          "first host of SLURM_JOB_NODELIST")
+    master_port: int | None = Field(
+        None, ge=1, le=65535, description="nodes > 1: node 0's rendezvous port; unset: MASTER_PORT, or a port "
+                                          "derived from the action key (20000-39999)")
     backend: Literal["torchrun", "deepspeed"] = Field(
         "torchrun", description="torchrun: DistributedDataParallel; deepspeed: DeepSpeed ZeRO through the HF Trainer "
                                 "(launched by torchrun too)")
-    zero: Literal[1, 2] = Field(2, description="deepspeed: the ZeRO stage (1: optimizer states sharded, "
-                                               "2: gradients too)")
+    zero: Literal[1, 2, 3] = Field(2, description="deepspeed: the ZeRO stage (1: optimizer states sharded, "
+                                                  "2: gradients too, 3: parameters too)")
     offload: Literal["none", "cpu"] = Field("none", description="deepspeed: keep the optimizer states in CPU memory")
 
 

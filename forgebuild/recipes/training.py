@@ -41,8 +41,10 @@ class LossNaN(Exception):
 
 
 def processes(ctx) -> int:
-    launch = getattr(ctx.params, "launch", None)
-    return launch.processes if launch else 1
+    """Every process of this stage, on every node."""
+    from .launch import world_size
+
+    return world_size(getattr(ctx.params, "launch", None))
 
 
 def is_main() -> bool:
@@ -56,6 +58,8 @@ def prepare(ctx) -> None:
     import warnings
 
     if processes(ctx) > 1 and "LOCAL_RANK" not in os.environ:
+        from .launch import delegate
+
         delegate(ctx)
     if "LOCAL_RANK" not in os.environ:
         # One process, one GPU: with several visible, transformers' Trainer would spread the model over
@@ -79,35 +83,6 @@ def prepare(ctx) -> None:
     except ImportError:
         pass
     transformers.set_seed(ctx.seed)
-
-
-def delegate(ctx) -> None:
-    """Run this very build (the worker's context file) in `processes` processes under torchrun."""
-    import socket
-    import sys
-
-    from ..errors import Delegated
-
-    n = processes(ctx)
-    if ctx.params.train.batch_size % n:
-        raise ctx.bad_input(f"train.batch_size {ctx.params.train.batch_size} is not a multiple of "
-                            f"launch.processes {n}: the global batch is split evenly between processes")
-    with socket.socket() as s:  # a free port for the rendezvous: two launches never collide
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    argv = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", "--nnodes=1",
-            "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "forgebuild.worker",
-            os.environ["FORGE_CONTEXT_FILE"]]
-    ctx.log(f"launching {n} processes: {' '.join(argv[2:])}")
-    # DeepSpeed compiles a small op on first use: once per workspace, not per build
-    env = {**os.environ, "TORCH_EXTENSIONS_DIR": os.environ.get(
-        "TORCH_EXTENSIONS_DIR", os.path.join(ctx.workspace_dir, "torch_extensions"))}
-    code = ctx.run_command(argv, env=env)
-    if code != 0:
-        failure = os.path.join(os.path.dirname(os.environ["FORGE_CONTEXT_FILE"]), "failure.txt")
-        reason = open(failure, encoding="utf-8").read() if os.path.exists(failure) else f"exit code {code}"
-        raise ctx.failure(f"distributed training failed ({n} processes): {reason}")
-    raise Delegated()
 
 
 def on_cpu(ctx) -> bool:
