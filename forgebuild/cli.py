@@ -23,8 +23,9 @@ from .hashing import StatCache
 from .workspace import Workspace
 
 VERBS = ("build", "status", "explain", "graph", "path", "show", "log", "clean", "gc", "schema", "lock", "verify",
-         "diff", "cache")
-TAKES_VALUE = {"-f", "--file", "-j", "--jobs", "--format", "--limit", "--grace", "--remote", "--lock", "--executor"}
+         "diff", "cache", "join")
+TAKES_VALUE = {"-f", "--file", "-j", "--jobs", "--format", "--limit", "--grace", "--remote", "--lock", "--executor",
+               "--node-rank", "--wait"}
 
 
 # ------------------------------------------------------------------ arguments
@@ -93,6 +94,13 @@ def _parser() -> argparse.ArgumentParser:
     ca = sub.add_parser("cache", parents=[common], help="the shared remote cache: push or pull targets")
     ca.add_argument("action", choices=("push", "pull"))
     ca.add_argument("targets", nargs="*", metavar="TARGET")
+    jn = sub.add_parser("join", parents=[common], help="on another node: take part in the multi-node stages of a build")
+    jn.add_argument("targets", nargs="*", metavar="TARGET")
+    jn.add_argument("--node-rank", type=int, default=None,
+                    help="this node's rank (default: NODE_RANK or SLURM_NODEID); rank 0 builds")
+    jn.add_argument("--wait", type=float, default=None, metavar="SECONDS",
+                    help="give up after waiting this long for a stage to join (default: wait for node 0)")
+    jn.add_argument("-k", "--keep-going", action="store_true", help="after a failed stage, wait for the next")
     return parser
 
 
@@ -410,6 +418,13 @@ def cmd_diff(args, session, report) -> int:
     return run(args, session, report)
 
 
+def cmd_join(args, session, report) -> int:
+    from .join import cmd_join as run
+
+    build_defaults = vars(_parser().parse_args(["build"]))  # node 0 builds: the build verb's defaults
+    return run(argparse.Namespace(**{**build_defaults, **vars(args)}), session, report)
+
+
 def cmd_cache(args, session, report) -> int:
     from .cache.remote import cmd_cache as run
 
@@ -418,7 +433,8 @@ def cmd_cache(args, session, report) -> int:
 
 COMMANDS = {"build": cmd_build, "status": cmd_status, "explain": cmd_explain, "graph": cmd_graph,
             "path": cmd_path, "show": cmd_show, "log": cmd_log, "clean": cmd_clean, "gc": cmd_gc,
-            "schema": cmd_schema, "lock": cmd_lock, "verify": cmd_verify, "diff": cmd_diff, "cache": cmd_cache}
+            "schema": cmd_schema, "lock": cmd_lock, "verify": cmd_verify, "diff": cmd_diff, "cache": cmd_cache,
+            "join": cmd_join}
 
 
 # ------------------------------------------------------------------ entry point
