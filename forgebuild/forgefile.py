@@ -55,6 +55,16 @@ class ForgeSettings(BaseModel):
         return value
 
 
+class Resources(BaseModel):
+    """`resources = { cpus = 8, gpus = 1, memory_gb = 64 }` on any target: what a Ray task or a
+    Slurm job for it asks for (--executor ray|slurm). Runtime only, like `threads`."""
+
+    model_config = ConfigDict(extra="forbid")
+    cpus: int | None = Field(None, ge=1, description="CPU cores (default: from `threads` x processes, else 1)")
+    gpus: int | None = Field(None, ge=0, description="GPUs (default: `launch.processes` with device = \"cuda\", else 0)")
+    memory_gb: float | None = Field(None, gt=0, description="memory in GB (default: the scheduler's own default)")
+
+
 # ------------------------------------------------------------------ locating keys
 
 _BARE = r"[A-Za-z0-9_-]+"
@@ -362,6 +372,12 @@ def _validate_target(rule, kind, target_name, body, problem_at, locate):
     def where(path, message):
         return problem_at((kind, target_name, *path), message, address, key_text(path) or None)
 
+    resources = body.get("resources")
+    body = {k: v for k, v in body.items() if k != "resources"}  # every kind takes it: not a rule's param
+    try:
+        resources = Resources.model_validate(resources).model_dump(exclude_none=True) if resources is not None else {}
+    except ValidationError as e:
+        return None, validation_problems(e, Resources, resources, lambda p, m: where(("resources", *p), m)), None
     model = params_class(rule, body)
     try:
         params = model.model_validate(body)
@@ -383,7 +399,7 @@ def _validate_target(rule, kind, target_name, body, problem_at, locate):
     declared = getattr(rule, "environment", lambda p: {})(params)
     target = TargetPlan(address, kind, rule_version(rule, params), line, identity, runtime_values, inputs,
                         bool(getattr(rule, "isolate", True)), sorted(declared.get("vars", [])),
-                        _versions(declared.get("libraries", [])))
+                        _versions(declared.get("libraries", [])), resources)
     return target, problems, (rule, params, where)
 
 

@@ -21,7 +21,7 @@ from .errors import Problem
 
 ADDRESS = re.compile(r"^([a-z][a-z0-9_-]*):([A-Za-z0-9_][A-Za-z0-9_.-]*)$")
 GLOB_CHARS = re.compile(r"[*?\[]")
-PLAN_FORMAT = 1
+PLAN_FORMAT = 2
 
 
 @dataclass
@@ -47,6 +47,7 @@ class TargetPlan:
     # invalidated whenever installed packages change)
     env_vars: list[str] = field(default_factory=list)
     libraries: dict[str, str | None] = field(default_factory=dict)
+    resources: dict = field(default_factory=dict)  # asked of a Ray task / Slurm job: runtime only
 
     @cached_property
     def deps(self) -> list[str]:

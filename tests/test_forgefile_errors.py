@@ -132,6 +132,18 @@ def test_wrong_type_inside_a_table_names_the_inner_key(tmp_path):
     """)
 
 
+def test_resources_of_any_target_are_checked(tmp_path):
+    proc = forge(tmp_path, """\
+        [run.prepare]
+        cmd = "true"
+        resources = { cpu = 2, memory_gb = -1 }
+    """)
+    check_errors(proc, """
+        Forgefile.toml:3: error: run:prepare: key 'resources.cpu': unknown key (did you mean 'cpus'?)
+        Forgefile.toml:3: error: run:prepare: key 'resources.memory_gb': expected a number > 0, got integer -1
+    """)
+
+
 def test_wrong_type_of_a_param_value_reads_clearly(tmp_path):
     proc = forge(tmp_path, """\
         [run.prepare]
