@@ -25,7 +25,7 @@ from .workspace import Workspace
 VERBS = ("build", "status", "explain", "graph", "path", "show", "log", "clean", "gc", "schema", "lock", "verify",
          "diff", "cache", "join")
 TAKES_VALUE = {"-f", "--file", "-j", "--jobs", "--format", "--limit", "--grace", "--remote", "--lock", "--executor",
-               "--node-rank", "--wait"}
+               "--node-rank", "--wait", "--worker-files"}
 
 
 # ------------------------------------------------------------------ arguments
@@ -55,6 +55,10 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--executor", choices=("local", "ray", "slurm"), default="local",
                    help="where stages run: here, as Ray tasks (RAY_ADDRESS or a local cluster), or as Slurm jobs "
                         "(submitit)")
+    b.add_argument("--worker-files", choices=("shared", "remote"), default=None,
+                   help="how Ray workers see the project: through a shared filesystem (shared, the default), or as "
+                        "their own copy, exchanging artifacts through the remote cache (remote); also [forge] "
+                        "worker_files")
     b.add_argument("--frozen", action="store_true",
                    help="fail (exit 1) when any target's key differs from Forgefile.lock, naming what changed")
     b.add_argument("--lock", default=None, metavar="FILE", help="the lock file (default: Forgefile.lock beside the Forgefile)")
@@ -209,6 +213,11 @@ class Session:
 # ------------------------------------------------------------------ verbs
 
 def cmd_build(args, session: Session, report) -> int:
+    worker_files = args.worker_files or session.plan.settings.get("worker_files") or "shared"
+    if worker_files == "remote" and args.executor != "local":  # bad usage exits 2 before anything runs, even a no-op
+        from .runners import check_remote_files
+
+        check_remote_files(args.executor, session.remote)
     addresses = session.resolve(args.targets, use_default=True)
     decisions = session.decide(addresses, force=args.force)
     if args.frozen:
@@ -241,7 +250,8 @@ def cmd_build(args, session: Session, report) -> int:
 
     executor = Executor(session.plan, ws, session.store, session.stat_cache, report, lambda: session.rules,
                         jobs=jobs, keep_going=args.keep_going, force=args.force, remote=session.remote,
-                        runner=make_runner(args.executor, ws.dir))
+                        runner=make_runner(args.executor, ws.dir, worker_files, session.remote, session.plan.forgefile,
+                                           session.store.root))
     results = executor.run(addresses, decisions)
     ok = all(r.action in ("built", "cached") for r in results)
     if ok and args.frozen:  # a dependency rebuilt to another output changes its readers' keys only now

@@ -265,6 +265,8 @@ class Executor:
         return result
 
     def _build_locked(self, address: str, key: str, mat: dict, reason: str) -> Result:
+        if getattr(self.runner, "worker_files", "shared") == "remote":  # no folder of this workspace reaches the worker
+            return self._build_on_worker(address, key, mat, reason)
         target = self.plan.targets[address]
         self.report({"event": "start", "target": address, "key": key, "reason": reason})
         started = time.time()
@@ -294,7 +296,7 @@ class Executor:
             store_root=self.store.root, workspace_dir=self.ws.dir,
         )
         if target.isolate or self.runner is not None:
-            self._build_in_child(ctx, scratch, target.runtime)
+            self._build_in_child(ctx, scratch, target)
         else:
             rule = self.load_rules()[target.kind]
             ctx.params = parse_params(rule, ctx.raw_params)
@@ -397,7 +399,7 @@ class Executor:
             found[key] = paths if plural else paths[0]
         return found
 
-    def _build_in_child(self, ctx: BuildContext, scratch: str, runtime: dict) -> None:
+    def _build_in_child(self, ctx: BuildContext, scratch: str, target: TargetPlan) -> None:
         ctx_file = os.path.join(scratch, "context.json")
         with open(ctx_file, "w", encoding="utf-8") as f:
             f.write(ctx.to_json())
@@ -408,7 +410,7 @@ class Executor:
             from .runners import resources
 
             env = {**os.environ, MARKER: marker(ctx.key, ctx.workspace_dir)}
-            code = self.runner.run(argv, ctx.log_path, ctx.project_dir, env, resources(runtime))
+            code = self.runner.run(argv, ctx.log_path, ctx.project_dir, env, resources(target))
         if code != 0:
             failure = os.path.join(scratch, "failure.txt")
             message = open(failure, encoding="utf-8").read() if os.path.exists(failure) else (
@@ -416,6 +418,53 @@ class Executor:
             if message.startswith("bad input: "):
                 raise BadInput(ctx.target, message[len("bad input: "):], log_tail(ctx.log_path))
             raise RuleFailed(ctx.target, message, log_tail(ctx.log_path))
+
+    def _build_on_worker(self, address: str, key: str, mat: dict, reason: str) -> Result:
+        """--worker-files remote: the target builds in a worker's own copy of the project. Its dependencies go to
+        the remote first; its artifact comes back from there, checked like any fetch (digests, provenance)."""
+        from .runners import resources
+
+        self.report({"event": "start", "target": address, "key": key, "reason": reason})
+        started = time.time()
+        log = self.ws.log_path(address)
+        os.makedirs(os.path.dirname(log), exist_ok=True)
+        with open(log, "w", encoding="utf-8") as f:
+            f.write(f"# forgebuild {address} key {key} ({reason})\n")
+        for entries in mat["inputs"].values():
+            for kind, dep, digest in entries:
+                if kind == "target":
+                    self._hand_over(address, dep, digest)
+        outcome = self.runner.build(address, key, resources(self.plan.targets[address]), log)
+        event = outcome.settled(address, key, log)  # the worker's failure raises here, as a local one would
+        try:
+            entry = self.remote.fetch(key, address, self.store, mat)
+        except StoreError as e:
+            raise RuleFailed(address, f"built on a worker, but its artifact cannot be fetched: {e}") from None
+        if entry is None:
+            raise RuleFailed(address, f"built on a worker, but {self.remote.url} has no entry for key {key}")
+        worker = {"executor": self.runner.name, "host": outcome.host, "remote": self.remote.url,
+                  "seconds": event.get("seconds")}
+        record = self.store.get_record(entry["record"]) if entry.get("record") else None
+        if record is not None:  # the worker wrote the record; this workspace's copy says where it ran
+            self.store.put_record_as({**record, "worker": worker})
+        self.ws.materialise(address, entry, self.store)
+        self._remember(address, key, entry["digest"], mat, entry.get("record"), "built")
+        seconds = time.time() - started
+        if "verdict" in entry:
+            return self._verdict(address, key, entry, seconds)
+        built = Result(address, "built", key, entry["digest"], reason, seconds)
+        self.report({"event": "built", **built.as_dict(), "worker": worker,
+                     **({"metrics": event["metrics"]} if "metrics" in event else {})})
+        return built
+
+    def _hand_over(self, address: str, dep: str, digest: str) -> None:
+        """A dependency's entry onto the remote, for the worker to fetch: the workspace's last build of it is
+        the one this run settled (a push sends only what the remote lacks)."""
+        last = self.ws.last_build(dep) or {}
+        entry = self.store.get_action(last["key"], dep) if last.get("digest") == digest else None
+        if entry is None:
+            raise RuleFailed(address, f"dependency {dep} ({digest}) is not in the local cache to hand to the worker")
+        self.remote.push(last["key"], entry, self.store)
 
     def _ingest(self, address: str, key: str, out: str) -> dict:
         try:

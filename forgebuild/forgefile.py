@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -38,6 +39,10 @@ class ForgeSettings(BaseModel):
     push: bool = Field(True, description="write what this workspace builds to the remote (false: read only)")
     launch: dict | None = Field(None, description="default `launch` of training stages, e.g. { processes = 2 } "
                                                   "(runtime only; a target's own launch wins)")
+    worker_files: Literal["shared", "remote"] = Field(
+        "shared", description="how --executor ray workers see the project: `shared` (one machine or a shared "
+                              "filesystem) or `remote` (each task builds in its own copy; artifacts meet in the "
+                              "remote cache); --worker-files wins (runtime only)")
 
     @field_validator("cache")
     @classmethod
