@@ -32,16 +32,19 @@ token (6 x the non-embedding 113 M alone would be 679 M: the output head is 5%
 of the work at vocab 8192). PaLM counts the whole T x T score matrix; a causal
 kernel skips about half of it, so that term (14% here) is an upper bound on
 the attention work done. The peak comes from a table of datasheet figures by
-torch.cuda.get_device_name() (dense, no sparsity), for three precisions:
+torch.cuda.get_device_name() (dense, no sparsity), for three precisions, the
+values of the target's `train.precision` (one pretrain target is built at each,
+model:gpu_fp32, model:gpu_tf32, model:gpu_bf16; --precision picks them):
 
-  fp32   IEEE float32 on CUDA cores: what forgebuild's recipes train in now (float32
-         weights, bf16/fp16 off, and torch leaves TF32 off for matmuls by default)
-  tf32   the same float32 tensors on tensor cores (torch.backends.cuda.matmul.allow_tf32)
-  bf16   what a mixed-precision run would use, the figure MFU is usually quoted against
+  fp32   IEEE float32 on CUDA cores (float32 weights, bf16/fp16 off, TF32 turned off)
+  tf32   the same float32 tensors on tensor cores (TrainingArguments tf32=True)
+  bf16   mixed precision: bfloat16 autocast, float32 master weights (bf16=True), the
+         figure MFU is usually quoted against
 
-The precision the run used is read, not assumed: a probe process builds
-forgebuild's own TrainingArguments (training.trainer_args) and prints bf16, fp16
-and tf32, with torch's float32 matmul precision. --peak-tflops overrides the table.
+Each run's MFU is against the peak of the precision it used, read, not assumed: a
+probe process builds forgebuild's own TrainingArguments (training.trainer_args) at
+each precision and prints bf16, fp16 and tf32 (a tf32 request where there is no
+TF32, as on a CPU, trains as fp32 and is judged so). --peak-tflops adds a column.
 
 Several GPUs: a stage runs on one process, and transformers' Trainer wraps the model
 in nn.DataParallel over every visible GPU when there are several. The single-GPU run
@@ -66,11 +69,12 @@ Run: python benchmarks/bench_gpu.py               # on a GPU machine
      python benchmarks/bench_gpu.py --cpu-smoke   # anywhere: hidden 64, 2 layers, 10 steps, 1 thread, CPU
 The GPU path stops after ~4 s, with a message, when torch sees no CUDA GPU.
 Goal: the whole script under 5 minutes on an H100-class GPU. Not yet run on a GPU;
-the estimate is ~1.5 minutes: the phases before the model took 6 s at these sizes
+the estimate is ~2.5 minutes: the phases before the model took 6 s at these sizes
 on one CPU thread here, the probe ~13 s (its first import of transformers compiles
-it into the fresh PYTHONPYCACHEPREFIX, which the later stages then reuse), and 50
-fp32 steps of 16 K tokens at a guessed 40% of an H100's 67 fp32 TFLOP/s ~30 s, plus
-~20 s of stage start, final eval, save and store. --cpu-smoke: ~35 s on 2 cores.
+it into the fresh PYTHONPYCACHEPREFIX, which the later stages then reuse), 50
+fp32 steps of 16 K tokens at a guessed 40% of an H100's 67 fp32 TFLOP/s ~30 s, the
+tf32 and bf16 runs less, plus ~20 s a target of stage start, final eval, save and
+store. --cpu-smoke (fp32 only unless --precision): ~35 s on 2 cores.
 """
 from __future__ import annotations
 
@@ -150,7 +154,7 @@ recipe = "pretrain"
 tokenizer = "tokenizer:bpe"
 tokens = "tokens:text"
 arch = {{ family = "llama", hidden = {hidden}, layers = {layers}, heads = {heads}, intermediate = {intermediate} }}
-train = {{ lr = {lr}, steps = {steps}, batch_size = {batch}, warmup_steps = {warmup_steps} }}
+train = {{ lr = {lr}, steps = {steps}, batch_size = {batch}, warmup_steps = {warmup_steps}, precision = "{precision}" }}
 eval_rows = 64
 device = "{device}"
 log_every = {log_every}
@@ -184,12 +188,19 @@ try:
     from forgebuild.recipes.pretrain import Params
     out["transformers"] = transformers.__version__
     out["launch_feature"] = "launch" in Params.model_fields
-    p = Params(recipe="pretrain", tokenizer="tokenizer:a", tokens="tokens:a", arch={"family": "llama"},
-               device=sys.argv[1])
-    with tempfile.TemporaryDirectory() as work:
-        a = training.trainer_args(types.SimpleNamespace(params=p, work=work, seed=0), TrainingArguments)
-    out["trainer"] = {"bf16": a.bf16, "fp16": a.fp16, "tf32": a.tf32, "optim": str(getattr(a.optim, "value", a.optim)),
-                      "logging_steps": a.logging_steps, "pin_memory": a.dataloader_pin_memory}
+    from forgebuild.recipes.common import Train
+    out["precision_feature"] = "precision" in Train.model_fields
+    out["trainer"] = {}
+    for precision in sys.argv[2].split(","):  # the last one built sets torch's TF32 switch: read above
+        train = {"precision": precision} if out["precision_feature"] else {}
+        p = Params(recipe="pretrain", tokenizer="tokenizer:a", tokens="tokens:a", arch={"family": "llama"},
+                   device=sys.argv[1], train=train)
+        with tempfile.TemporaryDirectory() as work:
+            ctx = types.SimpleNamespace(params=p, work=work, seed=0, log=lambda line: None)
+            a = training.trainer_args(ctx, TrainingArguments)
+        out["trainer"][precision] = {"bf16": a.bf16, "fp16": a.fp16, "tf32": a.tf32,
+                                     "optim": str(getattr(a.optim, "value", a.optim)),
+                                     "logging_steps": a.logging_steps, "pin_memory": a.dataloader_pin_memory}
 except Exception as e:  # the figures do not depend on it: report and go on
     out["trainer_error"] = f"{type(e).__name__}: {e}"
 print(json.dumps(out))
@@ -378,19 +389,23 @@ def peaks_for(name: str) -> tuple[str, dict] | None:
     return None
 
 
-def run_precision(probe: dict) -> tuple[str, str]:
-    """(precision key, how it was found) for the MFU the run is judged against."""
-    t = probe.get("trainer")
+def run_precision(probe: dict, asked: str) -> tuple[str, str]:
+    """(precision key, how it was found) for the MFU the run at train.precision = `asked` is judged
+    against: what forgebuild's TrainingArguments turn on, not what was asked (tf32 without TF32 is fp32)."""
+    t = (probe.get("trainer") or {}).get(asked)
     if not t:
-        return "fp32", f"assumed (forgebuild's TrainingArguments could not be built: {probe.get('trainer_error')})"
-    how = (f"forgebuild's TrainingArguments: bf16={t['bf16']}, fp16={t['fp16']}, tf32={t['tf32']}; "
-           f"torch float32 matmul precision '{probe['matmul_precision']}', allow_tf32={probe['allow_tf32']}")
+        return asked, f"assumed (forgebuild's TrainingArguments could not be built: {probe.get('trainer_error')})"
+    how = (f"train.precision = \"{asked}\" -> TrainingArguments bf16={t['bf16']}, fp16={t['fp16']}, tf32={t['tf32']}"
+           + ("" if probe.get("precision_feature") else " (this forgebuild has no train.precision: fp32 recipes)"))
     if t["bf16"]:
         return "bf16", how
     if t["fp16"]:
         return "bf16", how + " (fp16: judged against the bf16 peak, the same on these GPUs)"
-    if t["tf32"] or probe["allow_tf32"] or probe["matmul_precision"] != "highest":
+    if t["tf32"]:
         return "tf32", how
+    if t["tf32"] is None and (probe["allow_tf32"] or probe["matmul_precision"] != "highest"):
+        return "tf32", how + (f"; torch float32 matmul precision '{probe['matmul_precision']}', "
+                              f"allow_tf32={probe['allow_tf32']}")
     return "fp32", how
 
 
@@ -412,6 +427,10 @@ def write_sources(folder: str, megabytes: float) -> tuple[int, int]:
     return files, total
 
 
+def target_name(precision: str, multi: int = 0) -> str:
+    return f"gpus_{precision}" if multi else f"gpu_{precision}"
+
+
 def forgefile(a, multi: int) -> str:
     threads = f"threads = {a.threads}" if a.threads is not None else ""
     text = FORGEFILE.format(vocab=a.vocab, seq_len=a.seq_len, threads=threads,
@@ -419,9 +438,11 @@ def forgefile(a, multi: int) -> str:
     common = dict(hidden=a.hidden, layers=a.layers, heads=a.heads, intermediate=a.intermediate, lr=a.lr,
                   steps=a.steps, warmup_steps=a.warmup_steps, device=a.device, log_every=a.log_every,
                   checkpoint_every=a.checkpoint_every, threads=threads)
-    text += MODEL.format(name="gpu", batch=a.batch, launch="", **common)
-    if multi > 1:  # the same micro-batch on each process: N x the global batch
-        text += MODEL.format(name="gpus", batch=a.batch * multi, launch=f"launch = {{ processes = {multi} }}", **common)
+    for precision in a.precisions:  # one target per precision: the precision is in the key
+        text += MODEL.format(name=target_name(precision), batch=a.batch, launch="", precision=precision, **common)
+    if multi > 1:  # the same micro-batch on each process: N x the global batch; at the first precision
+        text += MODEL.format(name=target_name(a.precisions[0], multi), batch=a.batch * multi,
+                             launch=f"launch = {{ processes = {multi} }}", precision=a.precisions[0], **common)
     return text
 
 
@@ -462,17 +483,23 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=None,
                     help="processes for the multi-process figure (default: every GPU when there are several; "
                          "with --cpu-smoke, 2 exercises the launch on CPU)")
+    ap.add_argument("--precision", default=None,
+                    help="train.precision of the targets, comma-separated: one pretrain target is built at each "
+                         "(default fp32,tf32,bf16; --cpu-smoke: fp32); the multi-process one at the first")
     a = ap.parse_args()
     profile = SMOKE_PROFILE if a.cpu_smoke else GPU_PROFILE
     for key, value in profile.items():
         if getattr(a, key, None) is None:
             setattr(a, key, value)
+    a.precisions = [p.strip() for p in (a.precision or ("fp32" if a.cpu_smoke else ",".join(PRECISIONS))).split(",")]
+    if not a.precisions or any(p not in PRECISIONS for p in a.precisions) or len(set(a.precisions)) < len(a.precisions):
+        ap.error(f"--precision: a comma-separated list of distinct {', '.join(PRECISIONS)}, got {a.precision!r}")
     began = time.perf_counter()
     env = child_env(a)
 
     header("bench_gpu: tokens/s and MFU of a pretrain target" + (" (CPU smoke run)" if a.cpu_smoke else ""))
     t = time.perf_counter()
-    probe = child_json([sys.executable, "-c", PROBE, a.device], env, "the probe")
+    probe = child_json([sys.executable, "-c", PROBE, a.device, ",".join(a.precisions)], env, "the probe")
     if "error" in probe:
         raise SystemExit(f"bench_gpu: {probe['error']}")
     print(f"torch:      {probe['torch']} (CUDA build {probe['cuda_build']})"
@@ -491,12 +518,12 @@ def main() -> None:
             print(f"nvidia-smi: {line}")
     elif not a.cpu_smoke:
         print("nvidia-smi: not on PATH (no memory/utilisation samples)")
-    precision, how = run_precision(probe)
-    if a.cpu_smoke:
-        precision = "fp32"
-    print(f"precision:  {precision} ({how})")
+    used = {}  # train.precision asked -> the precision whose peak its MFU is judged against
+    for asked in a.precisions:
+        used[asked], how = run_precision(probe, asked)
+        print(f"precision:  {asked}: runs as {used[asked]} ({how})")
     if probe.get("trainer"):
-        tr = probe["trainer"]
+        tr = probe["trainer"][a.precisions[0]]
         print(f"trainer:    optim {tr['optim']}, logging_steps {tr['logging_steps']} (a loss read-back, "
               f"i.e. a device sync, every step), pin_memory {tr['pin_memory']}")
 
@@ -516,8 +543,9 @@ def main() -> None:
               f"{multi} x the batch; the single-GPU run below pins CUDA_VISIBLE_DEVICES to one GPU.)")
         multi = 0
     elif multi:
-        print(f"several {'GPUs' if a.device == 'cuda' else 'processes'}: model:gpus runs with launch = "
-              f"{{ processes = {multi} }} and batch {a.batch} x {multi} (the same micro-batch per process)")
+        print(f"several {'GPUs' if a.device == 'cuda' else 'processes'}: model:{target_name(a.precisions[0], multi)} "
+              f"runs with launch = {{ processes = {multi} }} and batch {a.batch} x {multi} (the same micro-batch "
+              f"per process)")
     elif not a.cpu_smoke and gpus <= 1:
         print("several GPUs: only one visible: no multi-GPU figure")
 
@@ -546,21 +574,20 @@ def main() -> None:
                                        f"({meta['splits']['train']['tokens'] / 1e6:.2f} M tokens)")
 
         single_env = one_gpu_env(env) if a.device == "cuda" else env
-        r = build(lab, "model:gpu", single_env, watch=True)
-        phases.append(("model:gpu", r["wall"], f"{a.steps} steps, {unit(a, 1)}"))
-        print(f"  built model:gpu in {r['wall']:.1f} s", flush=True)
-        runs = {"1": {**r, "record": record(lab, env, "model:gpu")["metrics"], "batch": a.batch, "n": 1}}
-        if multi:
-            r = build(lab, "model:gpus", env, watch=True)
-            phases.append(("model:gpus", r["wall"], f"{a.steps} steps, launch processes = {multi}"))
-            print(f"  built model:gpus in {r['wall']:.1f} s", flush=True)
-            runs[str(multi)] = {**r, "record": record(lab, env, "model:gpus")["metrics"], "batch": a.batch * multi,
-                                "n": multi}
+        runs = []
+        for precision, n in [(p, 1) for p in a.precisions] + ([(a.precisions[0], multi)] if multi else []):
+            name = "model:" + target_name(precision, multi if n > 1 else 0)
+            r = build(lab, name, single_env if n == 1 else env, watch=True)
+            phases.append((name, r["wall"], f"{a.steps} steps, {unit(a, n)}, train.precision {precision}"))
+            print(f"  built {name} in {r['wall']:.1f} s", flush=True)
+            runs.append({**r, "record": record(lab, env, name)["metrics"], "batch": a.batch * n, "n": n,
+                         "precision": precision, "used": used[precision], "target": name})
 
-        model_dir = path_of(lab, env, "model:gpu")
+        first = runs[0]["target"]
+        model_dir = path_of(lab, env, first)
         with open(os.path.join(model_dir, "config.json"), encoding="utf-8") as f:
             cfg = json.load(f)
-        with open(os.path.join(lab, ".forge", "logs", "model", "gpu.log"), encoding="utf-8") as f:
+        with open(os.path.join(lab, ".forge", "logs", "model", first.split(":")[1] + ".log"), encoding="utf-8") as f:
             logged = re.search(r"llama: ([\d,]+) parameters", f.read())
         t = time.perf_counter()
         extras = child_json([sys.executable, "-c", EXTRAS, model_dir, tokens_dir, str(a.batch), a.device,
@@ -568,10 +595,10 @@ def main() -> None:
         phases.append(("checkpoint + loader", time.perf_counter() - t, "a checkpoint written twice, 20 batches loaded"))
 
     total = time.perf_counter() - began
-    report(a, probe, precision, cfg, logged, meta, runs, extras, phases, total, multi)
+    report(a, probe, cfg, logged, meta, runs, extras, phases, total, multi)
 
 
-def report(a, probe, precision, cfg, logged, meta, runs, extras, phases, total, multi) -> None:
+def report(a, probe, cfg, logged, meta, runs, extras, phases, total, multi) -> None:
     counts = param_counts(cfg)
     flops = flops_per_token(counts, cfg["num_hidden_layers"], meta["seq_len"])
     print()
@@ -600,13 +627,11 @@ def report(a, probe, precision, cfg, logged, meta, runs, extras, phases, total, 
     print(f"peak: {name}: " + (f"table row {label}: " + ", ".join(f"{k} {v} TFLOP/s" for k, v in peaks.items()
                                                                     if v) if peaks else
                               "not in the table: MFU needs --peak-tflops"))
-    print(f"this run's precision: {precision}"
-          + (" (MFU against the fp32 CUDA-core peak is the fair one; tf32 and bf16 show what a faster precision "
-             "setting could reach)" if precision == "fp32" and not a.cpu_smoke else ""))
+    print("MFU: against the peak of the precision each run used (a tf32 request without TF32 runs as fp32)")
 
     rows = []
     base = None
-    for key, r in runs.items():
+    for r in runs:
         m = r["record"]
         n = r["n"]
         tokens_per_step = r["batch"] * meta["seq_len"]
@@ -616,37 +641,43 @@ def report(a, probe, precision, cfg, logged, meta, runs, extras, phases, total, 
         if len(marks) >= 2:
             s0, s1 = marks[0], marks[-1]
             variants.append((f"steps {s0 + 1}-{s1}", (s1 - s0) * tokens_per_step / (at[s1] - at[s0])))
+        shown = r["precision"] + ("" if r["used"] == r["precision"] else f" (runs as {r['used']})")
         for what, tps in variants:
             if not tps:
                 continue
             achieved = tps * flops["total"] / n  # per device
-            cells = [unit(a, n), what, f"{tps:,.0f}", f"{tps / n:,.0f}",
-                     f"{achieved / 1e12:.2f}"]
-            for p in (["given"] if "given" in peaks else []) + list(PRECISIONS):
-                peak = peaks.get(p)
-                cells.append(f"{100 * achieved / (peak * 1e12):.1f}%" if peak else "-")
+            peak = peaks.get(r["used"])
+            cells = [unit(a, n), shown, what, f"{tps:,.0f}", f"{tps / n:,.0f}", f"{achieved / 1e12:.2f}",
+                     f"{100 * achieved / (peak * 1e12):.1f}%" if peak else "-"]
+            if "given" in peaks:
+                cells.append(f"{100 * achieved / (peaks['given'] * 1e12):.1f}%")
             rows.append(cells)
-            if n == 1 and what == "record":
+            if n == 1 and what == "record" and r is runs[0]:
                 base = tps
         if n > 1 and base and m.get("tokens_per_second"):
-            rows.append(["", f"scaling: / ({n} x 1)", f"{m['tokens_per_second'] / (n * base):.3f}", "", "", *(
-                [""] * (len(PRECISIONS) + ("given" in peaks)))])
-    mfu_heads = [f"MFU {p}" + (" (run)" if p == precision else "") for p in
-                 (["given"] if "given" in peaks else []) + list(PRECISIONS)]
+            rows.append(["", "", f"scaling: / ({n} x 1)", f"{m['tokens_per_second'] / (n * base):.3f}", "", "", "",
+                         *([""] if "given" in peaks else [])])
     print()
-    print(table(rows, ["devices", "tokens/s from", "tokens/s", "per device", "TFLOP/s per device", *mfu_heads]))
+    print(table(rows, ["devices", "train.precision", "tokens/s from", "tokens/s", "per device", "TFLOP/s per device",
+                       "MFU (its precision)", *(["MFU (given peak)"] if "given" in peaks else [])]))
+    singles = [r for r in runs if r["n"] == 1 and r["record"].get("tokens_per_second")]
+    if len(singles) > 1:
+        ref = singles[0]
+        print("speed vs " + ref["precision"] + ": " + ", ".join(
+            f"{r['precision']} {r['record']['tokens_per_second'] / ref['record']['tokens_per_second']:.2f}x"
+            for r in singles[1:]) + " (build-record tokens/s)")
     print()
-    one = runs["1"]
+    one = runs[0]
     m = one["record"]
     other = one["wall"] - (m.get("seconds_before_first_step") or 0) - (m.get("train_seconds") or 0)
-    print(f"model:gpu stage: wall {one['wall']:.1f} s = before first step {m.get('seconds_before_first_step')} s "
+    print(f"{one['target']} stage: wall {one['wall']:.1f} s = before first step {m.get('seconds_before_first_step')} s "
           f"(worker imports, model init on CPU, to the device) + train {m.get('train_seconds')} s "
           f"({m.get('steps')} steps) + other {other:.1f} s (planning, final eval, save, storing the artifact)")
-    for key, r in runs.items():
+    for r in runs:
         if r["smi"]:
             for i, s in sorted(r["smi"].items()):
-                print(f"nvidia-smi, {key}-GPU run, GPU {i}: peak memory used {s['peak_mib']:,} MiB, median "
-                      f"utilisation {s['util_median']}% ({s['samples']} samples, those at 0% left out)")
+                print(f"nvidia-smi, {r['target']} ({r['n']} GPU), GPU {i}: peak memory used {s['peak_mib']:,} MiB, "
+                      f"median utilisation {s['util_median']}% ({s['samples']} samples, those at 0% left out)")
     # forgebuild's default checkpoint_every is 50; it writes none at the last step (the artifact follows)
     ckpt_steps = [s for s in range(50, a.steps, 50)]
     train_s = m.get("train_seconds") or 0

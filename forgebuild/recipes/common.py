@@ -26,6 +26,11 @@ class Train(BaseModel):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping norm (0 turns clipping off)")
     eval_every: int | None = Field(None, ge=1, description="holdout loss every N steps (recipes with holdout data)")
+    precision: Literal["fp32", "tf32", "bf16"] = Field(
+        "fp32", description="arithmetic of the matrix products: fp32 (IEEE float32), tf32 (float32 tensors on "
+                            "CUDA tensor cores, 10-bit mantissa products; on a CPU it trains exactly as fp32), bf16 "
+                            "(mixed precision: bfloat16 autocast, float32 master weights, saved in float32). It "
+                            "changes the numbers, so it is in the key")
 
 
 class Lora(BaseModel):

@@ -108,28 +108,56 @@ def trainer_args(ctx, config_class, evaluating: bool = False, **extra):
         logging_steps=1, logging_nan_inf_filter=False,
         save_strategy="steps", save_steps=p.checkpoint_every, save_total_limit=2,
         eval_strategy="steps" if evaluating and t.eval_every else "no", eval_steps=t.eval_every,
-        report_to=[], disable_tqdm=True, use_cpu=on_cpu(ctx), bf16=False, fp16=False,
-        gradient_checkpointing=False, dataloader_num_workers=p.dataloader_workers,
+        report_to=[], disable_tqdm=True, use_cpu=on_cpu(ctx), gradient_checkpointing=False,
+        dataloader_num_workers=p.dataloader_workers, **precision_args(ctx),
     )
     if processes(ctx) > 1:
         kwargs["ddp_backend"] = "gloo" if on_cpu(ctx) else "nccl"
         if ctx.params.launch.backend == "deepspeed":
-            kwargs["deepspeed"] = deepspeed_config(ctx.params.launch)
+            kwargs["deepspeed"] = deepspeed_config(ctx.params.launch, t.precision)
     if t.schedule == "cosine_with_min_lr":
         kwargs["lr_scheduler_kwargs"] = {"min_lr_rate": t.min_lr_rate}
     kwargs.update(extra)
     return config_class(**kwargs)
 
 
-def deepspeed_config(launch) -> dict:
+def precision_args(ctx) -> dict:
+    """train.precision as TrainingArguments. bf16: mixed precision (autocast to bfloat16, float32 master
+    weights), on a CPU too. tf32: float32 matrix products on CUDA tensor cores (Ampere or later); a CPU
+    or an older GPU has no TF32 (and TrainingArguments(tf32=True) raises there), so "tf32" then trains
+    exactly as "fp32": said in the stage log, and the key still differs (what was asked for is recorded).
+    fp32 turns TF32 off explicitly where it exists (torch's default, but a process-wide setting)."""
+    from transformers.utils import is_torch_tf32_available
+
+    precision = ctx.params.train.precision
+    args = {"bf16": precision == "bf16", "fp16": False}
+    if not on_cpu(ctx) and is_torch_tf32_available():
+        args["tf32"] = precision == "tf32"
+    elif precision == "tf32" and is_main():
+        ctx.log("train.precision = \"tf32\": no TF32 on " + ("this CPU" if on_cpu(ctx) else "this GPU (before Ampere)")
+                + ", so the float32 products are IEEE float32, as with \"fp32\"")
+    return args
+
+
+def deepspeed_config(launch, precision: str = "fp32") -> dict:
     """ZeRO through the HF Trainer: "auto" lets the Trainer fill in batch sizes and clipping, so the
-    `train` table stays the one source of them (this config ran on CPU with 2 processes, gloo)."""
+    `train` table stays the one source of them (this config ran on CPU with 2 processes, gloo).
+    bf16 follows train.precision (DeepSpeed then holds the module's weights in bfloat16 and the
+    optimizer's float32 master copy: save_trained saves the master copy)."""
     zero = {"stage": launch.zero}
     if launch.offload == "cpu":
         zero["offload_optimizer"] = {"device": "cpu"}
+    if launch.zero == 3:
+        # "auto": the Trainer sizes them from the model's hidden size (parameters under 10 x hidden stay
+        # whole on every rank, the rest are sharded). gather_16bit (DeepSpeed's name; the module's dtype
+        # in fact): each checkpoint folder also gets whole, loadable weights. The artifact's weights are
+        # gathered by save_trained (gathered_weights), whatever this says.
+        zero.update({"stage3_param_persistence_threshold": "auto", "stage3_prefetch_bucket_size": "auto",
+                     "reduce_bucket_size": "auto", "stage3_gather_16bit_weights_on_model_save": True})
     return {"train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
             "train_batch_size": "auto", "gradient_clipping": "auto", "zero_optimization": zero,
-            "zero_allow_untested_optimizer": True, "bf16": {"enabled": False}, "fp16": {"enabled": False}}
+            "zero_allow_untested_optimizer": True, "bf16": {"enabled": precision == "bf16"},
+            "fp16": {"enabled": False}}
 
 
 class Watch(TrainerCallback):
@@ -194,7 +222,7 @@ def train(ctx, trainer):
     trainer.remove_callback(PrinterCallback)  # Watch writes the progress lines, once every log_every steps
     trainer.add_callback(watch)
     resume = last_checkpoint(checkpoints_dir(ctx))
-    if resume:
+    if resume and is_main():
         ctx.log(f"resuming from {os.path.basename(resume)} of an earlier, interrupted build")
     started = time.time()
     try:
@@ -252,12 +280,14 @@ def final_metrics(rows: list[dict], **extra) -> dict:
     return {**last, "steps": steps, **extra}
 
 
-def save(ctx, model, tokenizer, trainer=None, config: dict | None = None, metrics: dict | None = None) -> None:
+def save(ctx, model, tokenizer, trainer=None, config: dict | None = None, metrics: dict | None = None,
+         state_dict: dict | None = None) -> None:
     """The artifact: save_pretrained weights (safetensors) and tokenizer, the resolved config,
-    the training log and the final metrics."""
+    the training log and the final metrics. `state_dict`: the weights to write instead of the
+    model's own (DeepSpeed's gathered master weights: see gathered_weights)."""
     if not is_main():  # rank 0 alone writes the artifact
         return
-    model.save_pretrained(ctx.out, safe_serialization=True)
+    model.save_pretrained(ctx.out, safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}))
     tokenizer.save_pretrained(ctx.out)
     rows = training_log(trainer) if trainer is not None else []
     identity, _ = split_params(ctx.params)
@@ -354,15 +384,80 @@ def lora_config(lora):
                       target_modules=lora.target_modules)
 
 
+def gathered_weights(trainer) -> dict | None:
+    """Under DeepSpeed, when the module's own parameters are not the trained float32 weights (ZeRO-3:
+    each rank holds a shard of each; bf16: the module holds bfloat16 copies): the optimizer's float32
+    master weights, gathered from every rank, one parameter at a time, as the module's state dict.
+    Collective: EVERY rank must call it (a rank that skips it leaves the others waiting); rank 0
+    gets the dict, the others None. None as well when there is nothing to gather (one process, DDP,
+    ZeRO-1/2 in float32: the module's parameters are the whole weights on every rank)."""
+    if not getattr(trainer, "is_deepspeed_enabled", False):
+        return None
+    engine = trainer.model_wrapped
+    sharded = engine.zero_optimization_partition_weights()
+    if not sharded and not engine.bfloat16_enabled():
+        return None
+    import deepspeed
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    module, full = engine.module, {}
+    for param in module.parameters():  # shared (tied) parameters once
+        value = safe_get_full_fp32_param(param) if param.requires_grad else None
+        if value is None:  # frozen (a LoRA's base weights): not in the optimizer, the module's copy is theirs
+            with deepspeed.zero.GatheredParameters([param], enabled=sharded):
+                value = param.detach().clone()
+        if is_main():
+            full[id(param)] = value.detach().to("cpu", torch.float32).contiguous()
+    if not is_main():
+        return None
+    # keep_vars: the Parameter objects themselves, so tied names map to the one gathered tensor
+    return {key: full[id(value)] if id(value) in full else value.detach().cpu()
+            for key, value in module.state_dict(keep_vars=True).items()}
+
+
+def merged_copy(ctx, trainer, weights: dict):
+    """Rank 0, LoRA merged under DeepSpeed: the module's parameters are shards or bfloat16, so merge a
+    plain float32 copy built from the gathered weights (same classes and adapter config, no hooks).
+    Under DeepSpeed bf16 the frozen base weights exist only as bfloat16 copies: the copy then takes
+    them from the base artifact, in float32 as they were, and only the trained ones from `weights`."""
+    from peft import get_peft_model
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    peft_model = trainer.model
+    base = peft_model.get_base_model()
+    folder = ctx.inputs.get("base") if trainer.model_wrapped.bfloat16_enabled() else None
+    kept = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()  # a plain module on this rank alone: no zero.Init (collective)
+    try:
+        with torch.device("cpu"):
+            plain = (type(base).from_pretrained(folder, dtype=torch.float32) if folder
+                     else type(base)(base.config).to(torch.float32))
+            copy = get_peft_model(plain, peft_model.peft_config["default"])
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = kept
+    if folder:
+        trained = {name for name, param in peft_model.named_parameters() if param.requires_grad}
+        missing = copy.load_state_dict({k: v for k, v in weights.items() if k in trained}, strict=False)[0]
+        assert not trained & set(missing), f"trained weights without a place in the copy: {trained & set(missing)}"
+    else:
+        copy.load_state_dict(weights, strict=True)
+    return copy.merge_and_unload()
+
+
 def save_trained(ctx, trainer, tokenizer, base_address: str, **kwargs) -> None:
-    """Save a TRL trainer's model: full weights, LoRA merged into them, or the adapter alone."""
+    """Save a TRL trainer's model: full weights, LoRA merged into them, or the adapter alone.
+    Called on every rank: under DeepSpeed ZeRO-3 (or bf16) the weights are gathered first, by all."""
+    weights = gathered_weights(trainer)
     if not is_main():
         return
     model = trainer.model
     lora = getattr(ctx.params, "lora", None)
     if lora is not None and lora.merge:
-        model = model.merge_and_unload()
-    save(ctx, model, tokenizer, trainer, **kwargs)
+        if weights is not None:
+            model, weights = merged_copy(ctx, trainer, weights), None
+        else:
+            model = model.merge_and_unload()
+    save(ctx, model, tokenizer, trainer, state_dict=weights, **kwargs)
     if lora is not None and not lora.merge:
         # peft writes the base's folder path, which differs between machines: name the target instead.
         # Load with PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(<base path>), <this folder>).
