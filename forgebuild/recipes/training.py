@@ -118,7 +118,18 @@ def trainer_args(ctx, config_class, evaluating: bool = False, **extra):
     if t.schedule == "cosine_with_min_lr":
         kwargs["lr_scheduler_kwargs"] = {"min_lr_rate": t.min_lr_rate}
     kwargs.update(extra)
-    return config_class(**kwargs)
+    config = config_class(**kwargs)
+    if processes(ctx) > 1 and ctx.params.launch.backend == "deepspeed":
+        # A model that TRL loads after this point (GRPO's reference when beta > 0, online-DPO's reward
+        # models, both from a path) is built under zero.Init (ZeRO-3), whose config asks deepspeed.comm
+        # for the world size. accelerate starts deepspeed.comm on a GPU only; on a CPU it was still
+        # unstarted here, so the config took 1 process and failed: "train_batch_size is not equal to
+        # micro_batch_per_gpu * gradient_acc_step * world_size 4 != 2 * 1 * 1". Start it now, over the
+        # process group the arguments just made (a no-op where accelerate already did).
+        import deepspeed
+
+        deepspeed.init_distributed(dist_backend=kwargs["ddp_backend"], auto_mpi_discovery=False)
+    return config
 
 
 def precision_args(ctx) -> dict:
