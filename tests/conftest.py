@@ -81,6 +81,13 @@ def tiny_base(tmp_path_factory):
     return lab.run("path", "model:base").stdout.strip()
 
 
+@pytest.fixture(scope="session")
+def extensions(tmp_path_factory):
+    """DeepSpeed compiles a small op (about 25 s here) once per TORCH_EXTENSIONS_DIR, by default one per
+    workspace: every DeepSpeed test shares one, so only the first of the session pays for it."""
+    return {"TORCH_EXTENSIONS_DIR": str(tmp_path_factory.mktemp("torch-extensions"))}
+
+
 @pytest.fixture
 def recipe_project(project, tiny_base):
     """A project with the tiny base as `model:base` and the arithmetic datasets written."""

@@ -19,13 +19,6 @@ TOLERANCE = 1e-3
 ZERO3 = '{ processes = 2, backend = "deepspeed", zero = 3 }'
 
 
-@pytest.fixture(scope="module")
-def extensions(tmp_path_factory):
-    """DeepSpeed compiles a small op (about 25 s here) once per TORCH_EXTENSIONS_DIR, by default one per
-    workspace: the DeepSpeed tests share one, so only the first of them pays for it."""
-    return {"TORCH_EXTENSIONS_DIR": str(tmp_path_factory.mktemp("torch-extensions"))}
-
-
 def losses(folder: str) -> list[float]:
     with open(os.path.join(folder, "training_log.jsonl")) as f:
         return [row["loss"] for row in map(json.loads, f) if "loss" in row]

@@ -26,12 +26,6 @@ from conftest import Project
 from test_distributed import TOLERANCE, ZERO3, losses
 
 
-@pytest.fixture(scope="module")
-def extensions(tmp_path_factory):
-    """DeepSpeed compiles its shared-memory op (about 25 s here) once per TORCH_EXTENSIONS_DIR: once here."""
-    return {"TORCH_EXTENSIONS_DIR": str(tmp_path_factory.mktemp("torch-extensions"))}
-
-
 def rows(folder: str) -> list[dict]:
     with open(os.path.join(folder, "training_log.jsonl")) as f:
         return [row for row in map(json.loads, f) if "loss" in row]
