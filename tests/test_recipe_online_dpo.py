@@ -192,5 +192,5 @@ threads = 1
     assert 'raise ValueError("no score today")' in log  # the traceback is in the stage log, not on the terminal
 
     proc = project.run("model:no-answer", expect=2)
-    assert ("FAILED  model:no-answer: rewards.1: builtin \"exact\" compares with the `answer` column, which "
+    assert ("FAILED  model:no-answer: rewards[1]: builtin \"exact\" compares with the `answer` column, which "
             "dataset:questions does not have (columns: prompt)") in proc.stdout.splitlines(), proc.stdout

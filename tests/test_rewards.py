@@ -154,7 +154,7 @@ def test_json_schema_takes_strings_and_tables():
 def test_reward_problems():
     rewards = [parse_reward(v) for v in ["exact", "r.py:f", {"builtin": "exact", "weight": 0.5},
                                          {"builtin": "format", "pattern": "a"}, {"builtin": "format", "pattern": "b"}]]
-    assert reward_problems(rewards) == [("rewards.2", "the same reward as rewards.0; write it once with the weights added")]
+    assert reward_problems(rewards) == [("rewards.2", "the same reward as rewards[0]; write it once with the weights added")]
     assert reward_problems([]) == [("rewards", 'no rewards: give at least one, e.g. rewards = ["rewards.py:score"]')]
     zero = [parse_reward({"builtin": "exact", "weight": 0})]
     assert reward_problems(zero, key="train.rewards") == [

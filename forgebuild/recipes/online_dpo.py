@@ -177,7 +177,7 @@ def columns_problem(ctx) -> str | None:
         return None
     for i, reward in enumerate(p.rewards):
         if reward.builtin == "exact":
-            return (f"rewards.{i}: builtin \"exact\" compares with the `answer` column, which {p.prompts} "
+            return (f"rewards[{i}]: builtin \"exact\" compares with the `answer` column, which {p.prompts} "
                     f"does not have (columns: {', '.join(columns) or 'none'})")
     return None
 

@@ -193,7 +193,7 @@ def reward_problems(rewards: list[Reward], key: str = "rewards") -> list[tuple[s
         same = reward.model_dump(exclude={"weight"})
         identity = repr(sorted(same.items()))
         if identity in seen:
-            problems.append((f"{key}.{i}", f"the same reward as {key}.{seen[identity]}; "
+            problems.append((f"{key}.{i}", f"the same reward as {key}[{seen[identity]}]; "
                                            f"write it once with the weights added"))
         else:
             seen[identity] = i
