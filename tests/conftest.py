@@ -81,6 +81,20 @@ def tiny_base(tmp_path_factory):
     return lab.run("path", "model:base").stdout.strip()
 
 
+TRIPWIRE = "import os, sys\nsys.stderr.write('tripwire: {name} imported\\n')\nos._exit(97)\n"
+
+
+@pytest.fixture(scope="session")
+def no_torch_env(tmp_path_factory):
+    """An environment in which importing torch, transformers, trl, peft or datasets exits 97: what the
+    planning path (parse, validate, hash, decide) runs under in the tests that say it never imports them."""
+    trap = tmp_path_factory.mktemp("tripwire")
+    for name in ("torch", "transformers", "trl", "peft", "datasets"):
+        os.makedirs(trap / name)
+        (trap / name / "__init__.py").write_text(TRIPWIRE.format(name=name))
+    return {"PYTHONPATH": f"{trap}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+
+
 @pytest.fixture(scope="session")
 def extensions(tmp_path_factory):
     """DeepSpeed compiles a small op (about 25 s here) once per TORCH_EXTENSIONS_DIR, by default one per

@@ -1,7 +1,6 @@
 """Forgefile.lock, `build --frozen` and `verify` (re-hash the cache, or rebuild and compare)."""
 from __future__ import annotations
 
-import glob
 import json
 import os
 import shutil

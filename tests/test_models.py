@@ -299,15 +299,8 @@ def test_cross_target_errors_come_before_any_training(recipe_project):
     assert not os.path.exists(os.path.join(p.root, ".forge/logs"))
 
 
-TRIPWIRE = "import os, sys\nsys.stderr.write('tripwire: {name} imported\\n')\nos._exit(97)\n"
-
-
-def test_planning_model_targets_never_imports_torch(recipe_project, tmp_path_factory):
-    trap = tmp_path_factory.mktemp("tripwire-models")
-    for name in ("torch", "transformers", "trl", "peft", "datasets"):
-        os.makedirs(trap / name)
-        (trap / name / "__init__.py").write_text(TRIPWIRE.format(name=name))
-    env = {"PYTHONPATH": f"{trap}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+def test_planning_model_targets_never_imports_torch(recipe_project, no_torch_env):
+    env = no_torch_env
     p = recipe_project
     p.write("rewards.py", "def score(completions, **kw):\n    return [1.0 for _ in completions]\n")
     p.forgefile(p.preamble + """

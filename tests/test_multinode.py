@@ -100,14 +100,7 @@ def test_join_needs_a_multi_node_stage(project):
     assert proc.stderr.strip() == "forgebuild: nothing to join: no stage of run:a has launch.nodes > 1"
 
 
-TRIPWIRE = "import os, sys\nsys.stderr.write('tripwire: {name} imported\\n')\nos._exit(97)\n"
-
-
-def test_a_joining_node_waits_without_importing_torch(recipe_project, tmp_path_factory):
-    trap = tmp_path_factory.mktemp("tripwire-join")
-    for name in ("torch", "transformers", "trl", "peft", "datasets"):
-        os.makedirs(trap / name)
-        (trap / name / "__init__.py").write_text(TRIPWIRE.format(name=name))
+def test_a_joining_node_waits_without_importing_torch(recipe_project, no_torch_env):
     p = recipe_project
     p.forgefile(p.preamble + """
         [model.sft]
@@ -116,7 +109,7 @@ def test_a_joining_node_waits_without_importing_torch(recipe_project, tmp_path_f
         data = "dataset:sft"
         launch = { nodes = 2, master_addr = "127.0.0.1" }
     """)
-    env = {"PYTHONPATH": f"{trap}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "SLURM_NODEID": "1"}
+    env = {**no_torch_env, "SLURM_NODEID": "1"}
     proc = p.run("join", "model:sft", "--wait", "1", env=env, expect=1)  # no node 0 is building it
     assert "warning: no stage to join after 1 s; waiting for model:sft stopped" in proc.stdout
     assert proc.stdout.strip().endswith("node 1: joined 0 stages, 1 failed")

@@ -63,15 +63,8 @@ def test_two_processes_build_a_target_once(project):
     assert project.runs() == ["ran"]
 
 
-TRIPWIRE = "import os, sys\nsys.stderr.write('tripwire: {name} imported\\n')\nos._exit(97)\n"
-
-
-def test_planning_path_never_imports_torch_transformers_or_trl(project, tmp_path_factory):
-    trap = tmp_path_factory.mktemp("tripwire")
-    for name in ("torch", "transformers", "trl"):
-        os.makedirs(trap / name)
-        (trap / name / "__init__.py").write_text(TRIPWIRE.format(name=name))
-    env = {"PYTHONPATH": f"{trap}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+def test_planning_path_never_imports_torch_transformers_or_trl(project, no_torch_env):
+    env = no_torch_env
     check = subprocess.run([sys.executable, "-c", "import torch"], env={**ENV, **env}, capture_output=True)
     assert check.returncode == 97  # the tripwire itself works
     project.write("data.txt", "x\n")
