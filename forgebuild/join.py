@@ -23,13 +23,6 @@ from .recipes.launch import LAUNCH_FILE, node_rank, read_launch_file
 POLL_SECONDS = 1.0  # a launch.json appears once per stage; node 0's torchrun waits for the others anyway
 
 
-class Launch:
-    """The launch.json fields torchrun_argv needs."""
-
-    def __init__(self, data: dict):
-        self.nodes, self.processes = data["nodes"], data["processes"]
-
-
 def multi_node_targets(plan, addresses: list[str]) -> list[str]:
     closure = plan.closure(addresses)
     return [a for a in closure if ((plan.targets[a].runtime.get("launch") or {}).get("nodes") or 1) > 1]
@@ -95,7 +88,8 @@ def join_stage(session, launch: dict, rank: int, report) -> int:
     report({"event": "start", "target": address, "key": launch["key"],
             "reason": f"joining as node {rank} of {launch['nodes']} at {launch['master_addr']}:{launch['master_port']}"})
     started = time.time()
-    argv = torchrun_argv(Launch(launch), rank, launch["master_addr"], launch["master_port"], launch["context_file"])
+    argv = torchrun_argv(launch["nodes"], launch["processes"], rank, launch["master_addr"], launch["master_port"],
+                         launch["context_file"])
     log = session.workspace.log_path(address)[:-len(".log")] + f".node{rank}.log"
     env = {**os.environ, "TORCH_EXTENSIONS_DIR": os.environ.get(
         "TORCH_EXTENSIONS_DIR", os.path.join(session.workspace.dir, f"torch_extensions.node{rank}"))}

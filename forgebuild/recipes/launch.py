@@ -79,9 +79,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def torchrun_argv(launch, rank: int, addr: str, port: int, context_file: str) -> list[str]:
-    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={launch.processes}",
-            f"--nnodes={launch.nodes}", f"--node_rank={rank}", f"--master_addr={addr}", f"--master_port={port}",
+def torchrun_argv(nodes: int, processes: int, rank: int, addr: str, port: int, context_file: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
+            f"--nnodes={nodes}", f"--node_rank={rank}", f"--master_addr={addr}", f"--master_port={port}",
             "-m", "forgebuild.worker", context_file]
 
 
@@ -129,7 +129,7 @@ def delegate(ctx) -> None:
         plan = plan_launch(launch, ctx.key, context_file, ctx.params.train.batch_size)
     except LaunchError as e:
         raise ctx.bad_input(str(e)) from None
-    argv = torchrun_argv(launch, 0, plan["master_addr"], plan["master_port"], context_file)
+    argv = torchrun_argv(launch.nodes, launch.processes, 0, plan["master_addr"], plan["master_port"], context_file)
     n = world_size(launch)
     where = f" on {launch.nodes} nodes" if launch.nodes > 1 else ""
     ctx.log(f"launching {n} processes{where}: {' '.join(argv[2:])}")
