@@ -280,10 +280,7 @@ class Executor:
         os.makedirs(out)
         work = self.ws.work(key)
         os.makedirs(work, exist_ok=True)
-        log = self.ws.log_path(address)
-        os.makedirs(os.path.dirname(log), exist_ok=True)
-        with open(log, "w", encoding="utf-8") as f:
-            f.write(f"# forgebuild {address} key {key} ({reason})\n")
+        log = self._new_log(address, key, reason)
         dep_digests = {a: d for entries in mat["inputs"].values() for kind, a, d in entries if kind == "target"}
         sources = self._context_sources(target, dep_digests)
         ctx = BuildContext(
@@ -419,6 +416,14 @@ class Executor:
                 raise BadInput(ctx.target, message[len("bad input: "):], log_tail(ctx.log_path))
             raise RuleFailed(ctx.target, message, log_tail(ctx.log_path))
 
+    def _new_log(self, address: str, key: str, reason: str) -> str:
+        """The stage log of this attempt, begun with what builds and why (a worker's lines follow it)."""
+        log = self.ws.log_path(address)
+        os.makedirs(os.path.dirname(log), exist_ok=True)
+        with open(log, "w", encoding="utf-8") as f:
+            f.write(f"# forgebuild {address} key {key} ({reason})\n")
+        return log
+
     def _build_on_worker(self, address: str, key: str, mat: dict, reason: str) -> Result:
         """--worker-files remote: the target builds in a worker's own copy of the project. Its dependencies go to
         the remote first; its artifact comes back from there, checked like any fetch (digests, provenance)."""
@@ -426,10 +431,7 @@ class Executor:
 
         self.report({"event": "start", "target": address, "key": key, "reason": reason})
         started = time.time()
-        log = self.ws.log_path(address)
-        os.makedirs(os.path.dirname(log), exist_ok=True)
-        with open(log, "w", encoding="utf-8") as f:
-            f.write(f"# forgebuild {address} key {key} ({reason})\n")
+        log = self._new_log(address, key, reason)
         for entries in mat["inputs"].values():
             for kind, dep, digest in entries:
                 if kind == "target":
