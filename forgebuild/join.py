@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import glob
 import os
-import subprocess
 import time
 
 from .errors import UsageError
@@ -83,6 +82,7 @@ def next_launch(workspace, pending: list[str], seen: set[str]) -> dict | None:
 
 def join_stage(session, launch: dict, rank: int, report) -> int:
     from .recipes.launch import torchrun_argv
+    from .runners import run_command
 
     address = launch["target"]
     report({"event": "start", "target": address, "key": launch["key"],
@@ -95,9 +95,7 @@ def join_stage(session, launch: dict, rank: int, report) -> int:
         "TORCH_EXTENSIONS_DIR", os.path.join(session.workspace.dir, f"torch_extensions.node{rank}"))}
     with open(log, "w", encoding="utf-8") as f:
         f.write(f"# forgebuild join {address} key {launch['key']} as node {rank}: {' '.join(argv[2:])}\n")
-        f.flush()
-        code = subprocess.run(argv, cwd=session.plan.root, env=env, stdin=subprocess.DEVNULL, stdout=f,
-                              stderr=subprocess.STDOUT).returncode
+    code = run_command(argv, log, session.plan.root, env)
     seconds = time.time() - started
     if code == 0:
         report({"event": "built", "target": address, "key": launch["key"], "seconds": seconds,
