@@ -1,6 +1,13 @@
-"""Content digests: xxh3-128 of files, Merkle digests of trees, and a stat cache.
+"""Content digests: BLAKE3-256 of files, Merkle digests of trees, and a stat cache.
 
-Standard library and xxhash only: this module is on the no-op fast path.
+Digests name blobs in the store and in a shared remote, so they must be collision-resistant:
+with a 64-bit or 128-bit non-cryptographic hash (xxh3) anyone who can write to a remote could
+make two different files with one name. BLAKE3 is cryptographic and still fast: 5.4 GB/s on
+one core of this machine (xxh3-128: 13.8 GB/s, SHA-256: 1.5 GB/s), so hashing stays below the
+cost of reading the file (4.2 GB/s from page cache).
+
+Standard library and the `blake3` extension only: this module is on the no-op fast path
+(importing blake3 costs 0.6 ms).
 """
 from __future__ import annotations
 
@@ -10,7 +17,7 @@ import stat
 import threading
 import time
 
-import xxhash
+import blake3
 
 # 4 MiB reads: measured 4.2 GB/s from page cache on this 2-core machine
 # (1 MiB gives ~3.6 GB/s, larger buffers gain nothing).
@@ -26,12 +33,13 @@ _buffers = threading.local()
 
 
 def file_digest(path: str) -> str:
-    """Streaming xxh3-128 of a file's bytes, as 32 hex characters."""
+    """Streaming BLAKE3-256 of a file's bytes, as 64 hex characters."""
     with open(path, "rb", buffering=0) as f:
         head = f.read(CHUNK)
         if len(head) < CHUNK:  # small files (most of them) in one read: 0.01 ms, not 0.25
-            return xxhash.xxh3_128_hexdigest(head)
-        h = xxhash.xxh3_128(head)
+            return blake3.blake3(head).hexdigest()
+        # Large files (model weights) use blake3's own threads: 7.6 GB/s on 2 cores against 5.4
+        h = blake3.blake3(head, max_threads=blake3.blake3.AUTO)
         buf = getattr(_buffers, "buf", None)
         if buf is None:  # one 4 MiB buffer per builder thread, reused
             buf = _buffers.buf = bytearray(CHUNK)
@@ -42,12 +50,12 @@ def file_digest(path: str) -> str:
 
 
 def bytes_digest(data: bytes) -> str:
-    return xxhash.xxh3_128_hexdigest(data)
+    return blake3.blake3(data).hexdigest()
 
 
 def tree_digest(entries) -> str:
     """Merkle digest over (relative posix path, executable, digest) entries, order-independent."""
-    h = xxhash.xxh3_128()
+    h = blake3.blake3()
     for rel, executable, digest in sorted(entries):
         h.update(f"{rel}\0{'x' if executable else '-'}\0{digest}\n".encode())
     return h.hexdigest()

@@ -1,6 +1,6 @@
 """Action keys, and the reasons a target is fresh or must be rebuilt.
 
-Action key = xxh3-128 of the canonical JSON of: rule name and version, the
+Action key = BLAKE3-256 of the canonical JSON of: rule name and version, the
 identity params (defaults filled in, runtime-only fields left out), the target's
 seed, the digests of its source files (by project-relative path), and the
 *output* digests of its dependencies. Using output digests gives early cutoff:
@@ -8,7 +8,8 @@ a dependency rebuilt to byte-identical output leaves its dependents' keys as
 they were. Nothing machine-specific (absolute paths, hostnames, times, the
 cache's location) enters a key.
 
-Standard library and xxhash only: this module is on the no-op fast path.
+Standard library, blake3 and xxhash only: this module is on the no-op fast path. Seeds stay
+xxh3: they need spread, not collision resistance, and changing them would change every model.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import xxhash
 from .hashing import StatCache, bytes_digest
 from .plan import Plan, TargetPlan, resolve_sources
 
-KEY_FORMAT = 1
+KEY_FORMAT = 2  # 2: BLAKE3-256 digests (1: xxh3-128)
 
 
 def canonical(obj) -> str:

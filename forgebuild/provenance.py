@@ -9,7 +9,7 @@ names it. Reusing a remote entry checks that its statement describes this very a
 same key, the same materials as the local plan computes, and the entry's own digests. An
 entry whose statement is missing or disagrees is not reused.
 
-Digests are xxh3-128 (forgebuild's content digests); in-toto's DigestSet allows any name.
+Digests are BLAKE3-256 (forgebuild's content digests), under in-toto's DigestSet name `blake3`.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import json
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
 BUILD_TYPE = "https://github.com/forgebuild/forgebuild/build/v1"
-DIGEST = "xxh3_128"
+DIGEST = "blake3"
 
 
 def statement(address: str, key: str, mat: dict, entry: dict, record: dict) -> dict:

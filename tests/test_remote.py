@@ -139,11 +139,11 @@ def test_a_remote_entry_is_reused_only_when_its_provenance_vouches_for_it(tmp_pa
     entry = json.loads(entry_path.read_text())
     statement = json.loads((shared / "cas" / entry["provenance"][:2] / entry["provenance"]).read_text())
     assert statement["_type"] == "https://in-toto.io/Statement/v1"
-    assert statement["subject"][0] == {"name": "run:one", "digest": {"xxh3_128": entry["digest"]}}
+    assert statement["subject"][0] == {"name": "run:one", "digest": {"blake3": entry["digest"]}}
     assert statement["predicate"]["buildDefinition"]["internalParameters"]["action_key"] == key
     # a statement that vouches for other materials: stored validly, under its own digest
     statement["predicate"]["buildDefinition"]["resolvedDependencies"] = [
-        {"name": "evil.sh", "digest": {"xxh3_128": "0" * 32}, "annotations": {"key": "x", "kind": "file"}}]
+        {"name": "evil.sh", "digest": {"blake3": "0" * 64}, "annotations": {"key": "x", "kind": "file"}}]
     forged = tmp_path / "forged.json"
     forged.write_text(json.dumps(statement))
     digest = file_digest(str(forged))

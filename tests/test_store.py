@@ -146,12 +146,12 @@ def test_the_same_store_code_runs_over_an_fsspec_filesystem(tmp_path):
     manifest = store.ingest_tree(str(out))
     assert [f["path"] for f in manifest["files"]] == ["a.txt", "sub/b.bin"]
     assert all(store.has_blob(f["digest"]) for f in manifest["files"])
-    store.put_action("0" * 32, {**manifest, "target": "run:x", "key": "0" * 32})
-    assert store.get_action("0" * 32, "run:x")["digest"] == manifest["digest"]
+    store.put_action("0" * 64, {**manifest, "target": "run:x", "key": "0" * 64})
+    assert store.get_action("0" * 64, "run:x")["digest"] == manifest["digest"]
     assert store.get_action("1" * 32) is None
-    record_id = store.put_record({"key": "0" * 32, "target": "run:x"})
+    record_id = store.put_record({"key": "0" * 64, "target": "run:x"})
     assert store.get_record(record_id)["target"] == "run:x"
-    assert list(store.action_keys()) == ["0" * 32]
+    assert list(store.action_keys()) == ["0" * 64]
     assert sorted(store.blob_digests()) == sorted(f["digest"] for f in manifest["files"])
 
 

@@ -23,7 +23,9 @@ import uuid
 from ..errors import StoreError
 from ..hashing import file_digest, is_executable, tree_digest, walk_files
 
-HEX = re.compile(r"^[0-9a-f]{32}$")
+# BLAKE3-256 (hashing.py). Entries and blobs of the earlier xxh3-128 format (32 hex) are
+# not read: a key of the old length is a miss, and gc removes its files.
+HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 def validate_manifest(entry, where: str) -> list[dict]:
@@ -205,6 +207,8 @@ class Store:
             return None
 
     def get_action(self, key: str, target: str = "") -> dict | None:
+        if not HEX.match(key):  # a key of an earlier format (a workspace's last build before an upgrade)
+            return None
         path = self.action_path(key)
         data = self._read(path)
         if data is None:

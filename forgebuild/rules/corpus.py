@@ -29,7 +29,7 @@ size in documents or characters (token budgets belong to the `tokens` target,
 which has the tokenizer), with or without replacement, seeded.
 
 The artifact: train/part-NNNNN.parquet and holdout/part-NNNNN.parquet
-(columns text, id = xxh3-128 of the text, source), and stats.json. NNNNN is
+(columns text, id = BLAKE3-256 of the text, source), and stats.json. NNNNN is
 a shard bucket, a stable hash of the document's source, so adding a file
 rewrites one shard. Reference: docs/rules/corpus.md.
 """
