@@ -48,6 +48,11 @@ def kill_running() -> None:
 
 MARKER = "FORGE_ACTION_KEY"
 
+# Build workers start in the project folder, which `python -m` would put first on sys.path: a project's
+# own pydantic.py, torch.py or datasets/ would shadow the library inside the worker. Safe-path mode keeps
+# it off, and torchrun's processes inherit the variable (Python 3.11+; 3.10 ignores it).
+SAFE_PATH = {"PYTHONSAFEPATH": "1"}
+
 
 def marker(key: str, workspace_dir: str) -> str:
     """The value that tags a build's processes: the key alone would also match a build of the
@@ -179,13 +184,15 @@ class BuildContext:
         return self._memos[1]
 
     def place(self, cached_file: str, rel: str) -> None:
-        """Put a file from a memo folder into the output at `rel`, as a hardlink where possible:
-        an unchanged 100 MB shard is then neither copied nor stored twice."""
+        """Put a file from a memo folder or an input into the output at `rel`: a reflink where the
+        filesystem has them, else a copy, never a hardlink. The build may go on writing its output
+        (release writes its README.md over the model's), and through a hardlink that write would
+        change the stored blob. The file is still stored once: ingesting finds its blob present."""
         from .workspace import clone_file
 
         dst = os.path.join(self.out, rel)
         os.makedirs(os.path.dirname(dst), exist_ok=True)
-        clone_file(cached_file, dst)
+        clone_file(cached_file, dst, link=False)
 
     def __getstate__(self):
         """For a rule's process pool: an open log handle does not cross processes."""

@@ -30,7 +30,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from . import __version__
-from .context import MARKER, BuildContext, kill_leftovers, kill_running, marker, run_logged
+from .context import MARKER, SAFE_PATH, BuildContext, kill_leftovers, kill_running, marker, run_logged
 from .errors import BadInput, ForgeError, RuleFailed, StoreError
 from .hashing import bytes_digest, file_digest
 from .keys import Decision, action_key, explain, material
@@ -402,11 +402,12 @@ class Executor:
             f.write(ctx.to_json())
         argv = [sys.executable, "-m", "forgebuild.worker", ctx_file]
         if self.runner is None:
-            code = run_logged(argv, ctx.log_path, ctx.project_dir, key=marker(ctx.key, ctx.workspace_dir))
+            code = run_logged(argv, ctx.log_path, ctx.project_dir, env={**os.environ, **SAFE_PATH},
+                              key=marker(ctx.key, ctx.workspace_dir))
         else:
             from .runners import resources
 
-            env = {**os.environ, MARKER: marker(ctx.key, ctx.workspace_dir)}
+            env = {**os.environ, **SAFE_PATH, MARKER: marker(ctx.key, ctx.workspace_dir)}
             code = self.runner.run(argv, ctx.log_path, ctx.project_dir, env, resources(target))
         if code != 0:
             failure = os.path.join(scratch, "failure.txt")

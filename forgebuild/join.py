@@ -16,6 +16,7 @@ import glob
 import os
 import time
 
+from .context import SAFE_PATH
 from .errors import UsageError
 from .recipes.launch import LAUNCH_FILE, node_rank, read_launch_file
 
@@ -91,7 +92,7 @@ def join_stage(session, launch: dict, rank: int, report) -> int:
     argv = torchrun_argv(launch["nodes"], launch["processes"], rank, launch["master_addr"], launch["master_port"],
                          launch["context_file"])
     log = session.workspace.log_path(address)[:-len(".log")] + f".node{rank}.log"
-    env = {**os.environ, "TORCH_EXTENSIONS_DIR": os.environ.get(
+    env = {**os.environ, **SAFE_PATH, "TORCH_EXTENSIONS_DIR": os.environ.get(
         "TORCH_EXTENSIONS_DIR", os.path.join(session.workspace.dir, f"torch_extensions.node{rank}"))}
     with open(log, "w", encoding="utf-8") as f:
         f.write(f"# forgebuild join {address} key {launch['key']} as node {rank}: {' '.join(argv[2:])}\n")

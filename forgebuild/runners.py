@@ -169,8 +169,10 @@ def build_in_copy(args: list[str], address: str) -> dict:
     copy = os.path.join(folder, "project")
     try:
         shutil.copytree(os.getcwd(), copy, symlinks=True)
+        from .context import SAFE_PATH
+
         proc = subprocess.run([sys.executable, *args], cwd=copy, stdin=subprocess.DEVNULL, capture_output=True,
-                              text=True, check=False)
+                              text=True, check=False, env={**os.environ, **SAFE_PATH})
         try:
             with open(Workspace(copy).log_path(address), encoding="utf-8", errors="replace") as f:
                 log = f.read()

@@ -26,14 +26,20 @@ from .errors import StoreError
 FICLONE = 0x40049409  # Linux ioctl: share extents copy-on-write (btrfs, XFS)
 
 
-def clone_file(src: str, dst: str) -> None:
-    """Hardlink, else reflink, else copy: a 10 GB model is stored once where the filesystem allows."""
-    try:
-        os.link(src, dst)
-        return
-    except OSError as e:
-        if e.errno not in (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.ENOTSUP):
-            raise
+def clone_file(src: str, dst: str, link: bool = True) -> None:
+    """Hardlink, else reflink, else copy: a 10 GB model is stored once where the filesystem allows.
+
+    link=False for a file a build may still write (an output): a hardlink of a blob would let that
+    write change the stored bytes, whatever the blob's mode (builds often run as root); a reflink
+    shares extents copy-on-write, so a write lands in a new extent. ext4 has no reflink: a copy.
+    """
+    if link:
+        try:
+            os.link(src, dst)
+            return
+        except OSError as e:
+            if e.errno not in (errno.EXDEV, errno.EMLINK, errno.EPERM, errno.ENOTSUP):
+                raise
     try:
         import fcntl
 

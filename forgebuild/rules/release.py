@@ -11,6 +11,10 @@ The artifact is what was copied: the model's files, README.md (the model card:
 lineage, data digests, recipe, metrics) and release.json (every file's digest).
 The copy lands whole or not at all: into a temporary name beside `to`, renamed at the
 end (a URL: release.json is written last, the sign that the copy is complete).
+
+A folder `to` stays inside the project unless it is absolute (`../x` is a Forgefile
+error), and it replaces only an earlier release of the same target: each release
+holds MARKER naming its target, and a folder without it is the user's, never deleted.
 """
 from __future__ import annotations
 
@@ -27,6 +31,7 @@ from ..plan import ADDRESS
 version = "1"
 
 URL = re.compile(r"^[a-z][a-z0-9+.-]*://")
+MARKER = ".forge-release"  # in each folder release: {"target": ADDRESS}; not part of the artifact
 
 
 class Params(BaseModel):
@@ -46,7 +51,16 @@ def check(params: Params) -> list[tuple[str, str]]:
     for key, value in [("model", params.model), *((f"gates.{i}", g) for i, g in enumerate(params.gates))]:
         if not ADDRESS.match(value):
             problems.append((key, f"'{value}' is not a target reference: write KIND:NAME"))
+    if not URL.match(params.to) and leaves_project(params.to):
+        problems.append(("to", f"'{params.to}' leaves the project folder: a release goes inside the project "
+                               "unless `to` is an absolute path"))
     return problems
+
+
+def leaves_project(to: str) -> bool:
+    """A relative destination that climbs out of the project (`../victim`): only an absolute path may leave it."""
+    norm = os.path.normpath(to)
+    return not os.path.isabs(to) and (norm == os.pardir or norm.startswith(os.pardir + os.sep))
 
 
 def check_deps(params: Params, deps: dict) -> list[tuple[str, str]]:
@@ -160,16 +174,39 @@ def publish(ctx, folder: str, to: str) -> None:
             fs.put_file(os.path.join(folder, rel), f"{path}/{rel}")
         return
     dest = os.path.join(ctx.project_dir, to)
+    check_destination(ctx, to, dest)
     os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
     staging = f"{dest}.tmp-{uuid.uuid4().hex[:8]}"
     shutil.copytree(folder, staging)  # copies, not links: the store's files stay the store's
     for parent, dirs, files in os.walk(staging):  # the store's files are read-only; a release is the user's
         for name in dirs + files:
             os.chmod(os.path.join(parent, name), 0o755 if name in dirs else 0o644)
-    if os.path.exists(dest):
+    with open(os.path.join(staging, MARKER), "w", encoding="utf-8") as f:
+        json.dump({"target": ctx.target}, f)
+    if os.path.lexists(dest):
         old = f"{dest}.old-{uuid.uuid4().hex[:8]}"
         os.replace(dest, old)
         os.replace(staging, dest)
         shutil.rmtree(old)
     else:
         os.replace(staging, dest)
+
+
+def check_destination(ctx, to: str, dest: str) -> None:
+    """Refuse (exit 2) a folder that is not an earlier release of this target, and a relative `to` that
+    reaches outside the project through a link (`../x` itself is refused at planning)."""
+    project = os.path.realpath(ctx.project_dir)
+    real = os.path.realpath(dest)
+    if not os.path.isabs(to) and os.path.commonpath([project, real]) != project:
+        raise ctx.bad_input(f"{to} leads outside the project folder (to {real}): a release goes inside the "
+                            "project unless `to` is an absolute path")
+    if not os.path.lexists(dest):
+        return
+    try:
+        with open(os.path.join(dest, MARKER), encoding="utf-8") as f:
+            ours = json.load(f).get("target") == ctx.target
+    except (OSError, ValueError, AttributeError):
+        ours = False
+    if not ours or os.path.islink(dest):
+        raise ctx.bad_input(f"{to} exists and is not an earlier release of {ctx.target} (it has no {MARKER} "
+                            "naming it): nothing was replaced; move it away or release elsewhere")
