@@ -93,14 +93,14 @@ if op in ("push_api", "fetch_api"):
     from forgebuild.cache.store import Store
     from forgebuild.hashing import file_digest
     local = Store(arg["store"])
-    remote = Remote(arg["url"], require=True)
+    remote = Remote(arg["url"], require=True, workspace_dir=arg.get("workspace"))  # FORGE_SIGNING_KEY: the team's key
     t = time.perf_counter(); remote.store; res["setup"] = time.perf_counter() - t  # imports s3fs, resolves the URL
     t = time.perf_counter()
     if op == "push_api":
         res["bytes"] = sum(remote.push(k, local.get_action(k), local) for k in arg["keys"])
         res["seconds"] = time.perf_counter() - t
     else:
-        got = [remote.fetch(k, "", local) for k in arg["keys"]]
+        got = [remote.fetch(k, arg["mats"][k][0], local, arg["mats"][k][1]) for k in arg["keys"]]
         res["seconds"] = time.perf_counter() - t
         res["fetched"] = sum(e is not None for e in got)
         digests = {f["digest"] for e in got if e for f in e["files"]}
@@ -162,6 +162,17 @@ class RequestLog(logging.Handler):
         return counts
 
 
+def team_key() -> str:
+    """One signing key for every workspace of the run (FORGE_SIGNING_KEY, as a CI secret would be): each
+    trusts its own key, so every pull verifies a signature, as between two workspaces that trust each other."""
+    from forgebuild import signing
+
+    folder = tempfile.mkdtemp(prefix="forge-bench-key-")
+    os.environ.pop("FORGE_SIGNING_KEY", None)
+    signing.load_or_make(folder)
+    return signing.private_path(folder)
+
+
 class Server:
     def __init__(self):
         from moto.server import ThreadedMotoServer
@@ -177,6 +188,7 @@ class Server:
         self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         self.server.start()
         self.env = {**ENV, "OMP_NUM_THREADS": "1", "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+                    "FORGE_SIGNING_KEY": team_key(),
                     "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
         self.endpoint = self.env["AWS_ENDPOINT_URL"]
 
@@ -256,6 +268,17 @@ def reset(root: str) -> None:
             if not os.path.islink(full):
                 os.chmod(full, 0o755)
     shutil.rmtree(dot, ignore_errors=True)
+
+
+def materials(root: str) -> dict:
+    """{key: [target, material]} of a workspace's last builds: what a fetch checks a statement against."""
+    found = {}
+    for path in glob.glob(os.path.join(root, ".forge", "state", "targets", "*", "*.json")):
+        with open(path) as f:
+            state = json.load(f)
+        kind, name = path.split(os.sep)[-2], os.path.basename(path)[:-len(".json")]
+        found[state["key"]] = [f"{kind}:{name}", state["material"]]
+    return found
 
 
 def action_keys(root: str) -> list[str]:
@@ -361,7 +384,8 @@ def large(server: Server, folder: str, size_mb: int, files: int, repeats: int) -
                 reset(b)
                 shutil.rmtree(api_store, ignore_errors=True)
                 os.makedirs(api_store)
-                child = side(server, folder, "fetch_api", store=api_store, url=f"s3://{BUCKET}/pull", keys=[key])
+                child = side(server, folder, "fetch_api", store=api_store, url=f"s3://{BUCKET}/pull", keys=[key],
+                             mats=materials(a))
                 if child.data["fetched"] != 1 or child.data["bytes"] != total:
                     raise RuntimeError(f"Remote.fetch: {child.data}")
                 pull["api"].append(child)
@@ -471,7 +495,7 @@ def many(server: Server, folder: str, n: int, shape: str, repeats: int, jobs: li
         store = os.path.join(folder, "many-api-store")
         shutil.rmtree(store, ignore_errors=True)
         os.makedirs(store)
-        child = side(server, folder, "fetch_api", store=store, url=url, keys=action_keys(c))
+        child = side(server, folder, "fetch_api", store=store, url=url, keys=action_keys(c), mats=materials(c))
         if child.data["fetched"] != n:
             raise RuntimeError(f"Remote.fetch: {child.data}")
         res["fetch"].append(child)

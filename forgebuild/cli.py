@@ -23,7 +23,7 @@ from .hashing import StatCache
 from .workspace import Workspace
 
 VERBS = ("build", "status", "explain", "graph", "path", "show", "log", "clean", "gc", "schema", "lock", "verify",
-         "diff", "cache", "join")
+         "diff", "cache", "join", "keys")
 TAKES_VALUE = {"-f", "--file", "-j", "--jobs", "--format", "--limit", "--grace", "--remote", "--lock", "--executor",
                "--node-rank", "--wait", "--worker-files"}
 
@@ -98,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
     ca = sub.add_parser("cache", parents=[common], help="the shared remote cache: push or pull targets")
     ca.add_argument("action", choices=("push", "pull"))
     ca.add_argument("targets", nargs="*", metavar="TARGET")
+    sub.add_parser("keys", parents=[common], help="make (once) and show this workspace's signing key for the remote")
     jn = sub.add_parser("join", parents=[common], help="on another node: take part in the multi-node stages of a build")
     jn.add_argument("targets", nargs="*", metavar="TARGET")
     jn.add_argument("--node-rank", type=int, default=None,
@@ -170,7 +171,8 @@ class Session:
         if self._remote is False:
             from .cache.remote import remote_for
 
-            self._remote = remote_for(self.args, self.plan.settings, self.plan.root, self.report)
+            self._remote = remote_for(self.args, self.plan.settings, self.plan.root, self.report, self.workspace.dir,
+                                      self.plan.display_name)
         return self._remote
 
     @property
@@ -441,10 +443,26 @@ def cmd_cache(args, session, report) -> int:
     return run(args, session, report)
 
 
+def cmd_keys(args, session: Session, report) -> int:
+    """The public key other workspaces put in their `[forge] trusted_keys`; the private key stays here."""
+    from . import signing
+
+    ws = session.workspace
+    public = signing.public_line(signing.load_or_make(ws.dir))
+    where = ws.display(signing.private_path(ws.dir))
+    if args.json:
+        report({"event": "summary", "ok": True, "public_key": public, "private_key": where})
+    else:
+        print(public)
+        if not args.quiet:
+            print(f"# private key: {where} (stays on this machine: never pushed, never cached)")
+    return 0
+
+
 COMMANDS = {"build": cmd_build, "status": cmd_status, "explain": cmd_explain, "graph": cmd_graph,
             "path": cmd_path, "show": cmd_show, "log": cmd_log, "clean": cmd_clean, "gc": cmd_gc,
             "schema": cmd_schema, "lock": cmd_lock, "verify": cmd_verify, "diff": cmd_diff, "cache": cmd_cache,
-            "join": cmd_join}
+            "join": cmd_join, "keys": cmd_keys}
 
 
 # ------------------------------------------------------------------ entry point

@@ -440,11 +440,12 @@ class Executor:
         outcome = self.runner.build(address, key, resources(self.plan.targets[address]), log)
         event = outcome.settled(address, key, log)  # the worker's failure raises here, as a local one would
         try:
-            entry = self.remote.fetch(key, address, self.store, mat)
+            entry = self.remote.fetch(key, address, self.store, mat, also_trust=outcome.signer)
         except StoreError as e:
             raise RuleFailed(address, f"built on a worker, but its artifact cannot be fetched: {e}") from None
         if entry is None:
             raise RuleFailed(address, f"built on a worker, but {self.remote.url} has no entry for key {key}")
+        self.remote.push(key, entry, self.store)  # signed again with this workspace's key, which others trust
         worker = {"executor": self.runner.name, "host": outcome.host, "remote": self.remote.url,
                   "seconds": event.get("seconds")}
         record = self.store.get_record(entry["record"]) if entry.get("record") else None

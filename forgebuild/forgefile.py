@@ -37,6 +37,10 @@ class ForgeSettings(BaseModel):
     remote: str | None = Field(None, description="a shared cache (fsspec URL: s3://bucket/prefix, file:///mnt/cache); "
                                                  "credentials come from the filesystem's own configuration")
     push: bool = Field(True, description="write what this workspace builds to the remote (false: read only)")
+    trusted_keys: list[str] = Field(
+        default_factory=list, description="public keys whose signed remote entries this workspace uses: OpenSSH "
+                                          "lines (`ssh-ed25519 AAAA...`, as `forgebuild keys` shows) or files "
+                                          "holding one, relative to the Forgefile; its own key is always trusted")
     launch: dict | None = Field(None, description="default `launch` of training stages, e.g. { processes = 2 } "
                                                   "(runtime only; a target's own launch wins)")
     worker_files: Literal["shared", "remote"] = Field(
@@ -49,6 +53,16 @@ class ForgeSettings(BaseModel):
     def _local_folder(cls, value):
         if value is not None and "://" in value:
             raise ValueError("must be a local folder; a shared cache is `remote`")
+        return value
+
+    @field_validator("trusted_keys")
+    @classmethod
+    def _keys(cls, value):
+        from .signing import is_key_text, parse_public
+
+        for item in value:
+            if is_key_text(item):
+                parse_public(item)  # KeyProblem is a ValueError: a Forgefile error with the line
         return value
 
     @field_validator("remote")

@@ -156,7 +156,7 @@ def parse_events(stdout: str) -> list[dict]:
     return found
 
 
-def build_in_copy(args: list[str], address: str) -> dict:
+def build_in_copy(args: list[str], address: str, trusted: str = "") -> dict:
     """The Ray task. Its cwd is the job's working_dir, which Ray unpacks once per node and shares between
     tasks: each build gets a fresh copy of its own, removed afterwards (once the artifact is on the remote,
     nothing in it is needed). The interpreter is this worker's own, not the head's path."""
@@ -171,15 +171,22 @@ def build_in_copy(args: list[str], address: str) -> dict:
         shutil.copytree(os.getcwd(), copy, symlinks=True)
         from .context import SAFE_PATH
 
+        # The worker trusts the head's key (the dependencies it pushed); the head trusts the worker's
+        # fresh key, which comes back over Ray's own channel (`signer`), for the entry it asked for.
         proc = subprocess.run([sys.executable, *args], cwd=copy, stdin=subprocess.DEVNULL, capture_output=True,
-                              text=True, check=False, env={**os.environ, **SAFE_PATH})
+                              text=True, check=False, env={**os.environ, **SAFE_PATH, "FORGE_TRUSTED_KEYS": trusted})
         try:
             with open(Workspace(copy).log_path(address), encoding="utf-8", errors="replace") as f:
                 log = f.read()
         except OSError:  # it stopped before the build started (a bad install, an unreachable remote)
             log = ""
+        try:
+            with open(os.path.join(Workspace(copy).dir, "keys", "signing.pub"), encoding="utf-8") as f:
+                signer = f.read().strip()
+        except OSError:  # it pushed nothing
+            signer = ""
         return {"code": proc.returncode, "events": parse_events(proc.stdout), "log": log, "stderr": proc.stderr,
-                "host": socket.gethostname()}
+                "host": socket.gethostname(), "signer": signer}
     finally:
         remove_tree(folder)
 
@@ -193,6 +200,7 @@ class WorkerOutcome:
     log: str = ""
     stderr: str = ""
     host: str = ""
+    signer: str = ""  # the public key the worker signed its entries with
 
     def log_text(self, address: str, key: str) -> str:
         """The worker's stage log for the head's. Its header line repeats the head's own when the keys agree
@@ -258,6 +266,9 @@ class RayCopyRunner:
             first = (str(e).strip().splitlines() or [""])[0]
             raise UsageError(f"cannot start a Ray job with {project} as its working_dir: {type(e).__name__}: {first}") from None
         self.task = ray.remote(build_in_copy)
+        from .signing import public_line
+
+        self.trusted = public_line(remote.signer)
         # Workers meet this workspace only through the remote: going on without it cannot build anything.
         remote.require = True
 
@@ -270,7 +281,7 @@ class RayCopyRunner:
                     f"project; artifacts through {self.remote.url}\n")
         try:
             outcome = WorkerOutcome(**self.ray.get(
-                self.task.options(**ray_options(needs)).remote(args, address)))
+                self.task.options(**ray_options(needs)).remote(args, address, self.trusted)))
         except self.ray.exceptions.RayError as e:  # the task or its node died: not the stage's own failure
             with open(log_path, "a", encoding="utf-8") as f:
                 f.write(f"{e}\n")

@@ -22,14 +22,15 @@ inputs = { o = "run:one" }
 """
 
 
-def workspaces(tmp_path, n=2) -> list[Project]:
-    found = []
-    for i in range(n):
-        root = tmp_path / f"ws{i}"
-        root.mkdir()
-        project = Project(str(root))
-        project.forgefile(PIPELINE)
-        found.append(project)
+def workspaces(tmp_path, n=2, pipeline=PIPELINE, trust=True) -> list[Project]:
+    """n projects with their own signing keys, each trusting every other's (`trust`)."""
+    from forgebuild import signing
+
+    found = [Project(str(tmp_path / f"ws{i}")) for i in range(n)]
+    keys = [signing.public_line(signing.load_or_make(os.path.join(p.root, ".forge"))) for p in found]
+    for project in found:
+        project.header = f"[forge]\ntrusted_keys = {json.dumps(keys)}\n\n" if trust else ""
+        project.forgefile(project.header + pipeline)
     return found
 
 
@@ -46,7 +47,9 @@ def s3_env():
     server.start()
     env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
            "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    subprocess.run([sys.executable, "-c", "import s3fs; s3fs.S3FileSystem().mkdir('team-cache')"],
+    # moto's state is per process: a second module's server (test_remote_attacks) finds the bucket there
+    subprocess.run([sys.executable, "-c",
+                    "import s3fs; fs = s3fs.S3FileSystem(); fs.exists('team-cache') or fs.mkdir('team-cache')"],
                    env={**ENV, **env}, check=True)
     yield env
     server.stop()
@@ -81,8 +84,8 @@ def test_a_tampered_remote_blob_is_reported_and_rebuilt(tmp_path):
     a.run("--remote", f"file://{shared}")
     blob = next(p for p in glob.glob(f"{shared}/cas/*/*") if os.path.getsize(p) < 100)  # x.txt's blob
     os.chmod(blob, 0o644)
-    with open(blob, "w") as f:
-        f.write("tampered\n")
+    with open(blob, "w") as f:  # the declared size (6 bytes), other bytes: the digest check catches it
+        f.write("hellO\n")
     proc = b.run("--remote", f"file://{shared}")
     digest = os.path.basename(blob)
     assert f"blob {digest} does not match its digest" in proc.stdout and "building locally" in proc.stdout
@@ -104,7 +107,7 @@ def test_an_unreachable_remote_degrades_to_local_with_one_warning(tmp_path, s3_e
 
 
 def test_two_workspaces_pushing_one_key_at_once_leave_one_whole_entry(tmp_path):
-    a, b = workspaces(tmp_path)
+    a, b, c = workspaces(tmp_path, 3)
     shared = f"file://{tmp_path}/shared"
     procs = [subprocess.Popen([sys.executable, "-m", "forgebuild", "--remote", shared, "--json"], cwd=p.root,
                               env=ENV, stdout=subprocess.PIPE, text=True) for p in (a, b)]
@@ -117,8 +120,6 @@ def test_two_workspaces_pushing_one_key_at_once_leave_one_whole_entry(tmp_path):
         for f in entry["files"]:
             assert os.path.getsize(f"{tmp_path}/shared/cas/{f['digest'][:2]}/{f['digest']}") == f["size"]
     assert glob.glob(f"{tmp_path}/shared/tmp/*") == []  # nothing half-written left visible
-    c = Project(str(tmp_path / "ws2"))
-    c.forgefile(PIPELINE)
     assert c.build("--remote", shared) == {"run:one": "cached", "run:two": "cached"} and c.runs() == []
 
 
@@ -129,6 +130,7 @@ def test_credentials_never_in_the_forgefile(project):
 
 
 def test_a_remote_entry_is_reused_only_when_its_provenance_vouches_for_it(tmp_path):
+    from forgebuild import signing
     from forgebuild.hashing import file_digest
 
     a, b = workspaces(tmp_path)
@@ -150,6 +152,9 @@ def test_a_remote_entry_is_reused_only_when_its_provenance_vouches_for_it(tmp_pa
     (shared / "cas" / digest[:2]).mkdir(exist_ok=True)
     (shared / "cas" / digest[:2] / digest).write_bytes(forged.read_bytes())
     entry["provenance"] = digest
+    # signed by a trusted key (a bug in that workspace, or its stolen key): the statement is still checked
+    entry["signature"] = signing.sign(signing.load_or_make(os.path.join(a.root, ".forge")), key, entry,
+                                      entry["signature"]["record"])
     os.chmod(entry_path, 0o644)
     entry_path.write_text(json.dumps(entry))
     proc = b.run("--remote", f"file://{shared}")
@@ -163,9 +168,8 @@ def test_a_fetch_killed_midway_leaves_nothing_half_visible_and_the_next_run_comp
 
     from forgebuild.hashing import file_digest
 
-    a, b = workspaces(tmp_path)
-    for p in (a, b):  # a 256 MB output: the fetch takes long enough to be killed in the middle
-        p.forgefile(PIPELINE.replace("head -c 300000 /dev/zero", "head -c 268435456 /dev/urandom"))
+    # a 256 MB output: the fetch takes long enough to be killed in the middle
+    a, b = workspaces(tmp_path, pipeline=PIPELINE.replace("head -c 300000 /dev/zero", "head -c 268435456 /dev/urandom"))
     shared = f"file://{tmp_path}/shared"
     a.run("--remote", shared, timeout=300)
     proc = subprocess.Popen([sys.executable, "-m", "forgebuild", "--remote", shared], cwd=b.root, env=ENV,
@@ -180,3 +184,37 @@ def test_a_fetch_killed_midway_leaves_nothing_half_visible_and_the_next_run_comp
         assert file_digest(blob) == os.path.basename(blob)
     assert b.build("--remote", shared) == {"run:one": "cached", "run:two": "cached"} and b.runs() == []
     assert len(b.read(".forge/out/run/one/x.txt")) == 6
+
+
+def test_keys_makes_one_key_shows_it_and_it_never_leaves_the_workspace(tmp_path):
+    from forgebuild import signing
+
+    (a,) = workspaces(tmp_path, 1, trust=False)
+    shown = a.run("keys").stdout.splitlines()
+    assert shown[1] == "# private key: .forge/keys/signing.key (stays on this machine: never pushed, never cached)"
+    private = os.path.join(a.root, ".forge", "keys", "signing.key")
+    assert shown[0] == signing.public_line(signing.load_or_make(os.path.join(a.root, ".forge")))
+    assert os.stat(private).st_mode & 0o777 == 0o600
+    a.run("--remote", f"file://{tmp_path}/shared")
+    a.run("clean", "--cache")
+    assert a.events("keys")[-1] == {"event": "summary", "ok": True, "public_key": shown[0],
+                                    "private_key": ".forge/keys/signing.key"}  # the same key, kept
+    pem = open(private, "rb").read()
+    for folder in (tmp_path / "shared", os.path.join(a.root, ".forge", "cas")):
+        for path in glob.glob(f"{folder}/**/*", recursive=True):
+            assert not os.path.isfile(path) or pem not in open(path, "rb").read()
+
+
+def test_trusted_keys_that_are_not_keys_are_input_errors(tmp_path):
+    (a,) = workspaces(tmp_path, 1, trust=False)
+    a.forgefile('[forge]\ntrusted_keys = ["ssh-ed25519 AAAAnot-base64"]\n' + PIPELINE)
+    proc = a.run(expect=2)
+    assert proc.stderr == ("Forgefile.toml:2: error: [forge]: key 'trusted_keys': value error, not a valid ssh-ed25519 "
+                           "public key (Invalid format)\n")
+    a.forgefile('[forge]\ntrusted_keys = ["keys/bob.pub"]\n' + PIPELINE)
+    assert a.run("--remote", f"file://{tmp_path}/shared", expect=2).stderr == (
+        "forgebuild: Forgefile.toml: [forge] trusted_keys: keys/bob.pub: cannot be read (No such file or directory)\n")
+    a.write("keys/bob.pub", "ssh-rsa AAAAB3NzaC1yc2E bob\n")
+    assert a.run("--remote", f"file://{tmp_path}/shared", expect=2).stderr == (
+        "forgebuild: Forgefile.toml: [forge] trusted_keys: keys/bob.pub: not an ssh-ed25519 public key (expected "
+        "`ssh-ed25519 AAAA...`, as `forgebuild keys` shows)\n")
