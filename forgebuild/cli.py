@@ -150,6 +150,7 @@ class Session:
         except OSError as e:
             raise UsageError(f"cannot read {given}: {e.strerror}") from None
         self.workspace = Workspace(os.path.dirname(path))
+        self._warned: set[str] = set()  # a cache file that cannot be saved is said once
         digest = planlib.forgefile_digest(data + path.encode())
         self.plan = planlib.load_cached(self.workspace.plan_path, digest)
         self._rules = None
@@ -157,7 +158,8 @@ class Session:
             from . import forgefile
 
             self.plan = forgefile.load(path, self.rules)
-            planlib.save(self.plan, self.workspace.plan_path, digest)
+            self._save_cache(report, "plan cache", self.workspace.plan_path,
+                             lambda: planlib.save(self.plan, self.workspace.plan_path, digest))
         cache = self.plan.settings.get("cache")
         from .cache.store import Store
 
@@ -209,7 +211,19 @@ class Session:
         return decide(self.plan, addresses, self.stat_cache, self.store.get_action, self.workspace.last_build, force)
 
     def close(self) -> None:
-        self.stat_cache.save()
+        """Save the stat cache (main calls this just before the summary, and again at the end)."""
+        self._save_cache(self.report, "stat cache", self.stat_cache.path, self.stat_cache.save)
+
+    def _save_cache(self, report, what: str, path: str, save) -> None:
+        """The plan and stat caches only save work: a folder that cannot be written (read-only, full) is one
+        warning, never a failed `status` or no-op build."""
+        try:
+            save()
+        except OSError as e:
+            if report is not None and what not in self._warned:
+                self._warned.add(what)
+                report({"event": "warning", "message": f"cannot save the {what} {self.workspace.display(path)}: "
+                                                       f"[Errno {e.errno}] {e.strerror} (going on without it)"})
 
 
 # ------------------------------------------------------------------ verbs
@@ -477,6 +491,8 @@ def main(argv: list[str] | None = None) -> int:
     session = None
     try:
         session = Session(args, report) if args.verb != "schema" else None
+        if session is not None:  # its warning, if any, before the summary: JSON's last line stays the summary
+            report.before_summary = session.close
         code = COMMANDS[args.verb](args, session, report)
         if args.json and not report.summarised:  # every verb's JSON ends with a summary object
             report({"event": "summary", "ok": code == 0})
@@ -493,9 +509,9 @@ def main(argv: list[str] | None = None) -> int:
         print("forgebuild: interrupted", file=sys.stderr)
         return 130
     finally:
-        report.close()
         if session is not None:
             session.close()
+        report.close()
 
 
 class Summarised:
@@ -503,8 +519,12 @@ class Summarised:
 
     def __init__(self, reporter):
         self.reporter, self.summarised = reporter, False
+        self.before_summary = None
 
     def __call__(self, event: dict) -> None:
+        if event["event"] == "summary" and self.before_summary is not None:
+            self.before_summary, run = None, self.before_summary
+            run()
         self.summarised |= event["event"] == "summary"
         self.reporter(event)
 

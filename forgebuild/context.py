@@ -37,6 +37,13 @@ def _child_setup() -> None:
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:
+        pass  # no process left in it: the usual case
+
+
 def kill_running() -> None:
     with _running_lock:
         for proc in RUNNING:
@@ -98,7 +105,11 @@ def run_logged(argv, log_path: str, cwd: str, env=None, shell=False, timeout=Non
         with _running_lock:
             RUNNING.add(proc)
         try:
-            return proc.wait(timeout=timeout)
+            code = proc.wait(timeout=timeout)
+            # The stage is over when its command exits: what it left running in its process group (a
+            # background `&`) could go on writing into {out}, whose files are about to become blobs.
+            _kill_group(proc.pid)
+            return code
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()

@@ -20,7 +20,6 @@ import heapq
 import json
 import os
 import platform
-import shutil
 import socket
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from dataclasses import dataclass
 from . import __version__
 from .context import MARKER, SAFE_PATH, BuildContext, kill_leftovers, kill_running, marker, run_logged
 from .errors import BadInput, ForgeError, RuleFailed, StoreError
+from .guard import InputGuard
 from .hashing import bytes_digest, file_digest
 from .keys import Decision, action_key, explain, material
 from .plan import Plan, TargetPlan, resolve_sources
@@ -292,36 +292,18 @@ class Executor:
             dep_digests=dep_digests,
             store_root=self.store.root, workspace_dir=self.ws.dir,
         )
-        if target.isolate or self.runner is not None:
-            self._build_in_child(ctx, scratch, target)
-        else:
-            rule = self.load_rules()[target.kind]
-            ctx.params = parse_params(rule, ctx.raw_params)
-            try:
-                rule.build(ctx)
-            except RuleFailed as e:
-                raise RuleFailed(address, e.message, log_tail(log)) from None
-        entry = self._ingest(address, key, out)
-        memos = os.path.join(scratch, "memos.txt")
-        if os.path.exists(memos):
-            entry["memos"] = sorted(set(open(memos, encoding="utf-8").read().split()))
+        guard = InputGuard(self.plan.root, self.ws, self.store, mat)
+        try:
+            self._run_rule(ctx, scratch, target)
+        finally:  # a failed stage's damage is repaired all the same, and named first
+            damage = guard.check()
+            if damage:
+                raise RuleFailed(address, damage, log_tail(log))
         seconds = time.time() - started
-        record = self._record(target, key, mat, entry, started, seconds, log)
-        record["sources_text"] = self._code_texts(mat)
-        metrics = os.path.join(scratch, "metrics.json")
-        if os.path.exists(metrics):
-            with open(metrics, encoding="utf-8") as f:
-                record["metrics"] = json.load(f)
-        verdict = os.path.join(scratch, "verdict.txt")
-        if os.path.exists(verdict):
-            entry["verdict"] = record["verdict"] = open(verdict, encoding="utf-8").read()
-        record_id = self.store.put_record(record)
-        entry["record"] = record_id
-        entry["provenance"] = self._statement(scratch, address, key, mat, entry, record)
-        self.store.put_action(key, entry)  # last: the entry is the commit point of the build
+        entry, record = self._store_build(target, key, mat, scratch, started, seconds, log)
         self._push(address, key, entry)
         self.ws.materialise(address, entry, self.store)
-        self._remember(address, key, entry["digest"], mat, record_id, "built")
+        self._remember(address, key, entry["digest"], mat, entry["record"], "built")
         remove_tree(scratch)
         remove_tree(work)  # checkpoints are only for resuming this key, which is now done
         if "verdict" in entry:
@@ -329,6 +311,56 @@ class Executor:
         built = Result(address, "built", key, entry["digest"], reason, seconds)
         self.report({"event": "built", **built.as_dict(), **({"metrics": record["metrics"]} if "metrics" in record else {})})
         return built
+
+    def _run_rule(self, ctx: BuildContext, scratch: str, target: TargetPlan) -> None:
+        if target.isolate or self.runner is not None:
+            self._build_in_child(ctx, scratch, target)
+            return
+        rule = self.load_rules()[target.kind]
+        ctx.params = parse_params(rule, ctx.raw_params)
+        try:
+            rule.build(ctx)
+        except RuleFailed as e:
+            raise RuleFailed(ctx.target, e.message, log_tail(ctx.log_path)) from None
+
+    def _store_build(self, target: TargetPlan, key, mat, scratch, started, seconds, log) -> tuple[dict, dict]:
+        """Output, log, record, statement, then the action-cache entry: (entry, record). Whatever this build
+        added to the store goes again if a write fails before the entry (a full disk): nothing orphaned."""
+        added: list[str] = []  # new blobs
+        record_id = None
+        try:
+            entry = self._ingest(target.address, key, os.path.join(scratch, "out"), added)
+            memos = os.path.join(scratch, "memos.txt")
+            if os.path.exists(memos):
+                entry["memos"] = sorted(set(open(memos, encoding="utf-8").read().split()))
+            record = self._record(target, key, mat, entry, started, seconds, log, added)
+            record["sources_text"] = self._code_texts(mat)
+            metrics = os.path.join(scratch, "metrics.json")
+            if os.path.exists(metrics):
+                with open(metrics, encoding="utf-8") as f:
+                    record["metrics"] = json.load(f)
+            verdict = os.path.join(scratch, "verdict.txt")
+            if os.path.exists(verdict):
+                entry["verdict"] = record["verdict"] = open(verdict, encoding="utf-8").read()
+            record_id = entry["record"] = self.store.put_record(record)
+            entry["provenance"] = self._statement(scratch, target.address, key, mat, entry, record, added)
+            self.store.put_action(key, entry)  # last: the entry is the commit point of the build
+        except BaseException:
+            self._unstore(added, record_id)
+            raise
+        return entry, record
+
+    def _unstore(self, blobs: list[str], record_id: str | None) -> None:
+        for digest in blobs:
+            try:
+                self.store.remove_blob(digest)
+            except OSError:
+                pass
+        if record_id:
+            try:
+                self.store.remove_record(record_id)
+            except OSError:
+                pass
 
     def _code_texts(self, mat: dict) -> dict:
         """The text of the code a build read (reward functions, scorers, scripts): an audit diff shows
@@ -353,7 +385,8 @@ class Executor:
                 continue
         return texts
 
-    def _statement(self, scratch: str, address: str, key: str, mat: dict, entry: dict, record: dict) -> str:
+    def _statement(self, scratch: str, address: str, key: str, mat: dict, entry: dict, record: dict,
+                   added: list) -> str:
         """The artifact's provenance statement, stored as a blob; its digest."""
         from . import provenance
 
@@ -361,7 +394,8 @@ class Executor:
         with open(path, "wb") as f:
             f.write(provenance.encode(provenance.statement(address, key, mat, entry, record)))
         digest = file_digest(path)
-        self.store.put_file(path, digest)
+        if self.store.put_file(path, digest):
+            added.append(digest)
         return digest
 
     def _context_sources(self, target: TargetPlan, digests: dict[str, str]) -> dict[str, list[dict]]:
@@ -470,17 +504,17 @@ class Executor:
             raise RuleFailed(address, f"dependency {dep} ({digest}) is not in the local cache to hand to the worker")
         self.remote.push(last["key"], entry, self.store)
 
-    def _ingest(self, address: str, key: str, out: str) -> dict:
+    def _ingest(self, address: str, key: str, out: str, added: list) -> dict:
         try:
-            manifest = self.store.ingest_tree(out)
+            manifest = self.store.ingest_tree(out, added)
         except ValueError as e:
             raise RuleFailed(address, f"output {e}") from None
         return {**manifest, "target": address, "key": key}
 
-    def _record(self, target: TargetPlan, key, mat, entry, started, seconds, log) -> dict:
+    def _record(self, target: TargetPlan, key, mat, entry, started, seconds, log, added: list) -> dict:
         log_digest = file_digest(log)
-        shutil.copyfile(log, log + ".blob")
-        self.store.put_file(log + ".blob", log_digest)
+        if self.store.copy_in(log, log_digest):  # staged in the store's tmp/: a full disk leaves no part behind
+            added.append(log_digest)
         return {
             "target": target.address, "key": key, "digest": entry["digest"], "material": mat,
             "runtime": target.runtime, "files": len(entry["files"]),

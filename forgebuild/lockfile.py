@@ -279,12 +279,31 @@ def _report_frozen(args, path: str, problems: list[dict], report, after_build: b
 
 
 def frozen_problems(args, session, decisions, report) -> bool:
-    """`build --frozen`, before building: True when some key differs from the lock (reported)."""
+    """`build --frozen`, before building: True when some key differs from the lock, or a cached output
+    that the build would use is corrupt (reported)."""
     path = lock_path(args, session)
     problems = compare_with_lock(session, decisions, read_lock(path))
     if problems:
         _report_frozen(args, path, problems, report, after_build=False)
-    return bool(problems)
+        return True
+    corrupt = corrupt_outputs(session, decisions, session.stat_cache.digest)  # a blob unchanged since: a stat()
+    if corrupt:
+        _report_corrupt(args, corrupt, report)
+    return bool(corrupt)
+
+
+def _report_corrupt(args, corrupt: list[dict], report) -> None:
+    lines = [f"forgebuild: {c['target']}: {p['path'] + ': ' if p['path'] else ''}{p['message']}"
+             for c in corrupt for p in c["problems"]]
+    targets = [c["target"] for c in corrupt]
+    blobs = [p["blob"] for c in corrupt for p in c["problems"] if p.get("blob")]
+    tail = (f"forgebuild: --frozen: the cached output of {', '.join(targets)} is corrupt; nothing was built "
+            f"(repair: {repair_line(args, targets, blobs)})")
+    print("\n".join(lines + [tail]), file=sys.stderr)
+    if args.json:
+        for c in corrupt:
+            report({"event": "frozen", "problem": "corrupt", **c})
+        report({"event": "summary", "ok": False, "error": tail[len("forgebuild: "):], "frozen": corrupt, "targets": []})
 
 
 def frozen_results(args, session, results, report) -> bool:
@@ -361,34 +380,9 @@ def _verify_cache(args, session, decisions, report) -> int:
         except StoreError as e:
             entry, problems = None, [{"path": None, "problem": "entry", "message": str(e)}]
         if entry is not None:
-            listed = [(f["path"], bool(f.get("x")), f["digest"]) for f in entry["files"]]
-            if tree_digest(listed) != entry["digest"]:
-                problems.append({"path": None, "problem": "manifest",
-                                 "message": f"the manifest's files do not make up output {entry['digest']}"})
-            materialised = ws.is_materialised(address, entry["digest"])
-            for item in entry["files"]:
-                files += 1
-                blob = store.blob_path(item["digest"])
-                if not os.path.exists(blob):
-                    problems.append({"path": item["path"], "problem": "missing", "blob": blob, "digest": item["digest"],
-                                     "message": f"blob {item['digest']} is missing: {display_path(blob)}"})
-                    bad_blobs.append(blob)
-                    continue
-                found = digest_of(blob)
-                if found != item["digest"]:
-                    problems.append({"path": item["path"], "problem": "corrupt", "blob": blob, "digest": item["digest"],
-                                     "found": found, "message": f"blob {item['digest']} now hashes to {found}: "
-                                                                f"{display_path(blob)}"})
-                    bad_blobs.append(blob)
-                    continue
-                copy_path = os.path.join(ws.artifact_dir(entry["digest"]), *item["path"].split("/"))
-                if materialised and os.path.exists(copy_path) and not os.path.samefile(copy_path, blob):
-                    found = digest_of(copy_path)
-                    if found != item["digest"]:
-                        problems.append({"path": item["path"], "problem": "corrupt", "blob": copy_path,
-                                         "digest": item["digest"], "found": found,
-                                         "message": f"the materialised copy of blob {item['digest']} now hashes to "
-                                                    f"{found}: {display_path(copy_path)}"})
+            files += len(entry["files"])
+            problems += entry_problems(store, ws, address, entry, digest_of)
+            bad_blobs += [p["blob"] for p in problems if p.get("blob") == store.blob_path(p.get("digest", ""))]
         digest = entry["digest"] if entry else d.digest
         if problems:
             bad_targets.append(address)
@@ -417,9 +411,7 @@ def _verify_cache(args, session, decisions, report) -> int:
             parts.append(f"{len(unbuilt)} not built ({', '.join(unbuilt)})")
         final = "verify: " + "; ".join(parts)
         if bad_targets:
-            blobs = " ".join(display_path(b) for b in dict.fromkeys(bad_blobs))
-            final += f"\nrepair: {_prefix(args)} clean && {'rm -f ' + blobs + ' && ' if blobs else ''}" \
-                     f"{_prefix(args)} -B {' '.join(bad_targets)}"
+            final += f"\nrepair: {repair_line(args, bad_targets, bad_blobs)}"
         if unbuilt:
             final += f"\nbuild: {_prefix(args)} {' '.join(unbuilt)}"
     if args.json:
@@ -429,6 +421,58 @@ def _verify_cache(args, session, decisions, report) -> int:
     elif not (args.quiet and ok):
         print(final)
     return 0 if ok else 1
+
+
+def entry_problems(store, ws, address: str, entry: dict, digest_of) -> list[dict]:
+    """What no longer holds of a cache entry: its manifest makes up its digest, every blob is present and
+    hashes to its name, and every materialised file that is not a hardlink of its blob does too.
+    `digest_of(path)`: file_digest, or a stat cache's digest (a file unchanged since it hashed it is
+    only stat()ed)."""
+    problems = []
+    listed = [(f["path"], bool(f.get("x")), f["digest"]) for f in entry["files"]]
+    if tree_digest(listed) != entry["digest"]:
+        problems.append({"path": None, "problem": "manifest",
+                         "message": f"the manifest's files do not make up output {entry['digest']}"})
+    materialised = ws.is_materialised(address, entry["digest"])
+    for item in entry["files"]:
+        blob = store.blob_path(item["digest"])
+        if not os.path.exists(blob):
+            problems.append({"path": item["path"], "problem": "missing", "blob": blob, "digest": item["digest"],
+                             "message": f"blob {item['digest']} is missing: {display_path(blob)}"})
+            continue
+        found = digest_of(blob)
+        if found != item["digest"]:
+            problems.append({"path": item["path"], "problem": "corrupt", "blob": blob, "digest": item["digest"],
+                             "found": found, "message": f"blob {item['digest']} now hashes to {found}: "
+                                                        f"{display_path(blob)}"})
+            continue
+        copy_path = os.path.join(ws.artifact_dir(entry["digest"]), *item["path"].split("/"))
+        if materialised and os.path.exists(copy_path) and not os.path.samefile(copy_path, blob):
+            found = digest_of(copy_path)
+            if found != item["digest"]:
+                problems.append({"path": item["path"], "problem": "corrupt", "blob": copy_path,
+                                 "digest": item["digest"], "found": found,
+                                 "message": f"the materialised copy of blob {item['digest']} now hashes to "
+                                            f"{found}: {display_path(copy_path)}"})
+    return problems
+
+
+def corrupt_outputs(session, decisions, digest_of) -> list[dict]:
+    """Fresh targets whose stored files no longer hash to their digests (`--frozen` and
+    `verify --rebuild` trust no cached byte they have not checked)."""
+    found = []
+    for address, d in decisions.items():
+        entry = session.store.get_action(d.key, address) if d.state == "fresh" else None
+        problems = entry_problems(session.store, session.workspace, address, entry, digest_of) if entry else []
+        if problems:
+            found.append({"target": address, "digest": entry["digest"], "problems": problems})
+    return found
+
+
+def repair_line(args, bad_targets: list[str], bad_blobs: list[str]) -> str:
+    blobs = " ".join(display_path(b) for b in dict.fromkeys(bad_blobs))
+    return f"{_prefix(args)} clean && {'rm -f ' + blobs + ' && ' if blobs else ''}" \
+           f"{_prefix(args)} -B {' '.join(bad_targets)}"
 
 
 def _sandboxed(plan, scratch: str):
@@ -489,6 +533,11 @@ def _verify_rebuild(args, session, decisions, report) -> int:
             outcomes.append(outcome)
     finally:
         remove_tree(scratch)
+    for c in corrupt_outputs(session, {o["target"]: decisions[o["target"]] for o in outcomes if o["match"]},
+                             file_digest):
+        # the rebuild matches the digests the cache names, but the stored bytes are no longer those
+        o = next(o for o in outcomes if o["target"] == c["target"])
+        o.update(match=False, corrupt=c["problems"])
     seconds = time.time() - started
     width = max((len(a) for a in decisions), default=0)
     for o in outcomes:
@@ -498,14 +547,17 @@ def _verify_rebuild(args, session, decisions, report) -> int:
             for line in outcome_lines(o, width):
                 _say(args, line)
     same = [o["target"] for o in outcomes if o["match"]]
-    differ = [o["target"] for o in outcomes if not o["match"] and "error" not in o]
+    differ = [o["target"] for o in outcomes if not o["match"] and "error" not in o and "corrupt" not in o]
     failed = [o["target"] for o in outcomes if "error" in o]
+    corrupt = [o["target"] for o in outcomes if "corrupt" in o]
     ok = len(same) == len(outcomes)
     n = len(outcomes)
     if ok:
         final = f"verified: {n} target{'s' if n != 1 else ''} rebuilt bit for bit ({seconds:.2f}s)"
     else:
         parts = []
+        if corrupt:
+            parts.append(f"{len(corrupt)} of {n} targets have corrupt cache entries ({', '.join(corrupt)})")
         if differ:
             parts.append(f"{len(differ)} of {n} targets differ after rebuilding without caches ({', '.join(differ)})")
         if failed:
@@ -528,6 +580,9 @@ def outcome_lines(o: dict, width: int = 0) -> list[str]:
         return [f"{'same':<8}{address:<{width}}  {o['digest'][:12]}"]
     if "error" in o:
         return [f"{'FAILED':<8}{address:<{width}}  not verified: {o['error']}"]
+    if "corrupt" in o:
+        return [f"{'CORRUPT':<8}{address:<{width}}  output {o['digest']}",
+                *(f"  {p['path'] + ': ' if p['path'] else ''}{p['message']}" for p in o["corrupt"])]
     head = f"{'DIFFERS':<8}{address:<{width}}  {o['digest'][:12]} -> {o['rebuilt_digest'][:12]}"
     if o.get("inputs_differed"):
         head += f"  (its input {', '.join(o['inputs_differed'])} differed too)"

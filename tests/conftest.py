@@ -10,6 +10,8 @@ import textwrap
 import pytest
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+RAN_IN: list[str] = []  # project folders forgebuild ran in during the current test (checked at its teardown)
+DAMAGED: set[str] = set()  # folders a `corrupts_cache` test damaged on purpose: never checked again
 
 
 class Project:
@@ -35,6 +37,7 @@ class Project:
             return f.read()
 
     def run(self, *args, expect: int | None = 0, env=None, timeout=120) -> subprocess.CompletedProcess:
+        RAN_IN.append(self.root)
         proc = subprocess.run([sys.executable, "-m", "forgebuild", *args], cwd=self.root, capture_output=True,
                               text=True, env={**ENV, **(env or {})}, timeout=timeout)
         if expect is not None:
@@ -65,6 +68,28 @@ class Project:
 @pytest.fixture
 def project(tmp_path):
     return Project(str(tmp_path))
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "corrupts_cache: the test damages a workspace's store on purpose; the "
+                                       "store check at its teardown is skipped")
+
+
+@pytest.fixture(autouse=True)
+def store_stays_sound(request):
+    """After every test, every store it built in is checked as `forgebuild verify` would (in-process, ~1 ms
+    per MB): a build that changed a stored byte fails the test that ran it."""
+    start = len(RAN_IN)
+    yield
+    roots = [r for r in dict.fromkeys(RAN_IN[start:]) if r not in DAMAGED]
+    del RAN_IN[start:]
+    if request.node.get_closest_marker("corrupts_cache"):
+        DAMAGED.update(roots)
+        return
+    import tinylab
+
+    problems = [line for root in roots for line in tinylab.store_problems(os.path.join(root, ".forge"))]
+    assert not problems, "a build changed the store:\n" + "\n".join(problems)
 
 
 @pytest.fixture(scope="session")

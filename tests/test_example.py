@@ -38,6 +38,9 @@ def test_example_forgefile_builds_and_is_then_up_to_date(tmp_path):
     assert report["passed"] and set(report["results"]) == {"model:sft-v1", "model:dpo-v2", "model:rl-v3"}
     assert AutoModelForCausalLM.from_pretrained(os.path.join(project.root, "dist/rl-v3")) is not None
     assert "## Lineage" in project.read("dist/rl-v3/README.md")
+    # the release wrote its model card over the model's README.md: the model's stored one is untouched
+    verified = project.run("-f", "Forgefile.example.toml", "verify").stdout.splitlines()
+    assert verified[-1].startswith("verified: 16 targets, ") and not [line for line in verified if "CORRUPT" in line]
     # editing the reward code retrains the last stage only (and what reads it)
     # a second workspace with an empty cache and the same files: everything comes from the shared
     # cache, and not one training step runs

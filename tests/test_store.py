@@ -5,6 +5,7 @@ import glob
 import json
 import os
 
+import pytest
 
 from forgebuild.hashing import StatCache, file_digest, tree_digest
 
@@ -57,6 +58,7 @@ def test_corrupt_action_entry_is_an_error_naming_it(project):
     assert project.build() == {"run:big": "cached"}
 
 
+@pytest.mark.corrupts_cache
 def test_manifest_escaping_the_artifact_is_rejected(project):
     project.forgefile(ONE)
     project.run()

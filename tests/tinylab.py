@@ -96,3 +96,32 @@ format = "prompts"
 def imported_base(path: str) -> str:
     """Forgefile text that makes the session's tiny base model `model:base` in another project."""
     return f'\n[model.base]\nrecipe = "import"\npath = "{path}"\n'
+
+
+def store_problems(store_dir: str) -> list[str]:
+    """What `forgebuild verify` would call corrupt in a local store, without a process: every blob hashes to its
+    name, every cache entry's blobs exist, and every materialised file that is not a hardlink of its blob
+    holds the blob's bytes."""
+    from forgebuild.hashing import file_digest
+
+    problems = []
+    for blob in glob.glob(os.path.join(store_dir, "cas", "*", "*")):
+        name = os.path.basename(blob)
+        if file_digest(blob) != name:
+            problems.append(f"{blob}: does not hash to its name")
+    for path in glob.glob(os.path.join(store_dir, "ac", "*", "*.json")):
+        try:
+            with open(path, encoding="utf-8") as f:
+                entry = json.load(f)
+        except ValueError:
+            problems.append(f"{path}: not JSON")
+            continue
+        folder = os.path.join(store_dir, "artifacts", entry["digest"])
+        for item in entry["files"]:
+            blob = os.path.join(store_dir, "cas", item["digest"][:2], item["digest"])
+            copy = os.path.join(folder, *item["path"].split("/"))
+            if not os.path.exists(blob):
+                problems.append(f"{path}: blob of {item['path']} is missing")
+            elif os.path.exists(copy) and not os.path.samefile(copy, blob) and file_digest(copy) != item["digest"]:
+                problems.append(f"{copy}: the materialised copy differs from its blob")
+    return problems

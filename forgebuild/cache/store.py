@@ -133,47 +133,65 @@ class Store:
         self.fs.makedirs(final.rsplit("/", 1)[0], exist_ok=True)
         self.fs.mv(tmp, final)
 
-    def _write_json(self, final: str, obj) -> None:
-        if self.atomic_put:
-            self.fs.pipe_file(final, json.dumps(obj, sort_keys=True, indent=1).encode())
-            return
+    def _staged(self, write) -> str:
+        """A temporary name under tmp/ that `write(tmp)` fills. A write that fails (a full disk) takes its
+        partial file with it: a failed build leaves nothing in the store."""
         tmp = self._tmp()
         self.fs.makedirs(tmp.rsplit("/", 1)[0], exist_ok=True)
-        self.fs.pipe_file(tmp, json.dumps(obj, sort_keys=True, indent=1).encode())
-        self._publish(tmp, final)
+        try:
+            write(tmp)
+        except BaseException:
+            try:
+                self.fs.rm_file(tmp)
+            except OSError:
+                pass  # never created
+            raise
+        return tmp
+
+    def _write_json(self, final: str, obj) -> None:
+        data = json.dumps(obj, sort_keys=True, indent=1).encode()
+        if self.atomic_put:
+            self.fs.pipe_file(final, data)
+            return
+        self._publish(self._staged(lambda tmp: self.fs.pipe_file(tmp, data)), final)
 
     def has_blob(self, digest: str) -> bool:
         return self.fs.exists(self.blob_path(digest))
 
-    def put_file(self, path: str, digest: str) -> None:
-        """Move a local file into the store under its digest (a no-op if the blob exists)."""
+    def put_file(self, path: str, digest: str) -> bool:
+        """Move a local file into the store under its digest; False (a no-op) if the blob exists."""
         final = self.blob_path(digest)
         if self.has_blob(digest):
-            return
-        tmp = self._tmp()
-        self.fs.makedirs(tmp.rsplit("/", 1)[0], exist_ok=True)
-        if self.local:
-            self.fs.mv(path, tmp)  # a rename on the same filesystem: a 200 MB output is not copied
-            os.chmod(tmp, 0o444)
-        else:
-            self.fs.put_file(path, tmp)
-        self._publish(tmp, final)
+            return False
 
-    def copy_in(self, path: str, digest: str, check: bool = True) -> None:
+        def write(tmp: str) -> None:
+            if self.local:
+                self.fs.mv(path, tmp)  # a rename on the same filesystem: a 200 MB output is not copied
+                os.chmod(tmp, 0o444)
+            else:
+                self.fs.put_file(path, tmp)
+
+        self._publish(self._staged(write), final)
+        return True
+
+    def copy_in(self, path: str, digest: str, check: bool = True) -> bool:
         """Copy a file (a blob of another store) in under its digest; the source stays where it is.
-        `check=False` when the caller already knows the blob is missing (one request less)."""
+        `check=False` when the caller already knows the blob is missing (one request less).
+        False when the blob was there already."""
         if check and self.has_blob(digest):
-            return
+            return False
         final = self.blob_path(digest)
         if self.atomic_put:
             self.fs.put_file(path, final)
-            return
-        tmp = self._tmp()
-        self.fs.makedirs(tmp.rsplit("/", 1)[0], exist_ok=True)
-        self.fs.put_file(path, tmp)
-        if self.local:
-            os.chmod(tmp, 0o444)
-        self._publish(tmp, final)
+            return True
+
+        def write(tmp: str) -> None:
+            self.fs.put_file(path, tmp)
+            if self.local:
+                os.chmod(tmp, 0o444)
+
+        self._publish(self._staged(write), final)
+        return True
 
     def put_record_as(self, record: dict) -> None:
         """A record under its own id (one fetched from, or pushed to, another store)."""
@@ -181,8 +199,9 @@ class Store:
             raise StoreError(f"build record id {str(record.get('id'))[:80]!r} is not a record id: refused")
         self._write_json(self._path("records", f"{record['id']}.json"), record)
 
-    def ingest_tree(self, folder: str) -> dict:
+    def ingest_tree(self, folder: str, added: list | None = None) -> dict:
         """Move every file below a folder into the store; return {"digest", "files"} (the manifest).
+        `added` collects the digests of the blobs that were new (to remove if the build fails later).
 
         Raises ValueError when the folder holds a link that leaves it.
         """
@@ -193,7 +212,8 @@ class Store:
                 resolved = full + ".forge-deref"
                 shutil.copyfile(full, resolved)
                 full = resolved
-            self.put_file(full, digest)
+            if self.put_file(full, digest) and added is not None:
+                added.append(digest)
             files.append({"path": rel, "digest": digest, "size": st.st_size, "x": is_executable(st.st_mode)})
         return {"digest": tree_digest((f["path"], f["x"], f["digest"]) for f in files), "files": files}
 
@@ -248,6 +268,9 @@ class Store:
 
     def remove_action(self, key: str) -> None:
         self.fs.rm_file(self.action_path(key))
+
+    def remove_record(self, record_id: str) -> None:
+        self.fs.rm_file(self._path("records", f"{record_id}.json"))
 
     def remove_blob(self, digest: str) -> int:
         path = self.blob_path(digest)
