@@ -7,9 +7,11 @@ rule changed.
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
+import typing
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -142,7 +144,7 @@ class KeyLocator:
 
 _EXPECTED = {
     "string_type": "a string", "int_type": "an integer", "int_parsing": "an integer",
-    "int_from_float": "an integer", "float_type": "a number", "float_parsing": "a number",
+    "int_from_float": "an integer", "int_parsing_size": "an integer between -2^63 and 2^63-1", "float_type": "a number", "float_parsing": "a number",
     "bool_type": "true or false", "bool_parsing": "true or false", "list_type": "an array",
     "dict_type": "a table", "model_type": "a table", "model_attributes_type": "a table",
 }
@@ -205,6 +207,38 @@ def _model_at(model: type[BaseModel], path: list):
     return model
 
 
+def _elsewhere(model: type[BaseModel], name: str) -> str:
+    """Where an unknown key does belong: `merge` -> `lora.merge` in the same table, or
+    `seq_len` in a model's `train` -> a key of tokens targets. Only on the error path."""
+    inside = _paths_of(model, name)
+    if inside:
+        return f" (did you mean '{key_text(inside[0])}'?)"
+    from .rules import load_rules, params_class
+
+    kinds = []
+    for kind, rule in sorted(load_rules().items()):
+        recipes = getattr(rule, "RECIPES", None)  # the model rule: one Params per recipe
+        if recipes:
+            names = [r for r in recipes if name in params_class(rule, {"recipe": r}).model_fields]
+            kinds += [f"{kind} (recipe {', '.join(names)})"] if names else []
+        elif name in getattr(rule, "Params").model_fields:
+            kinds.append(kind)
+    return f"; '{name}' is a key of {' and '.join(kinds)} targets" if kinds else ""
+
+
+def _paths_of(model: type[BaseModel], name: str, prefix: tuple = ()) -> list[tuple]:
+    """Every key path in `model`, and the tables nested in it, that ends in `name`."""
+    found = []
+    for field_name, field in model.model_fields.items():
+        path = (*prefix, field_name)
+        if field_name == name:
+            found.append(path)
+        for inner in typing.get_args(field.annotation) or (field.annotation,):  # `Lora | None` too
+            if isinstance(inner, type) and issubclass(inner, BaseModel) and len(prefix) < 4:  # a model may nest itself
+                found += _paths_of(inner, name, path)
+    return found
+
+
 def _value_at(raw, path: list):
     for part in path:
         raw = raw[part]
@@ -222,7 +256,7 @@ def validation_problems(exc: ValidationError, model, raw: dict, where) -> list[P
             owner = _model_at(model, path[:-1])
             hint = did_you_mean(str(path[-1]), owner.model_fields) if owner else ""
             if owner and not hint:
-                hint = f"; valid keys: {', '.join(owner.model_fields)}"
+                hint = _elsewhere(model, str(path[-1])) or f"; valid keys: {', '.join(owner.model_fields)}"
             problems.append(where(path, f"unknown key{hint}"))
         elif kind == "missing":
             path = _key_path(loc, raw, keep_last=True)
@@ -233,18 +267,24 @@ def validation_problems(exc: ValidationError, model, raw: dict, where) -> list[P
             if kind == "literal_error":
                 problems.append(where(list(path), _one_of(err, _value_at(raw, list(path)))))
                 continue
+            if kind in ("too_short", "string_too_short"):  # `cmd = []`, `cmd = ""`: a shape, said as one
+                text = "a non-empty " + ("string" if kind == "string_too_short" else "array")
             if kind in _BOUNDS:
                 op, name = _BOUNDS[kind]
                 limit = err["ctx"][name]
                 integral = isinstance(limit, int) and isinstance(_value_at(raw, list(path)), int)
-                text = f"{'an integer' if integral else 'a number'} {op} {limit:g}"
+                text = f"{'an integer' if integral else 'a number'} {op} {limit if isinstance(limit, int) else f'{limit:g}'}"
             if text is None:
                 message = err["msg"]
                 text = message[0].lower() + message[1:]
             expected.setdefault(path, [])
             if text not in expected[path]:
                 expected[path].append(text)
+    type_texts = set(_EXPECTED.values())
     for path, texts in expected.items():
+        inner = any(len(q) > len(path) and q[: len(path)] == path for q in expected)
+        if inner and set(texts) <= type_texts:
+            continue  # `cmd = [""]`: the array alternative has the error inside; "expected a string" is noise
         got = _describe(_value_at(raw, list(path)))
         plain = [t for t in texts if t.startswith(("a ", "an ", "true"))]
         other = [t for t in texts if t not in plain]
@@ -277,6 +317,9 @@ def read_toml(path: str) -> tuple[str, dict]:
         raise ForgefileError([Problem(name, line, f"not UTF-8 (byte {e.start})")]) from None
     try:
         return text, tomllib.loads(text)
+    except RecursionError:  # tomllib recurses once per level: ~330 nested arrays exhaust Python's stack
+        line = _nesting_line(text, NESTING)
+        raise ForgefileError([Problem(name, line, f"invalid TOML: arrays or tables nested more than {NESTING} deep")]) from None
     except tomllib.TOMLDecodeError as e:
         message = str(e)
         m = re.search(r"\(at line (\d+), column (\d+)\)$", message)
@@ -288,6 +331,37 @@ def read_toml(path: str) -> tuple[str, dict]:
         m = re.search(r"\(at end of document\)$", message)
         line = text.count("\n") + 1
         raise ForgefileError([Problem(name, line, f"invalid TOML: {message[: m.start()].rstrip() if m else message}")]) from None
+
+
+NESTING = 100  # no Forgefile needs more; tomllib itself fails at ~330 levels with a RecursionError
+
+
+def _nesting_line(text: str, limit: int) -> int:
+    """The line where brackets and braces (outside strings and comments) first nest deeper than `limit`."""
+    depth, line, i, quote = 0, 1, 0, None
+    while i < len(text):
+        char = text[i]
+        if char == "\n":
+            line += 1
+        if quote:
+            if text.startswith(quote, i):
+                i, quote = i + len(quote), None
+                continue
+            i += 2 if char == "\\" and quote[0] == '"' else 1
+            continue
+        if char == "#":
+            end = text.find("\n", i)
+            i = len(text) if end < 0 else end
+            continue
+        if char in "\"'":
+            quote = text[i:i + 3] if text.startswith(char * 3, i) else char
+            i += len(quote)
+            continue
+        depth += (char in "[{") - (char in "]}")
+        if depth > limit:
+            return line
+        i += 1
+    return line
 
 
 def _toml_message(message: str, text: str) -> str:
@@ -323,6 +397,8 @@ def load(path: str, rules=None) -> Plan:
     forge_raw = data.get("forge", {})
     if not isinstance(forge_raw, dict):
         problems.append(problem_at(("forge",), "[forge] must be a table"))
+    elif unusable := value_problems(forge_raw, [], lambda p, msg: problem_at(("forge", *p), msg, "[forge]", key_text(p))):
+        problems += unusable
     else:
         try:
             settings = ForgeSettings.model_validate(forge_raw)
@@ -383,6 +459,27 @@ def load(path: str, rules=None) -> Plan:
     return result
 
 
+INT64 = (-(2**63), 2**63 - 1)  # TOML's integers are 64-bit; tomllib reads bigger ones anyway
+
+
+def value_problems(value, path: list, where) -> list[Problem]:
+    """Values no rule can use, whatever its schema: inf and nan, integers beyond TOML's 64 bits,
+    strings holding NUL (no path, argument or environment variable can). Checked in every table
+    (plugin rules' too) before pydantic, so a stage never meets them at build time."""
+    if isinstance(value, dict):
+        named = [where(path, "a key cannot hold a NUL character (\\u0000)") for k in value if "\0" in k]
+        return named + [p for k, v in value.items() for p in value_problems(v, [*path, k], where)]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in value_problems(v, [*path, i], where)]
+    if isinstance(value, float) and not math.isfinite(value):
+        return [where(path, f"expected a finite number, got float {value}")]
+    if isinstance(value, int) and not isinstance(value, bool) and not INT64[0] <= value <= INT64[1]:
+        return [where(path, "integer out of range: TOML integers are 64-bit (-2^63 to 2^63-1)")]
+    if isinstance(value, str) and "\0" in value:
+        return [where(path, "a string cannot hold a NUL character (\\u0000)")]
+    return []
+
+
 def _validate_target(rule, kind, target_name, body, problem_at, locate):
     from .rules import params_class, rule_version, split_params
 
@@ -390,6 +487,10 @@ def _validate_target(rule, kind, target_name, body, problem_at, locate):
 
     def where(path, message):
         return problem_at((kind, target_name, *path), message, address, key_text(path) or None)
+
+    unusable = value_problems(body, [], where)
+    if unusable:
+        return None, unusable, None
 
     resources = body.get("resources")
     body = {k: v for k, v in body.items() if k != "resources"}  # every kind takes it: not a rule's param
@@ -433,13 +534,16 @@ def _checked(found, where) -> list[Problem]:
 
 def _dependency_problems(targets, validated) -> list[Problem]:
     """A rule's own checks against what it reads (an sft model given a preference dataset)."""
+    # each dependency also carries its own ("deps"), so a check can follow a chain: an eval's
+    # perplexity corpus that is a mix of corpora without holdouts
+    info = {a: {"kind": targets[a].kind, "params": validated[a][1]} for a in validated}
+    for address, found in info.items():
+        found["deps"] = {d: info[d] for d in targets[address].deps if d in info}
     problems = []
     for address, (rule, params, where) in validated.items():
         check_deps = getattr(rule, "check_deps", None)
-        if check_deps is None:
-            continue
-        deps = {d: (validated[d][1], targets[d].kind) for d in targets[address].deps if d in validated}
-        problems += _checked(check_deps(params, {d: {"kind": k, "params": p} for d, (p, k) in deps.items()}), where)
+        if check_deps is not None:
+            problems += _checked(check_deps(params, info[address]["deps"]), where)
     return problems
 
 

@@ -43,12 +43,15 @@ def topological_order(targets) -> list[str]:
     """Dependencies first, ties broken by address (Kahn's algorithm with a heap).
 
     Plain Python rather than networkx: this runs whenever the Forgefile changed,
-    and importing networkx alone costs ~100 ms here.
+    and importing networkx alone costs ~100 ms here. Only edges between the given
+    targets count: the planner orders the valid part of a Forgefile that also has
+    invalid targets (b reads a, a reads a missing target), to report every cycle.
     """
-    waiting = {a: len(t.deps) for a, t in targets.items()}
+    within = {a: [d for d in t.deps if d in targets] for a, t in targets.items()}
+    waiting = {a: len(deps) for a, deps in within.items()}
     readers: dict[str, list[str]] = {a: [] for a in targets}
-    for address, target in targets.items():
-        for dep in target.deps:
+    for address, deps in within.items():
+        for dep in deps:
             readers[dep].append(address)
     ready = [a for a, n in waiting.items() if n == 0]
     heapq.heapify(ready)

@@ -123,16 +123,18 @@ class StatCache:
         self.dirty = False
 
 
-def walk_files(root: str):
+def walk_files(root: str, skip=()):
     """Yield (relative posix path, absolute path, stat) for every file below root, sorted.
 
     Symbolic links are followed only when they point inside root; a link that
-    leaves the tree raises ValueError, since its content is not ours to hash.
+    leaves the tree, points nowhere or loops raises ValueError, since there is
+    no content of ours to hash. Folders in `skip` (absolute paths: the
+    workspace, when the project folder itself is an input) are left out.
     """
     root = os.path.abspath(root)
     real_root = os.path.realpath(root)
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
+        dirnames[:] = sorted(d for d in dirnames if os.path.join(dirpath, d) not in skip)
         for name in sorted(filenames):
             full = os.path.join(dirpath, name)
             rel = os.path.relpath(full, root).replace(os.sep, "/")
@@ -140,6 +142,10 @@ def walk_files(root: str):
                 real = os.path.realpath(full)
                 if not (real == real_root or real.startswith(real_root + os.sep)):
                     raise ValueError(f"{rel} is a link to {os.readlink(full)}, outside the folder")
-            st = os.stat(full)
+            try:
+                st = os.stat(full)
+            except OSError as e:  # a dangling link (ENOENT), a loop of links (ELOOP), a file just removed
+                what = f"is a link to {os.readlink(full)}, which cannot" if os.path.islink(full) else "cannot"
+                raise ValueError(f"{rel} {what} be read ({e.strerror})") from None
             if stat.S_ISREG(st.st_mode):
                 yield rel, full, st

@@ -119,14 +119,17 @@ def resolve_sources(plan: Plan, target: TargetPlan, spec: InputSpec) -> list[tup
         if os.path.isdir(full):
             from .hashing import walk_files
 
-            return [(f"<{spec.key}>/{rel}", path) for rel, path, _ in walk_files(full)]
+            try:
+                return [(f"<{spec.key}>/{rel}", path) for rel, path, _ in walk_files(full)]
+            except ValueError as e:
+                raise problem(str(e)) from None
         if not os.path.isfile(full):
             raise problem(f"no such file or folder '{spec.spec}'")
         return [(f"<{spec.key}>", full)]
     if spec.kind == "glob":
         matches = sorted(
             m for m in globlib.glob(spec.spec, root_dir=root, recursive=True)
-            if os.path.isfile(os.path.join(root, m)) and not m.startswith(".forge" + os.sep)
+            if os.path.isfile(os.path.join(root, m)) and not any(m.startswith(w + os.sep) for w in workspace_dirs(plan))
         )
         if not matches:
             raise problem(f"no file matches '{spec.spec}'")
@@ -137,12 +140,20 @@ def resolve_sources(plan: Plan, target: TargetPlan, spec: InputSpec) -> list[tup
 
         try:
             rel_prefix = os.path.normpath(spec.spec).replace(os.sep, "/")
-            return [(f"{rel_prefix}/{rel}", path) for rel, path, _ in walk_files(full)]
+            skip = {os.path.join(root, w) for w in workspace_dirs(plan)}  # `inputs = { all = "." }`
+            return [(f"{rel_prefix}/{rel}", path) for rel, path, _ in walk_files(full, skip)]
         except ValueError as e:
             raise problem(str(e)) from None
     if not os.path.isfile(full):
         raise problem(f"no such file '{spec.spec}'{_nearby(root, spec.spec)}")
     return [(os.path.normpath(spec.spec).replace(os.sep, "/"), full)]
+
+
+def workspace_dirs(plan: Plan) -> list[str]:
+    """forgebuild's own folders, relative to the project: never a stage's input. Hashing them
+    made a target reading "." stale after every build (its own build wrote there)."""
+    cache = os.path.normpath(plan.settings.get("cache") or ".forge")
+    return [".forge"] + ([cache] if cache != ".forge" and not outside_root(cache) else [])
 
 
 def _nearby(root: str, spec: str) -> str:

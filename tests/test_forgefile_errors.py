@@ -540,3 +540,190 @@ def test_misspelt_placeholders_are_caught_but_shell_braces_are_not(tmp_path):
         Forgefile.toml:2: error: run:prepare: key 'cmd': unknown placeholder {param.seed} (did you mean '{params.seed}'?)
         Forgefile.toml:5: error: run:prepare: key 'outputs[0]': '../x' must be a path inside {out}
     """)
+
+
+# ------------------------------------------------------------------ input that used to reach a traceback (issue 11)
+
+def test_an_invalid_target_two_levels_below_its_readers_is_one_error(tmp_path):
+    # was KeyError in graph.topological_order: c reads b reads a, and a reads a missing target
+    proc = forge(tmp_path, """\
+        [run.a]
+        cmd = "true"
+        inputs = { x = "run:nope" }
+
+        [run.b]
+        cmd = "true"
+        inputs = { x = "run:a" }
+
+        [run.c]
+        cmd = "true"
+        inputs = { x = "run:b" }
+    """)
+    check_errors(proc, """
+        Forgefile.toml:3: error: run:a: key 'inputs.x': no target 'run:nope'
+    """)
+
+
+def test_arrays_and_tables_nested_a_thousand_deep(tmp_path):
+    # was RecursionError inside tomllib
+    deep = "[" * 1000 + "]" * 1000
+    proc = forge(tmp_path, f'[run.a]\ncmd = "true"\nparams = {{ x = 1 }}\nx = {deep}\n')
+    check_errors(proc, "Forgefile.toml:4: error: invalid TOML: arrays or tables nested more than 100 deep")
+    proc = forge(tmp_path, '[run.a]\ncmd = "true"\n# [[[[ in a comment, "[[[[" in a string\nx = "[{"\n'
+                           + "y = " + "{ a = " * 1000 + "1" + " }" * 1000 + "\n")
+    check_errors(proc, "Forgefile.toml:5: error: invalid TOML: arrays or tables nested more than 100 deep")
+
+
+def test_a_recipe_that_is_not_a_string(tmp_path):
+    # was TypeError: unhashable type: 'list'
+    proc = forge(tmp_path, """\
+        [model.m]
+        recipe = ["sft"]
+    """)
+    check_errors(proc, """
+        Forgefile.toml:2: error: model:m: key 'recipe': expected one of import, pretrain, continue, sft, dpo, online-dpo, reward, grpo, got array
+    """)
+
+
+def test_empty_commands_and_input_lists_fail_at_planning(tmp_path):
+    # `cmd = ""` built an empty artifact; `cmd = []` and `inputs = { x = [] }` failed inside build()
+    proc = forge(tmp_path, """\
+        [run.a]
+        cmd = []
+
+        [run.b]
+        cmd = ""
+
+        [run.c]
+        cmd = "  "
+
+        [run.d]
+        cmd = ["", "x"]
+
+        [run.e]
+        cmd = "true"
+        inputs = { x = [], y = [""] }
+    """)
+    check_errors(proc, """
+        Forgefile.toml:2: error: run:a: key 'cmd': expected a string or a non-empty array, got array
+        Forgefile.toml:5: error: run:b: key 'cmd': expected a non-empty string or an array, got string ""
+        Forgefile.toml:8: error: run:c: key 'cmd': expected a command, got a blank string
+        Forgefile.toml:11: error: run:d: key 'cmd[0]': expected a non-empty string, got string ""
+        Forgefile.toml:15: error: run:e: key 'inputs.x': expected a string or a non-empty array, got array
+        Forgefile.toml:15: error: run:e: key 'inputs.y[0]': expected a non-empty string, got string ""
+    """)
+
+
+def test_environment_names_with_equals_or_nul_fail_at_planning(tmp_path):
+    # were ValueError("illegal environment variable name") while building
+    proc = forge(tmp_path, r"""
+        [run.a]
+        cmd = "true"
+        env = { "A=B" = "1", "" = "2" }
+        pass_env = ["HOME", "C=D"]
+
+        [run.b]
+        cmd = "true"
+        env = { "X\u0000" = "1", Y = "a\u0000b" }
+    """)
+    check_errors(proc, """
+        Forgefile.toml:4: error: run:a: key 'env.': '' is not an environment variable name (empty, or holds '=')
+        Forgefile.toml:4: error: run:a: key 'env.A=B': 'A=B' is not an environment variable name (empty, or holds '=')
+        Forgefile.toml:5: error: run:a: key 'pass_env[1]': 'C=D' is not an environment variable name (empty, or holds '=')
+        Forgefile.toml:9: error: run:b: key 'env': a key cannot hold a NUL character (\\u0000)
+        Forgefile.toml:9: error: run:b: key 'env.Y': a string cannot hold a NUL character (\\u0000)
+    """)
+
+
+def test_numbers_no_stage_can_use_fail_at_planning(tmp_path):
+    # beta = inf and vocab_size = 1e29 reached the trainer and the tokenizer library; 2**64 is beyond TOML
+    proc = forge(tmp_path, f"""\
+        [model.m]
+        recipe = "dpo"
+        base = "model:b"
+        data = "dataset:d"
+        beta = inf
+        train = {{ batch_size = {2**64}, lr = nan }}
+
+        [tokenizer.t]
+        corpus = "corpus:c"
+        vocab_size = 1e29
+
+        [tokenizer.u]
+        corpus = "corpus:c"
+        vocab_size = 1e10
+
+        [run.r]
+        cmd = "true"
+        params = {{ x = -inf }}
+    """)
+    check_errors(proc, """
+        Forgefile.toml:5: error: model:m: key 'beta': expected a finite number, got float inf
+        Forgefile.toml:6: error: model:m: key 'train.batch_size': integer out of range: TOML integers are 64-bit (-2^63 to 2^63-1)
+        Forgefile.toml:6: error: model:m: key 'train.lr': expected a finite number, got float nan
+        Forgefile.toml:10: error: tokenizer:t: key 'vocab_size': expected an integer between -2^63 and 2^63-1, got float 1e+29
+        Forgefile.toml:14: error: tokenizer:u: key 'vocab_size': expected a number <= 16777216, got float 10000000000.0
+        Forgefile.toml:18: error: run:r: key 'params.x': expected a finite number, got float -inf
+    """)
+
+
+def test_dangling_and_looping_links_in_a_folder_input(tmp_path):
+    # were FileNotFoundError / OSError(ELOOP) from os.stat while hashing the folder
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d/a.txt").write_text("a")
+    os.symlink("nowhere", tmp_path / "d/dangling")
+    os.symlink("loop2", tmp_path / "d/loop1")
+    os.symlink("loop1", tmp_path / "d/loop2")
+    proc = forge(tmp_path, """\
+        [run.a]
+        cmd = "true"
+        inputs = { d = "d" }
+    """)
+    check_errors(proc, """
+        Forgefile.toml:3: error: run:a: key 'inputs.d': dangling is a link to nowhere, which cannot be read (No such file or directory)
+    """)
+    os.remove(tmp_path / "d/dangling")
+    check_errors(forge(tmp_path, None), """
+        Forgefile.toml:3: error: run:a: key 'inputs.d': loop1 is a link to loop2, which cannot be read (Too many levels of symbolic links)
+    """)
+
+
+def test_the_project_folder_as_an_input_leaves_out_the_workspace(tmp_path):
+    # "." hashed .forge/ itself, which every build writes: the target was never fresh
+    VALID_DOT = """\
+        [forge]
+        cache = "store"
+
+        [run.all]
+        cmd = "ls {in.all} > {out}/files"
+        inputs = { all = "." }
+    """
+    assert forge(tmp_path, VALID_DOT).returncode == 0
+    for _ in range(2):
+        proc = forge(tmp_path, None)
+        assert re.fullmatch(r"nothing to do: 1 target up to date \(\d+\.\d\ds\)\n", proc.stdout), proc.stdout
+    (tmp_path / "data/new.txt").write_text("new")
+    assert forge(tmp_path, None).stdout.startswith("build   run:all  (")
+
+
+def test_an_unknown_key_says_where_it_belongs(tmp_path):
+    proc = forge(tmp_path, """\
+        [model.m]
+        recipe = "sft"
+        base = "model:b"
+        data = "dataset:d"
+        merge = false
+        train = { seq_len = 128 }
+
+        [model.p]
+        recipe = "pretrain"
+        tokens = "tokens:t"
+        tokenizer = "tokenizer:k"
+        arch = { family = "llama", hidden = 32, layers = 1, heads = 2 }
+        train = { seq_len = 128 }
+    """)
+    check_errors(proc, """
+        Forgefile.toml:5: error: model:m: key 'merge': unknown key (did you mean 'lora.merge'?)
+        Forgefile.toml:6: error: model:m: key 'train.seq_len': unknown key; 'seq_len' is a key of model (recipe pretrain, continue) and tokens targets
+        Forgefile.toml:13: error: model:p: key 'train.seq_len': unknown key (did you mean 'seq_len'?)
+    """)

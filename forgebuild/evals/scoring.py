@@ -6,12 +6,14 @@ the top: this module is only imported inside a build.
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 
 import numpy as np
 import torch
+
+from ..records import json_kind as _json_type
+from ..records import parse_line
 
 KINDS = ("generate", "choice")
 METRICS = ("exact_match", "contains", "regex", "numeric")
@@ -43,13 +45,12 @@ def read_rows(path: str, kind: str, label: str | None = None, prompt_field: str 
             raise BenchmarkError(f"{where}:{number}: {message}")
 
         try:  # decode per line so a bad byte is reported with its line
-            row = json.loads(raw.decode("utf-8"))
+            text = raw.decode("utf-8")
         except UnicodeDecodeError:
             fail("not UTF-8 text")
-        except json.JSONDecodeError as e:
-            fail(f"not JSON ({e.msg} at column {e.colno})")
-        if not isinstance(row, dict):
-            fail(f"not a JSON object (got {_json_type(row)})")
+        row, problem = parse_line(text)  # the data rules' reader: huge numbers, deep nesting, lone surrogates
+        if problem:
+            fail(problem)
         for field in (prompt_field, answer_field) + ((choices_field,) if kind == "choice" else ()):
             if field not in row:
                 fail(f"field '{field}' is missing")
@@ -66,19 +67,6 @@ def read_rows(path: str, kind: str, label: str | None = None, prompt_field: str 
     if not rows:
         raise BenchmarkError(f"{where} has no rows")
     return rows
-
-
-def _json_type(value) -> str:
-    """The JSON name of a value's type, for error messages a benchmark author understands."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "an empty string" if not value else "a string"
-    return "a list" if isinstance(value, list) else "an object"
 
 
 def _is_scalar_answer(value) -> bool:

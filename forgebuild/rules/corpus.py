@@ -452,7 +452,7 @@ def record_texts(unit: Unit, p: Params, report: dict) -> list[str]:
     from ..records import DataError, field, read_records
 
     texts = []
-    for number, row in read_records(unit.path, p.encoding_errors):
+    for number, row in read_records(unit.path, p.encoding_errors, surrogates=True):  # replaced below, by policy
         value = field(row, p.text_field, unit.path, number)
         if value is None:  # a null text is an empty document: min_chars drops it
             value = ""

@@ -31,6 +31,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import did_you_mean
+from ..records import json_kind as _kind
+from ..records import parse_json
 from . import runtime
 
 version = "1"
@@ -296,22 +298,12 @@ def _rows(ctx, f: SourceFile):
 
 def _jsonl_rows(f: SourceFile):
     """Like records.read_records, but a bad line is a bad row, so invalid = "drop" can drop it."""
-    from ..records import decode
+    from ..records import decode, jsonl_rows
 
     with open(f.path, "rb") as fh:
         text = decode(fh.read(), f.label)
-    for number, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-        except ValueError as e:
-            yield Row(f, number, None, f"not valid JSON ({e.msg} at column {e.colno})")
-            continue
-        if isinstance(data, dict):
-            yield Row(f, number, data)
-        else:
-            yield Row(f, number, None, f"expected a JSON object, got {_kind(data)}")
+    for number, data, problem in jsonl_rows(text):
+        yield Row(f, number, data, problem)
 
 
 # ------------------------------------------------------------------ format
@@ -478,10 +470,9 @@ def _text(value, path: list) -> str:
 
 def _messages(value, path: list, csv: bool) -> list:
     if csv and isinstance(value, str):  # a CSV cell holds a list as JSON text
-        try:
-            value = json.loads(value)
-        except ValueError as e:
-            raise RowError(path, f"expected a list of messages as JSON, got text that is not JSON ({e.msg})") from None
+        value, problem = parse_json(value)
+        if problem:
+            raise RowError(path, f"expected a list of messages as JSON, got text that is {problem}")
     if not isinstance(value, list):
         raise RowError(path, f"expected a list of messages, got {_kind(value)}")
     if not value:
@@ -533,22 +524,6 @@ def _check_pair(record: dict, fmt: str) -> None:
         raise RowError([lacking], f"missing while {given} is given (give both scores or neither)")
     if _normal(record["chosen"]) == _normal(record["rejected"]):
         raise RowError(["rejected"], "is the same as chosen")
-
-
-def _kind(value) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "an empty string" if not value else "a string"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
 
 
 def _show(value) -> str:

@@ -46,7 +46,8 @@ def recipe_module(name: str):
 
 def params_model(raw: dict):
     name = raw.get("recipe") if isinstance(raw, dict) else None
-    return recipe_module(name).Params if name in RECIPES else RecipeChoice
+    # `recipe = ["sft"]` is a list: unhashable, so look it up only when it is a string
+    return recipe_module(name).Params if isinstance(name, str) and name in RECIPES else RecipeChoice
 
 
 def _union():

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -36,10 +37,18 @@ MISSPELT = {"input", "inputs", "param", "outs", "output", "outputs", "wrk", "wor
 IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
 
+# An empty command, argument list or input list is a mistake, not a stage: `cmd = ""` used
+# to build an empty artifact, `cmd = []` and `inputs = { x = [] }` to fail inside build().
+Text = Annotated[str, Field(min_length=1)]
+Texts = Annotated[list[Text], Field(min_length=1)]
+# POSIX: a variable's name holds neither '=' nor NUL (os.environ refuses both at build time)
+ENV_NAME = re.compile(r"^[^=\x00]+$")
+
+
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    cmd: str | list[str] = Field(description="shell command (string) or argv list; placeholders are filled in")
-    inputs: dict[str, str | list[str]] = Field(
+    cmd: Text | Texts = Field(description="shell command (string) or argv list; placeholders are filled in")
+    inputs: dict[str, Text | Texts] = Field(
         default_factory=dict, description="name -> path, folder, glob, KIND:NAME, or a list of those")
     params: dict[str, Scalar] = Field(default_factory=dict, description="values for {params.KEY}; part of the key")
     env: dict[str, str] = Field(default_factory=dict, description="extra environment variables; part of the key")
@@ -66,6 +75,11 @@ def check(params: Params) -> list[tuple[str, str]]:
             if not IDENT.match(name):
                 problems.append((f"{section}.{name}", "names must start with a letter or '_' and hold letters, digits, '_' or '-'"))
     commands = [params.cmd] if isinstance(params.cmd, str) else params.cmd
+    if not commands[0].strip():
+        problems.append(("cmd" if isinstance(params.cmd, str) else "cmd.0", "expected a command, got a blank string"))
+    for key, name in [(("env", n), n) for n in params.env] + [(("pass_env", i), n) for i, n in enumerate(params.pass_env)]:
+        if not ENV_NAME.match(name):
+            problems.append((key, f"'{name}' is not an environment variable name (empty, or holds '=')"))
     valid = ["out", "work", "seed", *(f"in.{n}" for n in params.inputs), *(f"params.{n}" for n in params.params)]
     for text in commands:
         for m in LOOKALIKE.finditer(text):
