@@ -259,6 +259,9 @@ def cmd_build(args, session: Session, report) -> int:
                     "seconds": 0.0} for a, d in decisions.items()]
         report({"event": "summary", "ok": True, "targets": targets})
         return 0
+    from . import preflight
+
+    preflight.check(session.plan, session.rules, decisions)  # a missing package or a bad file: exit 2 now
     from .executor import Executor
 
     jobs = args.jobs or session.plan.settings.get("jobs") or 1

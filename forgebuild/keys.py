@@ -103,19 +103,31 @@ def explain(old: dict | None, new: dict) -> list[str]:
 
 
 def _input_reasons(old: dict, new: dict) -> list[str]:
+    """Per input file or dependency: removed, added, changed, or moved to another key (an eval's
+    `models` reordered is each model moved, not every model removed and added again)."""
+    before, after = _by_name(old), _by_name(new)
     reasons = []
-    for key in sorted(old.keys() | new.keys()):
-        before = {(kind, name): digest for kind, name, digest in old.get(key, [])}
-        after = {(kind, name): digest for kind, name, digest in new.get(key, [])}
-        for kind, name in sorted(before.keys() | after.keys()):
-            what = "dependency" if kind == "target" else "input"
-            if (kind, name) not in after:
-                reasons.append(f"{what} {name} removed")
-            elif (kind, name) not in before:
-                reasons.append(f"{what} {name} added")
-            elif before[kind, name] != after[kind, name]:
-                reasons.append(f"dependency {name} rebuilt with new output" if kind == "target" else f"input {name} changed")
+    for kind, name in sorted(before.keys() | after.keys()):
+        what = "dependency" if kind == "target" else "input"
+        if (kind, name) not in after:
+            reasons.append(f"{what} {name} removed")
+        elif (kind, name) not in before:
+            reasons.append(f"{what} {name} added")
+        elif before[kind, name][1] != after[kind, name][1]:
+            reasons.append(f"dependency {name} rebuilt with new output" if kind == "target" else f"input {name} changed")
+        elif before[kind, name][0] != after[kind, name][0]:
+            keys = lambda found: ", ".join(found[kind, name][0])
+            reasons.append(f"{what} {name} moved: {keys(before)} -> {keys(after)}")
     return reasons
+
+
+def _by_name(inputs: dict) -> dict[tuple, tuple[list, str]]:
+    """(kind, name) -> (the Forgefile keys that name it, its digest)."""
+    found: dict[tuple, tuple[list, str]] = {}
+    for key in sorted(inputs):
+        for kind, name, digest in inputs[key]:
+            found.setdefault((kind, name), ([], digest))[0].append(key)
+    return found
 
 
 # ------------------------------------------------------------------ decisions

@@ -77,8 +77,10 @@ class ConsoleReporter:
         if kind == "built":
             return [f"built   {target}  {e['seconds']:.2f}s"]
         if kind == "cached":
-            remote = e.get("reason", "").startswith("fetched from ")
-            return [f"fetched {target}  ({e['reason']})"] if remote or self.verbose else []
+            # a fetch from the remote is news on every run; a local hit only with -v
+            if e.get("reason", "").startswith("fetched from "):
+                return [f"fetched {target}  ({e['reason']})"]
+            return [f"cached  {target}"] if self.verbose else []
         if kind == "skipped":
             return [f"skipped {target}  ({e['reason']})"]
         if kind == "waiting":

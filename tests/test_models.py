@@ -128,7 +128,8 @@ def test_moe_families_fim_and_a_token_budget(tmp_path):
     lab.forgefile(tinylab.BASE_FORGEFILE + FAMILIES)
     lab.run("model:mixtral", "model:qwen3moe-fim", "model:qwen2", timeout=300)
     mixtral = AutoModelForCausalLM.from_pretrained(lab.run("path", "model:mixtral").stdout.strip())
-    assert mixtral.config.num_local_experts == 4 and mixtral.config.output_router_logits
+    # saved for inference (the router loss is on while training only): see training.inference_config
+    assert mixtral.config.num_local_experts == 4 and mixtral.config.output_router_logits is False
     moe_path = lab.run("path", "model:qwen3moe-fim").stdout.strip()
     moe = AutoModelForCausalLM.from_pretrained(moe_path)
     assert moe.config.num_experts == 4 and moe.config.router_aux_loss_coef == 0.05

@@ -321,6 +321,9 @@ def run_tasks(model_path: str, task_dir: str, tasks: list[str], limit: int | Non
         raise HarnessError(f"model folder {model_path} does not exist")
     try:
         model = AutoModelForCausalLM.from_pretrained(model_path).to(device)
+        # a mixture of experts: no router loss under generate() (see training.inference_config)
+        if getattr(model.config, "output_router_logits", False):
+            model.config.output_router_logits = False
         tokenizer = AutoTokenizer.from_pretrained(model_path)
     except Exception as err:  # noqa: BLE001
         log(traceback.format_exc())

@@ -112,6 +112,8 @@ def load(ctx, address: str):
     from ..recipes import training
 
     model = training.load_model(ctx, ctx.inputs_of(address), address)
+    if training.is_moe(model.config):  # no router loss under generate(): see training.inference_config
+        model.config.output_router_logits = False
     if not training.on_cpu(ctx):
         model = model.to("cuda")
     model.eval()

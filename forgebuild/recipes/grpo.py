@@ -28,7 +28,7 @@ from typing import Literal
 from pydantic import Field
 
 from .common import Lora, Recipe, Train, adapter_base_problem, dataset_format_problem, kind_problems, reference_problems
-from .rewards import Reward, reward_inputs, reward_problems
+from .rewards import Reward, reward_file_problems, reward_inputs, reward_problems
 
 version = "1"
 FORMATS = ("prompts",)
@@ -71,6 +71,10 @@ def check(params: Params) -> list[tuple[str, str]]:
         problems.append(("train.batch_size", f"{batch} is not a multiple of generations ({groups}): a batch holds "
                                              f"whole groups of {groups} completions per prompt"))
     return problems
+
+
+def check_inputs(params: Params, files: dict) -> list[tuple[str, str]]:
+    return reward_file_problems(params.rewards, files)
 
 
 def check_deps(params: Params, deps: dict) -> list[tuple[str, str]]:

@@ -33,7 +33,7 @@ from pydantic import Field
 
 from .common import (Lora, Recipe, Train, adapter_base_problem, dataset_format_problem, kind_problems,
                      reference_problems)
-from .rewards import Reward, RewardError, load_rewards, reward_inputs, reward_problems
+from .rewards import Reward, RewardError, load_rewards, reward_file_problems, reward_inputs, reward_problems
 
 version = "1"
 FORMATS = ("prompts",)
@@ -77,6 +77,10 @@ def check(params: Params) -> list[tuple[str, str]]:
         problems.append(("max_new_tokens", f"{params.max_new_tokens} leaves no room for the prompt in "
                                            f"max_length = {params.max_length}; make max_length larger"))
     return problems
+
+
+def check_inputs(params: Params, files: dict) -> list[tuple[str, str]]:
+    return reward_file_problems(params.rewards, files)
 
 
 def check_deps(params: Params, deps: dict) -> list[tuple[str, str]]:

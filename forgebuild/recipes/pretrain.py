@@ -205,6 +205,8 @@ def fit(ctx, model, tokenizer, folder: str) -> None:
     from .packed import PackedRows, fim_spec
 
     p = ctx.params
+    if training.is_moe(model.config):  # transformers' Trainer adds the router loss only when the config asks,
+        model.config.output_router_logits = True  # and a saved MoE config says no (training.inference_config)
     meta = read_meta(folder)
     fim = fim_spec(ctx, p, tokenizer, meta) if getattr(p, "fim_rate", 0) else None
     train_rows = PackedRows(folder, "train", meta, fim=fim, seed=ctx.seed)

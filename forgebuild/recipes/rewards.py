@@ -213,6 +213,68 @@ def reward_inputs(rewards: list[Reward], key: str = "rewards") -> dict[str, str]
     return found
 
 
+def reward_file_problems(rewards: list[Reward], files: dict[str, list], key: str = "rewards") -> list[tuple]:
+    """Each code reward's function looked up in its file, which is parsed, never imported (the
+    planning path imports no user code): `check_inputs` of the recipes that take rewards."""
+    problems = []
+    for i, reward in enumerate(rewards):
+        if reward.code and files.get(f"{key}.{i}"):
+            message = code_problem(reward.code, files[f"{key}.{i}"][0][1])
+            if message:
+                problems.append((f"{key}.{i}", message))
+    return problems
+
+
+def code_problem(reference: str, path: str) -> str | None:
+    """Why FILE.py:FUNCTION names nothing: the file does not parse, or binds no such name at its
+    top level. None when it does, or when the file may bind names a parser cannot see
+    (`from x import *`, `globals()[...] = ...`)."""
+    import ast
+
+    file, function = split_code(reference)
+    try:
+        with open(path, "rb") as f:
+            tree = ast.parse(f.read(), filename=file)
+    except SyntaxError as e:
+        return f"{file} does not parse: {e.msg} (line {e.lineno})"
+    except (OSError, ValueError) as e:  # unreadable, or a NUL byte: the import would fail the same way
+        return f"{file} cannot be read: {e}"
+    names = _top_level_names(tree)
+    if names is None or function in names:
+        return None
+    from ..errors import did_you_mean
+
+    return f"{file} has no function '{function}'{did_you_mean(function, sorted(names))}"
+
+
+def _top_level_names(tree) -> set[str] | None:
+    """Names a module binds when it runs: defs, classes, assignments and imports, also inside
+    top-level if / try / with / for blocks. None when it binds names dynamically."""
+    import ast
+
+    names: set[str] = set()
+    scopes = (ast.Lambda, ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+
+    def visit(node) -> bool:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.add(child.name)  # its body is another scope
+            elif isinstance(child, (ast.Import, ast.ImportFrom)):
+                if any(alias.name == "*" for alias in child.names):
+                    return False
+                names.update((alias.asname or alias.name).split(".")[0] for alias in child.names)
+            elif isinstance(child, ast.Name):
+                if isinstance(child.ctx, ast.Store):
+                    names.add(child.id)
+                elif child.id in ("globals", "setattr", "exec"):
+                    return False
+            elif not isinstance(child, scopes) and not visit(child):
+                return False
+        return True
+
+    return names if visit(tree) else None
+
+
 # ------------------------------------------------------------------ scoring
 
 def completion_text(completion) -> str:

@@ -10,6 +10,7 @@ or the runtime-only settings: timings go to the build record (ctx.metrics).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -298,7 +299,8 @@ def save(ctx, model, tokenizer, trainer=None, config: dict | None = None, metric
     model's own (DeepSpeed's gathered master weights: see gathered_weights)."""
     if not is_main():  # rank 0 alone writes the artifact
         return
-    model.save_pretrained(ctx.out, safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}))
+    with inference_config(model):
+        model.save_pretrained(ctx.out, safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}))
     tokenizer.save_pretrained(ctx.out)
     rows = training_log(trainer) if trainer is not None else []
     identity, _ = split_params(ctx.params)
@@ -364,6 +366,28 @@ def load_model(ctx, folder: str, address: str):
     if not os.path.exists(os.path.join(folder, "config.json")):
         raise ctx.bad_input(f"{address} is not a model folder: it has no config.json")
     return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+
+
+def is_moe(config) -> bool:
+    return hasattr(config, "output_router_logits") and hasattr(config, "router_aux_loss_coef")
+
+
+@contextlib.contextmanager
+def inference_config(model):
+    """The config as inference wants it, for saving: `output_router_logits = true` makes a mixture
+    of experts add its router loss on every forward, and under generate() that loss pairs the new
+    token's router logits with the whole attention mask: "The size of tensor a (2) must match the
+    size of tensor b (10)" in every eval and every user's generate (transformers 5.24). Training
+    keeps the loss: TRL's trainers (sft, dpo, grpo) ask for the router logits per forward whatever
+    the config says, and pretrain / continue (transformers' Trainer) turn the config back on (pretrain.fit)."""
+    routed = is_moe(model.config) and model.config.output_router_logits
+    if routed:
+        model.config.output_router_logits = False
+    try:
+        yield model
+    finally:
+        if routed:
+            model.config.output_router_logits = True
 
 
 def dataset_split(ctx, address: str, folder: str, split: str, allowed: tuple):

@@ -25,8 +25,17 @@ group ``forgebuild.rules``; the entry point's name is the target kind. It has:
   the project (an open-weight model already on disk), hashed like sources but
   keyed by their Forgefile key, never by their path.
 - optional ``check_deps(params, deps) -> [(key path, message)]``: checks against
-  the targets this one reads; ``deps`` maps an address to its kind and params
-  (pydantic instance), for every referenced target that validated.
+  the targets this one reads; ``deps`` maps an address to its kind, params
+  (pydantic instance) and own ``deps`` (the same, one level down), for every
+  referenced target that validated.
+- optional ``requires(params) -> {module: extra}``: the modules ``build`` imports,
+  each with the forgebuild extra that installs it. Before a build starts, a
+  module that is not installed stops it with the ``pip install`` line
+  (forgebuild/preflight.py; found with importlib.util.find_spec, never imported).
+- optional ``check_inputs(params, files) -> [(key path, message)]``: checks that
+  read the files the target names, run before a build starts (never at a cache
+  hit); ``files`` maps an input key to its (project-relative, absolute) paths.
+  Parse, never import: a reward function's name, a benchmark's text lengths.
 """
 from __future__ import annotations
 

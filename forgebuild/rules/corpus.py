@@ -187,6 +187,11 @@ def environment(params: Params) -> dict:
     return {"libraries": ["pyarrow", *(["datasketch", "numpy"] if near else [])]}
 
 
+def requires(params: Params) -> dict[str, str]:
+    """What the build imports, by the extra that installs it (checked before a build starts)."""
+    return dict.fromkeys(environment(params)["libraries"], "data")
+
+
 def check(params: Params) -> list[tuple[str, str]]:
     p = params
     problems = []

@@ -109,6 +109,11 @@ def environment(params: Params) -> dict:
     return {"libraries": ["pyarrow"]} if may_be_parquet else {}
 
 
+def requires(params: Params) -> dict[str, str]:
+    """Parquet sources are read with pyarrow (the `data` extra); checked before a build starts."""
+    return {"pyarrow": "data"} if environment(params) else {}
+
+
 def check(params: Params) -> list[tuple[str, str]]:
     problems = []
     if not as_list(params.source):
@@ -606,9 +611,8 @@ def _benchmark_index(ctx) -> tuple[dict, list[str]]:
 
     p = ctx.params
     index: dict[tuple, set] = {}
-    names = []
+    longest: dict[str, int] = {}
     for f in _files(ctx, "decontaminate", (*RECORD_FILES, ".txt")):
-        names.append(f.source)
         if f.path.lower().endswith(RECORD_FILES):
             texts = [text for row in _rows(ctx, f) for text in _benchmark_texts(ctx, row)]
         else:
@@ -616,10 +620,41 @@ def _benchmark_index(ctx) -> tuple[dict, list[str]]:
                 texts = [read_text(f.path)]
             except DataError as e:
                 raise ctx.bad_input(str(e).replace(f.path, f.label, 1)) from None
+        longest[f.source] = max([longest.get(f.source, 0), *(len(WORD.findall(t)) for t in texts)])
         for text in texts:
             for gram in _grams(text, p.ngram):
                 index.setdefault(gram, set()).add(f.source)
-    return index, list(dict.fromkeys(names))
+    for name, words in longest.items():  # a benchmark target, which check_inputs could not read
+        if 0 < words < p.ngram:
+            raise ctx.bad_input(too_long_ngram(p.ngram, name, words))
+    return index, list(longest)
+
+
+def too_long_ngram(ngram: int, benchmark: str, longest: int) -> str:
+    return (f"ngram = {ngram} is longer than every text of {benchmark} (the longest has {longest} words): "
+            f"decontamination could remove no copy of it; set ngram = {longest} or less")
+
+
+def check_inputs(params: Params, files: dict) -> list[tuple[str, str]]:
+    """A benchmark whose every text is shorter than `ngram` words can match no row (ngram = 13
+    against 6-word prompts removed 0 of 41 exact copies): an error before the build starts."""
+    from ..records import read_records, read_text
+
+    problems = []
+    for rel, path in files.get("decontaminate", []):
+        wanted = params.decontaminate_fields
+        try:
+            if rel.lower().endswith(RECORD_FILES):
+                texts = [t for _, row in read_records(path) for t in _strings([row.get(k) for k in wanted]
+                                                                                 if wanted else row)]
+            else:
+                texts = [read_text(path)]
+        except Exception:  # noqa: BLE001 - an unreadable benchmark is the build's to report, with its line
+            continue
+        longest = max((len(WORD.findall(t)) for t in texts), default=0)
+        if 0 < longest < params.ngram:
+            problems.append(("ngram", too_long_ngram(params.ngram, rel, longest)))
+    return problems
 
 
 def _benchmark_texts(ctx, row: Row):

@@ -115,6 +115,14 @@ def environment(params: Params) -> dict:
     return {"libraries": libraries}
 
 
+def requires(params: Params) -> dict[str, str]:
+    """The modules the build imports, by the extra that installs them (checked before a build starts)."""
+    modules = {"torch": "eval", "transformers": "eval", "pyarrow": "eval", "matplotlib": "eval"}
+    if any(b.kind == "lm-eval" for b in params.benchmarks):
+        modules.update(lm_eval="eval", yaml="eval")
+    return modules
+
+
 # ------------------------------------------------------------------ checks
 
 def metric_names(params: Params) -> list[str]:
@@ -178,6 +186,20 @@ def benchmark_problems(bench: Benchmark) -> list[tuple[str, str]]:
     return problems
 
 
+def check_inputs(params: Params, files: dict) -> list[tuple[str, str]]:
+    """Each scorer's function looked up in its file (parsed, not imported)."""
+    from ..recipes.rewards import code_problem
+
+    problems = []
+    for i, bench in enumerate(params.benchmarks):
+        for j, ref in enumerate(bench.scorers):
+            key = f"benchmarks.{i}.scorers.{j}"
+            message = code_problem(ref, files[key][0][1]) if files.get(key) else None
+            if message:
+                problems.append((key, message))
+    return problems
+
+
 def parse_gate(text: str) -> tuple[str, float] | None:
     m = GATE.match(text)
     return (m.group(1), float(m.group(2))) if m else None
@@ -206,10 +228,39 @@ def check_deps(params: Params, deps: dict) -> list[tuple[str, str]]:
             problems.append((f"models.{i}", f"{address} emits a LoRA adapter only (lora.merge = false); "
                                             f"set merge = true there to evaluate it"))
     for i, bench in enumerate(params.benchmarks):
-        if bench.corpus in deps and deps[bench.corpus]["kind"] != "corpus":
-            problems.append((f"benchmarks.{i}.corpus", f"{bench.corpus} is a {deps[bench.corpus]['kind']} target, "
-                                                       f"not a corpus"))
+        corpus = deps.get(bench.corpus)
+        if corpus and corpus["kind"] != "corpus":
+            problems.append((f"benchmarks.{i}.corpus", f"{bench.corpus} is a {corpus['kind']} target, not a corpus"))
+        elif corpus and (gap := holdout_gap(bench.corpus, corpus)):
+            problems.append((f"benchmarks.{i}.corpus", no_holdout_message(bench.corpus, gap)))
     return problems
+
+
+def holdout_gap(address: str, corpus: dict, seen: tuple = ()) -> str | None:
+    """None when this corpus target will have a holdout split, else the corpus that leaves it empty.
+
+    A corpus of sources holds out `holdout` of its documents, and keeps held out those of the
+    corpora among its sources; a mix's holdout is drawn from each part (weight > 0) in proportion,
+    so it is as large as its smallest part's allows: empty when one part has none."""
+    p, deps = corpus["params"], corpus.get("deps", {})
+    if address in seen:  # a cycle: reported as one elsewhere
+        return None
+    parts = [a for a, w in sorted(p.mix.items()) if w > 0 and deps.get(a, {}).get("kind") == "corpus"]
+    if p.mix:
+        return next((gap for a in parts if (gap := holdout_gap(a, deps[a], (*seen, address)))), None)
+    if p.holdout > 0:
+        return None
+    sources = [a for a in p.sources if deps.get(a, {}).get("kind") == "corpus"]
+    if any(holdout_gap(a, deps[a], (*seen, address)) is None for a in sources):
+        return None
+    return address
+
+
+def no_holdout_message(address: str, gap: str) -> str:
+    if gap == address:
+        return f"{address} has no holdout to measure perplexity on: set holdout (a fraction, e.g. 0.05) in {address}"
+    return (f"{address} has no holdout to measure perplexity on: it mixes {gap}, which has none (a mix holds out "
+            f"from every part in proportion); set holdout in {gap}")
 
 
 # ------------------------------------------------------------------ building

@@ -33,6 +33,9 @@ RECIPES = {
     "grpo": "grpo",
 }
 
+# what every training recipe imports (forgebuild/recipes/training.py); all in the `train` extra
+TRAIN_MODULES = ("torch", "transformers", "trl", "peft", "accelerate", "safetensors", "datasets")
+
 
 class RecipeChoice(BaseModel):
     """What a table is validated against when its `recipe` is missing or unknown."""
@@ -83,6 +86,21 @@ def environment(params) -> dict:
 def check(params) -> list:
     found = getattr(recipe_module(params.recipe), "check", None)
     return found(params) if found else []
+
+
+def requires(params) -> dict:
+    """What a training stage imports, by extra (an import only copies a folder)."""
+    if params.recipe == "import":
+        return {}
+    modules = dict.fromkeys(TRAIN_MODULES, "train")
+    if getattr(getattr(params, "launch", None), "backend", None) == "deepspeed":
+        modules["deepspeed"] = "train"
+    return modules
+
+
+def check_inputs(params, files: dict) -> list:
+    found = getattr(recipe_module(params.recipe), "check_inputs", None)
+    return found(params, files) if found else []
 
 
 def check_deps(params, deps: dict) -> list:

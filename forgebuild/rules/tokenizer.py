@@ -120,6 +120,11 @@ def environment(params: Params) -> dict:
     return {"libraries": ["tokenizers"]}
 
 
+def requires(params: Params) -> dict[str, str]:
+    """What the build imports, by the extra that installs it (checked before a build starts)."""
+    return {"tokenizers": "data", "pyarrow": "data"}
+
+
 def check(params: Params) -> list[tuple[str, str]]:
     problems = reference_problems(params, ("corpus",))
     if params.model == "bpe" and params.unk_token is not None:

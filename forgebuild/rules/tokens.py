@@ -64,6 +64,11 @@ def environment(params: Params) -> dict:
     return {"libraries": ["tokenizers"]}
 
 
+def requires(params: Params) -> dict[str, str]:
+    """What the build imports, by the extra that installs it (checked before a build starts)."""
+    return {"tokenizers": "data", "pyarrow": "data"}
+
+
 def check(params: Params) -> list[tuple[str, str]]:
     problems = reference_problems(params, ("corpus", "tokenizer"))
     if params.packing == "concat" and not (params.add_bos or params.add_eos):
