@@ -42,11 +42,12 @@ def test_example_forgefile_builds_and_is_then_up_to_date(tmp_path):
     verified = project.run("-f", "Forgefile.example.toml", "verify").stdout.splitlines()
     assert verified[-1].startswith("verified: 16 targets, ") and not [line for line in verified if "CORRUPT" in line]
     # editing the reward code retrains the last stage only (and what reads it)
-    # a second workspace with an empty cache and the same files: everything comes from the shared
-    # cache, and not one training step runs
+    # a second workspace with an empty cache and the same files, trusting the first one's signing key:
+    # everything comes from the shared cache, and not one training step runs
+    key = project.run("-f", "Forgefile.example.toml", "keys", "-q").stdout.strip()
     second = Project(str(tmp_path / "second"))
     shutil.copytree(project.root, second.root, ignore=shutil.ignore_patterns(".forge", "dist"))
-    events = second.events("-f", "Forgefile.example.toml", "--remote", shared)
+    events = second.events("-f", "Forgefile.example.toml", "--remote", shared, env={"FORGE_TRUSTED_KEYS": key})
     assert not [e for e in events if e["event"] == "start"]
     assert {t["action"] for t in events[-1]["targets"]} == {"cached"}
     with open(os.path.join(project.root, "examples/rewards.py"), "a") as f:

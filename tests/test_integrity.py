@@ -94,6 +94,19 @@ def test_a_command_appending_to_its_input_fails_and_the_damage_is_dropped(projec
     project.run("verify")
 
 
+def test_a_damaged_materialised_copy_is_made_again_and_the_blob_kept(project):
+    """An executable is materialised as a copy of its blob (it needs its own mode): writing into it damages
+    the copy only, which is removed and made again from the intact blob; the dependency is not rebuilt."""
+    tool = CHAIN.replace("echo data > {out}/data.txt", "printf 'echo hi' > {out}/tool.sh; chmod +x {out}/tool.sh")
+    project.forgefile(tool.replace("CMD", "echo more >> {in.a}/tool.sh; cp {in.a}/tool.sh {out}/"))
+    failed = [e for e in project.events(expect=1) if e["event"] == "failed"]
+    assert failed[0]["reason"] == ("the stage changed its input run:a (tool.sh): a stage must not write into its "
+                                   "inputs; its materialised copy was removed and is made again from the cache")
+    project.forgefile(tool.replace("CMD", "sh {in.a}/tool.sh > {out}/said.txt"))
+    assert project.build() == {"run:a": "cached", "run:b": "built"}
+    assert project.read(".forge/out/run/b/said.txt") == "hi\n"
+
+
 def test_a_command_editing_a_source_file_fails_and_nothing_is_cached(project):
     project.write("data/raw.txt", "one\n")
     project.forgefile("""
