@@ -26,7 +26,12 @@ class Problem:
         if self.key:
             parts.append(f"key '{self.key}': ")
         parts.append(self.message)
-        return "".join(parts)
+        return shown("".join(parts))
+
+
+def shown(text: str) -> str:
+    r"""Text as one readable line: a key named "\x1e" or "a\u2028b" would break it, or hide in it."""
+    return text if text.isprintable() else "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
 
 
 class ForgeError(Exception):

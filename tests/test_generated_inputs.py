@@ -1,0 +1,289 @@
+"""Generated bad input: broken Forgefiles and data rows, never a traceback (issue 11 §3).
+
+Hypothesis mutates the real example Forgefile (values of every type and size, keys moved or
+misspelt, references to missing targets, raw lines, nesting a thousand deep), writes generated
+`run` tables that are then really built, and generated JSON Lines files read by the records
+reader and by a real dataset build. Every case must end in exit 0, or in exit 2 with every
+message located as FILE:LINE; a build may fail (exit 1) only with a message of its own, never
+with a rule's exception ("build raised", or a traceback in the stage log).
+
+Everything runs in-process through `cli.main` (one planning pass is ~10-30 ms) except the
+dataset builds, which start a worker each; derandomized, so the suite sees the same cases
+every run. Measured here: about 25 s for the whole module on a 2-core machine.
+"""
+from __future__ import annotations
+
+import contextlib
+import glob
+import io
+import json
+import os
+import re
+import shutil
+import tomllib
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from forgebuild import cli
+from forgebuild.records import DataError, read_records
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXAMPLE = os.path.join(ROOT, "Forgefile.example.toml")
+LOCATED = re.compile(r"^Forgefile\.toml:\d+: error: ")
+SETTINGS = dict(derandomize=True, database=None, deadline=None,
+                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+# ------------------------------------------------------------------ the project and the CLI, in-process
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A copy of the example's files, with one stand-in for each glob of corpus:repo."""
+    root = tmp_path_factory.mktemp("generated")
+    shutil.copytree(os.path.join(ROOT, "examples"), root / "examples")
+    for rel in ("forgebuild/a.py", "docs/a.md"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text("text of a document\n" * 3)
+    return str(root)
+
+
+def forge(root: str, forgefile: str, *args: str) -> tuple[int, str, str]:
+    """cli.main in `root` on this Forgefile text: (exit code, stdout, stderr). An exception that
+    escapes main is the failure this module looks for: pytest shows its traceback."""
+    with open(os.path.join(root, "Forgefile.toml"), "w", encoding="utf-8", errors="surrogatepass") as f:
+        f.write(forgefile)
+    out, err, here = io.StringIO(), io.StringIO(), os.getcwd()
+    os.chdir(root)
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = cli.main(["-f", "Forgefile.toml", *args])
+    finally:
+        os.chdir(here)
+    return code, out.getvalue(), err.getvalue()
+
+
+def check_outcome(code: int, out: str, err: str, forgefile: str, codes=(0, 1, 2)) -> None:
+    event(f"exit {code}")  # --hypothesis-show-statistics: how many cases were valid, failed, bad input
+    shown = f"\n--- Forgefile:\n{forgefile[:3000]}\n--- stdout:\n{out}\n--- stderr:\n{err}"
+    assert "Traceback" not in out + err, shown
+    assert code in codes, shown
+    if code == 2 and "FAILED" not in out:  # a bad Forgefile: every problem located
+        assert err and all(LOCATED.match(line) for line in err.split("\n")[:-1]), shown
+
+
+# ------------------------------------------------------------------ writing TOML
+
+BARE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def toml_key(key: str) -> str:
+    return key if BARE.match(key) else json.dumps(key)
+
+
+def toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)  # inf, -inf, nan, 1e+29: all TOML
+    if isinstance(value, str):
+        return json.dumps(value)  # JSON's escapes are TOML's; \ud800 alone is a TOML error (located)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    return "{ " + ", ".join(f"{toml_key(k)} = {toml_value(v)}" for k, v in value.items()) + " }"
+
+
+def render(data: dict) -> str:
+    lines = []
+    for kind, table in data.items():
+        if kind == "forge":
+            lines += ["[forge]"] + [f"{toml_key(k)} = {toml_value(v)}" for k, v in table.items()]
+            continue
+        for name, body in table.items():
+            lines.append(f"\n[{toml_key(kind)}.{toml_key(name)}]")
+            lines += [f"{toml_key(k)} = {toml_value(v)}" for k, v in body.items()]
+    return "\n".join(lines) + "\n"
+
+
+# ------------------------------------------------------------------ generated values and mutations
+
+with open(EXAMPLE, "rb") as f:
+    BASE = tomllib.load(f)
+ADDRESSES = [f"{kind}:{name}" for kind, table in BASE.items() if kind != "forge" for name in table]
+KEYS = sorted({k for kind, table in BASE.items() if kind != "forge" for body in table.values() for k in body}
+              | {"merge", "seq_len", "vocab_size", "lora", "env", "pass_env", "recipe", "resources", "gate"})
+TEXT = st.text(st.characters(exclude_categories=("Cs",)), max_size=12)  # NUL, U+2028, U+0085 included
+SCALARS = st.one_of(
+    st.integers(), st.sampled_from([0, -1, 2**31, 2**63 - 1, 2**63, 2**64, -(2**63) - 1, 10**30]),
+    st.floats(), st.sampled_from([1e29, 1e10, -0.0, 0.5]),
+    st.booleans(), TEXT,
+    st.sampled_from(ADDRESSES + ["run:nope", "model:sft_v1", "nokind:x", "examples/data/arith/sft.jsonl",
+                                 "examples", ".", "..", "../x", "/etc/passwd", "*.nomatch", "", " ",
+                                 "sft", "pretrain", "grpo", "examples/rewards.py:nope"]),
+)
+VALUES = st.recursive(SCALARS, lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                       st.dictionaries(st.sampled_from(KEYS) | TEXT, inner, max_size=3)),
+                      max_leaves=6)
+
+
+@st.composite
+def deep(draw):
+    depth = draw(st.sampled_from([5, 99, 101, 250, 1000, 1500]))
+    if draw(st.booleans()):
+        return "[" * depth + "1" + "]" * depth
+    return "{ a = " * depth + "1" + " }" * depth
+
+
+@st.composite
+def mutated(draw):
+    """The example with 1-3 edits of its data, rendered, then maybe a raw line edit."""
+    data = json.loads(json.dumps(BASE))
+    for _ in range(draw(st.integers(1, 3))):
+        kind = draw(st.sampled_from(sorted(data)))
+        table = data[kind]
+        if kind == "forge":
+            body = table
+        else:
+            name = draw(st.sampled_from(sorted(table)))
+            body = table[name]
+        action = draw(st.sampled_from(["set", "set", "set", "nested", "delete", "new target"]))
+        if action == "delete" and body:
+            body.pop(draw(st.sampled_from(sorted(body))))
+        elif action == "nested":
+            inner = [k for k, v in body.items() if isinstance(v, dict)]
+            if inner:
+                body[draw(st.sampled_from(inner))][draw(st.sampled_from(KEYS) | TEXT)] = draw(VALUES)
+        elif action == "new target":
+            new_kind = draw(st.sampled_from([k for k in data if k != "forge"] + ["nokind"]))
+            data.setdefault(new_kind, {})[draw(st.sampled_from(["x", "y-1", "sft_v1"]))] = \
+                draw(st.dictionaries(st.sampled_from(KEYS), VALUES, max_size=4))
+        else:
+            body[draw(st.sampled_from(KEYS) | TEXT)] = draw(VALUES)
+    text = render(data)
+    if draw(st.integers(0, 3)) == 0:  # a raw edit: a deep value, a stray line, a cut file
+        lines = text.split("\n")
+        at = draw(st.integers(0, len(lines)))
+        extra = draw(st.one_of(deep().map(lambda v: f"zz = {v}"), TEXT, st.just("[run"), st.just("x = ")))
+        text = "\n".join(lines[:at] + [extra] + lines[at:]) if draw(st.booleans()) else text[: draw(st.integers(0, len(text)))]
+    return text
+
+
+@settings(max_examples=250, **SETTINGS)
+@given(forgefile=mutated())
+def test_broken_forgefiles_are_located_errors_never_tracebacks(project, forgefile):
+    check_outcome(*forge(project, forgefile, "-n"), forgefile, codes=(0, 2))
+
+
+def test_the_example_itself_plans(project):
+    with open(EXAMPLE, encoding="utf-8") as f:
+        code, out, err = forge(project, f.read(), "-n")
+    assert (code, err) == (0, ""), out + err
+
+
+# ------------------------------------------------------------------ generated run tables, really built
+
+RUN_KEYS = {
+    "cmd": st.one_of(st.sampled_from(["true", "", "  ", "true {in.x}", "echo {params.p} > {out}/p",
+                                      "exit 3", "touch {out}/made"]),
+                     st.lists(st.sampled_from(["true", "", "{in.x}", "{params.p}", "echo"]), max_size=3)),
+    "inputs": st.dictionaries(st.sampled_from(["x", "y", "bad name", ""]),
+                              st.one_of(st.sampled_from(["examples/data/arith/sft.jsonl", "examples", ".", "*.nomatch",
+                                                         "examples/**/*.py", "run:nope", "run:a"]),
+                                        st.lists(st.sampled_from(["examples/rewards.py", ""]), max_size=2)),
+                              max_size=2),
+    "params": st.dictionaries(st.sampled_from(["p", "q"]), SCALARS, max_size=2),
+    "env": st.dictionaries(st.sampled_from(["A", "B=C", "", "X\0", "PATH_X"]), TEXT, max_size=2),
+    "pass_env": st.lists(st.sampled_from(["HOME", "", "A=B", "NOPE"]), max_size=2),
+    "outputs": st.lists(st.sampled_from(["made", "p", "../up", "/abs", "", "never"]), max_size=2),
+    "timeout": st.one_of(st.sampled_from([0, -1, 30, 1e300]), st.floats()),
+}
+
+
+@st.composite
+def run_table(draw):
+    keys = draw(st.lists(st.sampled_from(sorted(RUN_KEYS)), unique=True, max_size=4))
+    body = {"cmd": draw(RUN_KEYS["cmd"])}
+    body.update({k: draw(RUN_KEYS[k]) for k in keys})
+    return render({"run": {"a": {"cmd": "true"}, "g": body}})
+
+
+@settings(max_examples=120, **SETTINGS)
+@given(forgefile=run_table())
+def test_generated_run_tables_plan_and_build_without_a_raw_exception(project, forgefile):
+    code, out, err = forge(project, forgefile, "run:g")
+    check_outcome(code, out, err, forgefile)
+    assert "build raised" not in out + err, forgefile + out + err
+    for log in glob.glob(os.path.join(project, ".forge/logs/run/*.log")):  # a rule's exception is logged
+        with open(log, encoding="utf-8", errors="replace") as f:
+            assert "Traceback" not in f.read(), forgefile + out + err
+        os.remove(log)
+
+
+# ------------------------------------------------------------------ generated data rows
+
+JSON_TEXT = st.text(st.characters(exclude_categories=("Cs",)) | st.sampled_from("\u2028\u2029\u0085\x1c\x1d\x1e\x0b\x0c\r"),
+                    max_size=10)
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | JSON_TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(JSON_TEXT, inner, max_size=3), max_leaves=8)
+OBJECTS = st.dictionaries(JSON_TEXT, JSON_VALUES, max_size=4)
+BAD_LINES = st.sampled_from([
+    '{"a": ' + "7" * 5000 + "}",                              # beyond Python's 4,300-digit int()
+    '{"a": ' + "[" * 100_000 + "]" * 100_000 + "}",           # beyond the decoder's recursion
+    '{"a": "\\ud800"}', '{"a": "x\\udfff"}',                  # lone surrogates
+    '{"a": NaN}', '{"a": -Infinity}',                         # Python reads them; JSON has not
+    "[1, 2]", '"text"', "17", "null", "{", '{"a": 1} x', "\u2028", "garbage",
+])
+
+
+@st.composite
+def jsonl_file(draw):
+    """(file text, {line number: object} for the good lines, set of bad line numbers)."""
+    lines, good, bad = [], {}, set()
+    for number in range(1, draw(st.integers(1, 8)) + 1):
+        kind = draw(st.sampled_from(["good", "good", "good", "bad", "blank"]))
+        if kind == "good":
+            row = draw(OBJECTS)
+            lines.append(json.dumps(row, ensure_ascii=draw(st.booleans())))
+            good[number] = row
+        elif kind == "bad":
+            line = draw(BAD_LINES)
+            lines.append(line)
+            if line.strip():  # "\u2028" alone is blank to str.strip(): skipped like an empty line
+                bad.add(number)
+        else:
+            lines.append(draw(st.sampled_from(["", "  ", "\t", "\r"])))
+    return "\n".join(lines) + draw(st.sampled_from(["", "\n", "\r\n"])), good, bad
+
+
+@settings(max_examples=200, **SETTINGS)
+@given(case=jsonl_file())
+def test_generated_json_lines_are_read_exactly_or_named_by_line(tmp_path_factory, case):
+    text, good, bad = case
+    path = str(tmp_path_factory.mktemp("rows") / "rows.jsonl")
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        f.write(text)
+    got = list(read_records(path, bad_lines="yield"))
+    assert {item[0]: item[1] for item in got if len(item) == 2} == good
+    assert {item[0] for item in got if len(item) == 3} == bad
+    if bad:
+        with pytest.raises(DataError, match=rf"^{re.escape(path)}:{min(bad)}: "):
+            list(read_records(path))
+
+
+@settings(max_examples=10, **SETTINGS)
+@given(case=jsonl_file())
+def test_generated_rows_build_a_dataset_or_fail_with_a_located_message(project, case):
+    text, good, bad = case
+    rows = [json.dumps({"prompt": f"p{i}", "completion": "c", **row}) for i, row in enumerate(good.values())]
+    with open(os.path.join(project, "rows.jsonl"), "w", encoding="utf-8") as f:
+        f.write(text + "\n" + "\n".join(rows) + "\n")
+    forgefile = '[dataset.d]\nsource = "rows.jsonl"\nformat = "prompt_completion"\ninvalid = "drop"\n' \
+                'dedup = "none"\n\n[dataset.e]\nsource = "rows.jsonl"\nformat = "prompt_completion"\n'
+    code, out, err = forge(project, forgefile, "-k", "dataset:d", "dataset:e")
+    check_outcome(code, out, err, forgefile)
+    assert "build raised" not in out + err, text + out + err
+    assert code in (0, 2), out + err  # bad data is bad input (2), never a failed rule (1)
+    if bad:
+        assert re.search(r"FAILED  dataset:e: rows\.jsonl:\d+: ", out), out
