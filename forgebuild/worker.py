@@ -11,9 +11,15 @@ import sys
 import time
 import traceback
 
-from .context import BuildContext
-from .errors import Delegated, RuleFailed
-from .rules import load_rule, parse_params
+# `python -m` puts the working directory, the project folder, first on sys.path: its own pydantic.py
+# or torch.py would shadow the library. The executor starts workers in safe-path mode
+# (context.SAFE_PATH); Python 3.10 has none, so the entry goes here, before anything else is imported.
+if sys.path and sys.path[0] and os.path.realpath(sys.path[0]) == os.path.realpath(os.getcwd()):
+    del sys.path[0]
+
+from .context import BuildContext  # noqa: E402
+from .errors import Delegated, RuleFailed  # noqa: E402
+from .rules import load_rule, parse_params  # noqa: E402
 
 
 def main(context_file: str) -> int:

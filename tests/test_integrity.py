@@ -323,3 +323,14 @@ def test_a_module_in_the_project_does_not_shadow_a_library_inside_build_workers(
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "shadowed" not in proc.stdout + proc.stderr
+
+
+def test_the_worker_drops_the_project_folder_from_sys_path_without_safe_path_mode(project):
+    """Python 3.10 has no safe-path mode: the worker removes the folder `python -m` put first on sys.path
+    before it imports anything (here run without PYTHONSAFEPATH, a context file that does not exist)."""
+    project.write("pydantic.py", "raise SystemExit('the project shadowed a library')\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"}
+    proc = subprocess.run([sys.executable, "-m", "forgebuild.worker", "missing.json"], cwd=project.root,
+                          capture_output=True, text=True, env=env, timeout=60)
+    assert "shadowed" not in proc.stderr
+    assert proc.stderr.splitlines()[-1] == "FileNotFoundError: [Errno 2] No such file or directory: 'missing.json'"
