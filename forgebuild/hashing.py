@@ -113,14 +113,26 @@ class StatCache:
         self.dirty = True
 
     def save(self) -> None:
+        """Raises OSError when it cannot be written; the caller warns and goes on (it is only a cache)."""
         if not (self.path and self.dirty):
             return
-        os.makedirs(os.path.dirname(self.path), exist_ok=True)
-        tmp = f"{self.path}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.entries, f, separators=(",", ":"))
-        os.replace(tmp, self.path)  # whole or not at all; last writer wins
+        save_json(self.path, self.entries)  # last writer wins
         self.dirty = False
+
+
+def save_json(path: str, obj) -> None:
+    """Written to a temporary name beside `path` and renamed over it: whole or not at all. A write that
+    fails (a full disk, a read-only folder) raises OSError and leaves no temporary file behind."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(obj, f, separators=(",", ":"))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def walk_files(root: str, skip=()):

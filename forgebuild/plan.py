@@ -192,12 +192,9 @@ def environment() -> list:
 
 
 def save(plan: Plan, path: str, digest: str) -> None:
-    payload = {"digest": digest, "environment": environment(), "plan": asdict(plan)}
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(payload, f, separators=(",", ":"))
-    os.replace(tmp, path)
+    from .hashing import save_json
+
+    save_json(path, {"digest": digest, "environment": environment(), "plan": asdict(plan)})
 
 
 def load_cached(path: str, digest: str) -> Plan | None:
