@@ -218,6 +218,20 @@ generation = { max_new_tokens = 3 }
 limit = 4
 bootstrap = 100
 threads = 1
+
+[dataset.prompts]
+source = "data/prompts.jsonl"
+format = "prompts"
+
+[model.moe-rl]
+recipe = "grpo"
+base = "model:mixtral"
+prompts = "dataset:prompts"
+rewards = ["exact"]
+generations = 2
+max_completion_length = 4
+train = { steps = 1, batch_size = 4 }
+threads = 1
 """
 
 
@@ -227,6 +241,7 @@ def test_mixture_of_experts_models_generate_and_score_perplexity(tmp_path):
 
     lab = Project(str(tmp_path))
     tinylab.write_stdlib_text(lab.root, files=10)
+    tinylab.write_arith_data(lab.root, n=16)
     tinylab.write_jsonl(os.path.join(lab.root, "bench.jsonl"),
                         ({"prompt": f"What is {a}+{b}?\nAnswer:", "answer": str(a + b)} for a, b in tinylab.arithmetic(4)))
     base = tinylab.BASE_FORGEFILE.split("[model.base]")[0].replace("holdout = 0.1", "holdout = 0.3")
@@ -245,6 +260,9 @@ def test_mixture_of_experts_models_generate_and_score_perplexity(tmp_path):
     ids = torch.tensor([[5, 6, 7, 8], [0, 0, 7, 8]])
     out = model.generate(input_ids=ids, attention_mask=(ids != 0).long(), max_new_tokens=2, do_sample=False)
     assert out.shape == (2, 6)
+    # GRPO samples from it while training, and TRL still adds the router's load-balancing loss
+    lab.run("model:moe-rl", timeout=600)
+    assert "aux_loss" in json.loads(lab.read(".forge/out/model/moe-rl/training_log.jsonl").splitlines()[0])
 
     # the same models in another order: a reorder, not two models removed and added
     lab.forgefile(base + MOE.replace('models = ["model:mixtral", "model:qwen3moe-fim"]',
