@@ -261,7 +261,8 @@ def cmd_build(args, session: Session, report) -> int:
         return 0
     from . import preflight
 
-    preflight.check(session.plan, session.rules, decisions)  # a missing package or a bad file: exit 2 now
+    # a missing package or a bad file: exit 2 now, not after minutes of work
+    preflight.check(session.plan, session.rules, decisions, packages=args.executor == "local")
     from .executor import Executor
 
     jobs = args.jobs or session.plan.settings.get("jobs") or 1

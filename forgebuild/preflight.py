@@ -27,15 +27,17 @@ class MissingPackages(ForgeError):
     """A module a stage about to run imports is not installed (exit 2)."""
 
 
-def check(plan, rules, decisions: dict) -> None:
-    """Raise MissingPackages or ForgefileError for the targets of `decisions` that will build."""
+def check(plan, rules, decisions: dict, packages: bool = True) -> None:
+    """Raise MissingPackages or ForgefileError for the targets of `decisions` that will build.
+    `packages`: whether stages import here (not so for Ray tasks and Slurm jobs: their machines'
+    packages are theirs, and this one may only coordinate)."""
     from .executor import merge
     from .rules import parse_params
 
     building = [a for a, d in decisions.items() if d.state != "fresh"]
     parsed = {a: parse_params(rules[plan.targets[a].kind], merge(plan.targets[a].params, plan.targets[a].runtime))
               for a in building}
-    missing = missing_modules(plan, rules, parsed)
+    missing = missing_modules(plan, rules, parsed) if packages else {}
     if missing:
         raise MissingPackages(missing_message(missing))
     problems = [p for a in building for p in input_problems(plan, plan.targets[a], rules[plan.targets[a].kind],
@@ -89,7 +91,7 @@ def input_problems(plan, target, rule, params) -> list[Problem]:
 
     files: dict[str, list[tuple[str, str]]] = {}
     for spec in target.inputs:
-        if spec.kind != "target":
+        if spec.kind not in ("target", "external"):  # an imported model's folder: no check reads it
             files.setdefault(spec.key, []).extend(resolve_sources(plan, target, spec))
     found = check_inputs(params, files)
     if not found:
