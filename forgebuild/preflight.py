@@ -9,9 +9,9 @@ targets this build is about to run (a cache hit needs neither):
   (nothing is imported) stops the build with one line naming the ``pip install`` that fixes it:
   the example's evaluation used to fail on matplotlib after minutes of training.
 - ``check_inputs(params, files) -> [(key path, message)]``: checks that read the files a target
-  names (``files`` maps each input key to the (project-relative, absolute) paths of its files): a reward function
-  missing from its file, an n-gram longer than every benchmark text. They are Forgefile errors
-  (file, line, target, key; exit 2). They run here, not when the Forgefile is validated, because
+  names (``files`` maps each input key to its files' (project-relative, absolute) paths): a
+  reward function missing from its file, an n-gram longer than every benchmark text. They are
+  Forgefile errors (file, line, target, key; exit 2). They run here, not when the Forgefile is validated, because
   the plan is cached by the Forgefile's bytes while these files change on their own.
 """
 from __future__ import annotations
@@ -57,10 +57,17 @@ def missing_modules(plan, rules, parsed: dict) -> dict[str, tuple[str, list[str]
         for module, extra in (requires(params) if requires else {}).items():
             top = module.split(".", 1)[0]  # find_spec("a.b") would import a
             if top not in found:
-                found[top] = importlib.util.find_spec(top) is not None
+                found[top] = _installed(top)
             if not found[top]:
                 missing.setdefault(top, (extra, []))[1].append(address)
     return missing
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ValueError:  # imported already, without a spec (a module made by hand): it is there
+        return True
 
 
 def missing_message(missing: dict[str, tuple[str, list[str]]]) -> str:

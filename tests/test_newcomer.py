@@ -136,6 +136,12 @@ def test_an_ngram_longer_than_every_benchmark_text_is_an_error(project, no_torch
     assert project.build(env=no_torch_env) == {"dataset:sft": "built"}
     stats = json.loads(project.read(".forge/out/dataset/sft/stats.json"))
     assert stats["decontaminated"]["rows"] == 41 and stats["splits"]["train"] == 30
+    # the benchmark edited, the Forgefile not (its validation is cached): checked again all the same
+    tinylab.write_jsonl(os.path.join(project.root, "bench.jsonl"), [{"prompt": "Add 2 and 3.", "answer": "5"}])
+    proc = project.run(expect=2, env=no_torch_env)
+    assert proc.stderr == ("Forgefile.toml:7: error: dataset:sft: key 'ngram': ngram = 5 is longer than every "
+                           "text of bench.jsonl (the longest has 4 words): decontamination could remove no copy of "
+                           "it; set ngram = 4 or less\n")
 
 
 def test_a_benchmark_target_too_short_for_the_ngram_fails_its_build(project, no_torch_env):
