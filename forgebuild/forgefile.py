@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from . import limits
 from . import plan as planlib
 from .errors import ForgefileError, Problem, did_you_mean, suggest_address
 from .plan import InputSpec, Plan, TargetPlan
@@ -34,7 +35,7 @@ class ForgeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     default: list[str] = Field(default_factory=list, description="targets a bare `forgebuild` builds (all when empty)")
     seed: int = Field(0, description="project seed; each target's seed is derived from it and the target's address")
-    jobs: int | None = Field(None, ge=1, description="default for -j: stages run in parallel (runtime only)")
+    jobs: int | None = Field(None, ge=1, le=limits.THREADS, description="default for -j: stages run in parallel (runtime only)")
     cache: str | None = Field(None, description="local store folder, relative to the Forgefile (default .forge)")
     remote: str | None = Field(None, description="a shared cache (fsspec URL: s3://bucket/prefix, file:///mnt/cache); "
                                                  "credentials come from the filesystem's own configuration")
@@ -81,8 +82,8 @@ class Resources(BaseModel):
     Slurm job for it asks for (--executor ray|slurm). Runtime only, like `threads`."""
 
     model_config = ConfigDict(extra="forbid")
-    cpus: int | None = Field(None, ge=1, description="CPU cores (default: from `threads` x processes, else 1)")
-    gpus: int | None = Field(None, ge=0, description="GPUs (default: `launch.processes` with device = \"cuda\", else 0)")
+    cpus: int | None = Field(None, ge=1, le=limits.THREADS, description="CPU cores (default: from `threads` x processes, else 1)")
+    gpus: int | None = Field(None, ge=0, le=limits.THREADS, description="GPUs (default: `launch.processes` with device = \"cuda\", else 0)")
     memory_gb: float | None = Field(None, gt=0, description="memory in GB (default: the scheduler's own default)")
 
 
@@ -489,30 +490,37 @@ def _validate_target(rule, kind, target_name, body, problem_at, locate):
         return problem_at((kind, target_name, *path), message, address, key_text(path) or None)
 
     unusable = value_problems(body, [], where)
-    if unusable:
-        return None, unusable, None
-
     resources = body.get("resources")
     body = {k: v for k, v in body.items() if k != "resources"}  # every kind takes it: not a rule's param
     try:
         resources = Resources.model_validate(resources).model_dump(exclude_none=True) if resources is not None else {}
     except ValidationError as e:
-        return None, validation_problems(e, Resources, resources, lambda p, m: where(("resources", *p), m)), None
+        found = validation_problems(e, Resources, resources, lambda p, m: where(("resources", *p), m))
+        return None, _merged(unusable, found), None
     model = params_class(rule, body)
     try:
         params = model.model_validate(body)
     except ValidationError as e:
-        return None, validation_problems(e, model, body, where), None
+        return None, _merged(unusable, validation_problems(e, model, body, where)), None
+    if unusable:  # `lr = inf` passes a float field: still no stage may see it
+        return None, unusable, None
     problems = _checked(getattr(rule, "check", lambda p: [])(params), where)
     inputs = []
     for key, specs in rule.inputs(params).items():
         for spec in [specs] if isinstance(specs, str) else specs:
             line = locate.line((kind, target_name, *key.split(".")))
             input_kind = planlib.classify(spec)
+            if not spec.strip():  # "" joined to the project folder named all of it, silently
+                if not any(p.key == key for p in problems):  # unless the rule's own check said so
+                    problems.append(where(key.split("."), "an empty path: name a file, folder, glob or KIND:NAME"))
+                continue
             if input_kind != "target" and planlib.outside_root(spec):
                 problems.append(where(key.split("."), f"path '{spec}' is outside the project folder"))
             inputs.append(InputSpec(key, spec, input_kind, line))
     for key, spec in getattr(rule, "external_inputs", lambda p: {})(params).items():
+        if not spec.strip():
+            problems.append(where(key.split("."), "an empty path: name a file or folder"))
+            continue
         inputs.append(InputSpec(key, spec, "external", locate.line((kind, target_name, *key.split(".")))))
     identity, runtime_values = split_params(params)
     line = locate.line((kind, target_name))
@@ -521,6 +529,12 @@ def _validate_target(rule, kind, target_name, body, problem_at, locate):
                         bool(getattr(rule, "isolate", True)), sorted(declared.get("vars", [])),
                         _versions(declared.get("libraries", [])), resources)
     return target, problems, (rule, params, where)
+
+
+def _merged(unusable: list[Problem], found: list[Problem]) -> list[Problem]:
+    """Both lists, each key said once: `batch_size = 2**64` is out of 64 bits, not also above a bound."""
+    said = {p.key for p in unusable}
+    return unusable + [p for p in found if p.key not in said]
 
 
 def _checked(found, where) -> list[Problem]:

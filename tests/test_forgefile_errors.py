@@ -727,3 +727,85 @@ def test_an_unknown_key_says_where_it_belongs(tmp_path):
         Forgefile.toml:6: error: model:m: key 'train.seq_len': unknown key; 'seq_len' is a key of model (recipe pretrain, continue) and tokens targets
         Forgefile.toml:13: error: model:p: key 'train.seq_len': unknown key (did you mean 'seq_len'?)
     """)
+
+
+def _int_fields():
+    """(model, field name) of every integer param of every built-in rule, recipe and [forge] table."""
+    import typing
+
+    from pydantic import BaseModel
+
+    from forgebuild.forgefile import ForgeSettings, Resources
+    from forgebuild.rules import load_rules, params_class
+    from forgebuild.rules.model import RECIPES
+
+    roots = [ForgeSettings, Resources]
+    for kind, rule in load_rules().items():
+        roots += [params_class(rule, {"recipe": r}) for r in RECIPES] if kind == "model" else [rule.Params]
+    found, seen = [], set()
+
+    def walk(model):
+        if model in seen:
+            return
+        seen.add(model)
+        for name, field in model.model_fields.items():
+            args, todo = set(), [field.annotation]
+            while todo:  # `int | None`, `list[Reward]`, `Lora | None`: every type the field can hold
+                t = todo.pop()
+                inner = typing.get_args(t)
+                todo += inner if typing.get_origin(t) is not dict else []  # dict values: free-form (run params)
+                args.add(t)
+            if int in args:
+                found.append((model, name, field))
+            for t in args:
+                if isinstance(t, type) and issubclass(t, BaseModel):
+                    walk(t)
+
+    for root in roots:
+        walk(root)
+    return found
+
+
+def test_every_integer_param_has_an_upper_bound(tmp_path):
+    # 2**62 passed planning as a batch size or a vocabulary and failed deep in torch or tokenizers;
+    # forgebuild/limits.py says why each bound is where it is. Any 64-bit value is a seed.
+    fields = _int_fields()
+    assert len(fields) > 80  # the walk reaches nested tables (train, arch, lora, launch, rewards)
+    unbounded = [f"{model.__module__}.{model.__name__}.{name}" for model, name, field in fields
+                 if "seed" not in name and not any(hasattr(m, "le") or hasattr(m, "lt") for m in field.metadata)]
+    assert unbounded == []
+    proc = forge(tmp_path, f"""\
+        [model.m]
+        recipe = "sft"
+        base = "model:b"
+        data = "dataset:d"
+        train = {{ batch_size = {2**62} }}
+    """)
+    check_errors(proc, f"""
+        Forgefile.toml:5: error: model:m: key 'train.batch_size': expected an integer <= 65536, got integer {2**62}
+    """)
+
+
+def test_an_empty_path_is_an_error_for_every_rule(tmp_path):
+    # "" joined to the project folder silently named all of it (dataset source = "" read every file)
+    proc = forge(tmp_path, """\
+        [run.a]
+        cmd = "true"
+        inputs = { x = " " }
+
+        [corpus.b]
+        sources = ["data/raw.bin", ""]
+
+        [dataset.e]
+        source = ""
+
+        [model.i]
+        recipe = "import"
+        path = ""
+    """)
+    check_errors(proc, """
+        Forgefile.toml:3: error: run:a: key 'inputs.x': an empty path: name a file, folder, glob or KIND:NAME
+        Forgefile.toml:6: error: corpus:b: key 'sources': an empty path: name a file, folder, glob or KIND:NAME
+        Forgefile.toml:9: error: dataset:e: key 'source': an empty path: name a file, folder, glob or KIND:NAME
+        Forgefile.toml:13: error: model:i: key 'path': an empty path: name a file or folder
+    """)

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .. import limits
 from ..plan import ADDRESS
 from ..rules import runtime
 
@@ -16,16 +17,16 @@ class Train(BaseModel):
     """How long and how fast: `train = { lr = 1e-3, steps = 200, batch_size = 8 }`."""
     model_config = ConfigDict(extra="forbid")
     lr: float = Field(1e-3, gt=0, description="peak learning rate")
-    steps: int | None = Field(None, ge=1, description="optimizer steps; when unset, `epochs` (or a pretrain's `budget_tokens`) decide")
+    steps: int | None = Field(None, ge=1, le=limits.STEPS, description="optimizer steps; when unset, `epochs` (or a pretrain's `budget_tokens`) decide")
     epochs: float = Field(1.0, gt=0, description="passes over the data when `steps` is unset")
-    batch_size: int = Field(8, ge=1, description="sequences per micro-batch, over all processes (see `launch`)")
-    grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
+    batch_size: int = Field(8, ge=1, le=limits.BATCH, description="sequences per micro-batch, over all processes (see `launch`)")
+    grad_accum: int = Field(1, ge=1, le=limits.BATCH, description="micro-batches per optimizer step")
     schedule: Schedule = Field("cosine", description="learning-rate schedule after warmup")
-    warmup_steps: int = Field(0, ge=0, description="steps of linear warmup from 0 to `lr`")
+    warmup_steps: int = Field(0, ge=0, le=limits.STEPS, description="steps of linear warmup from 0 to `lr`")
     min_lr_rate: float = Field(0.1, ge=0, le=1, description="cosine_with_min_lr: the floor as a fraction of `lr`")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping norm (0 turns clipping off)")
-    eval_every: int | None = Field(None, ge=1, description="holdout loss every N steps (recipes with holdout data)")
+    eval_every: int | None = Field(None, ge=1, le=limits.STEPS, description="holdout loss every N steps (recipes with holdout data)")
     precision: Literal["fp32", "tf32", "bf16"] = Field(
         "fp32", description="arithmetic of the matrix products: fp32 (IEEE float32), tf32 (float32 tensors on "
                             "CUDA tensor cores, 10-bit mantissa products; on a CPU it trains exactly as fp32), bf16 "
@@ -36,7 +37,7 @@ class Train(BaseModel):
 class Lora(BaseModel):
     """`lora = { r = 16, alpha = 32, dropout = 0.05, target_modules = "all-linear", merge = true }`"""
     model_config = ConfigDict(extra="forbid")
-    r: int = Field(8, ge=1, description="adapter rank")
+    r: int = Field(8, ge=1, le=limits.WIDTH, description="adapter rank")
     alpha: float = Field(16, gt=0, description="scaling numerator: the update is scaled by alpha / r")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter's input")
     target_modules: list[str] | Literal["all-linear"] = Field(
@@ -48,8 +49,8 @@ class Launch(BaseModel):
     """`launch = { processes = 2 }`: one training stage on several processes (torchrun, DDP), on one
     machine or, with `nodes`, several (see forgebuild/recipes/launch.py)."""
     model_config = ConfigDict(extra="forbid")
-    processes: int = Field(1, ge=1, description="processes on each machine (GPUs, or CPU processes with gloo)")
-    nodes: int = Field(1, ge=1, description="machines: this one (node 0) and nodes - 1 that run `forgebuild join`")
+    processes: int = Field(1, ge=1, le=limits.THREADS, description="processes on each machine (GPUs, or CPU processes with gloo)")
+    nodes: int = Field(1, ge=1, le=limits.NODES, description="machines: this one (node 0) and nodes - 1 that run `forgebuild join`")
     master_addr: str | None = Field(
         None, description="nodes > 1: the address the other nodes reach node 0 at; unset: MASTER_ADDR, or the "
                           "first host of SLURM_JOB_NODELIST")
@@ -70,13 +71,13 @@ class Recipe(BaseModel):
     launch: Launch | None = runtime(None, description=(
         "several processes for this stage (torchrun); the global batch (train.batch_size x grad_accum) stays "
         "the same, each process takes batch_size / processes. Not in the key"))
-    threads: int = runtime(0, ge=0, description="CPU threads for torch; 0 means every core. Not in the key")
+    threads: int = runtime(0, ge=0, le=limits.THREADS, description="CPU threads for torch; 0 means every core. Not in the key")
     device: Literal["auto", "cpu", "cuda"] = runtime(
         "auto", description="where to train: auto takes a GPU when there is one. Not in the key")
-    dataloader_workers: int = runtime(0, ge=0, description="data loading processes. Not in the key")
-    log_every: int = runtime(10, ge=1, description="steps between progress lines in the stage log. Not in the key")
+    dataloader_workers: int = runtime(0, ge=0, le=limits.THREADS, description="data loading processes. Not in the key")
+    log_every: int = runtime(10, ge=1, le=limits.STEPS, description="steps between progress lines in the stage log. Not in the key")
     checkpoint_every: int = runtime(
-        50, ge=1, description="steps between checkpoints (a killed build resumes from the last). Not in the key")
+        50, ge=1, le=limits.STEPS, description="steps between checkpoints (a killed build resumes from the last). Not in the key")
 
 
 def reference_problems(params: BaseModel, keys) -> list[tuple[str, str]]:

@@ -16,6 +16,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from .. import limits
 from .common import (Lora, Recipe, Train, adapter_base_problem, kind_problems, reference_problems)
 from .pretrain import data_problems
 
@@ -27,10 +28,10 @@ class Params(Recipe):
     base: str = Field(description="the model target to continue from; its tokenizer is kept")
     tokens: str | None = Field(None, description="a tokens target made with the base's tokenizer")
     corpus: str | None = Field(None, description="a corpus target, tokenized here with the base's tokenizer (cached)")
-    seq_len: int | None = Field(None, ge=8, description="with `corpus`: tokens per training row (default 256)")
+    seq_len: int | None = Field(None, ge=8, le=limits.TOKENS, description="with `corpus`: tokens per training row (default 256)")
     train: Train = Field(default_factory=Train, description="the schedule: see the `train` table")
-    budget_tokens: int | None = Field(None, ge=1, description="train on this many tokens (sets the steps)")
-    eval_rows: int = Field(256, ge=1, description="holdout rows in each eval")
+    budget_tokens: int | None = Field(None, ge=1, le=limits.AMOUNT, description="train on this many tokens (sets the steps)")
+    eval_rows: int = Field(256, ge=1, le=limits.AMOUNT, description="holdout rows in each eval")
     lora: Lora | None = Field(None, description="continue as a LoRA adapter instead of every weight")
 
 

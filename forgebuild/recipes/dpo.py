@@ -29,6 +29,7 @@ from typing import Annotated, Literal
 from pydantic import BeforeValidator, Field
 from pydantic_core import PydanticCustomError
 
+from .. import limits
 from .common import (Lora, Recipe, Train, adapter_base_problem, dataset_format_problem, kind_problems,
                      reference_problems)
 
@@ -78,7 +79,7 @@ class Params(Recipe):
                                        "be > 0, e.g. 1e-3), aot, aot_unpaired: the label smoothing epsilon")
     alpha: float | None = Field(
         None, ge=0, description="odpo only: offset = alpha * log(score_chosen - score_rejected); unset: 1")
-    max_length: int = Field(1024, ge=8, description="tokens per prompt + completion (longer ones are cut)")
+    max_length: int = Field(1024, ge=8, le=limits.TOKENS, description="tokens per prompt + completion (longer ones are cut)")
     lora: Lora | None = Field(None, description="train a LoRA adapter instead of every weight")
     train: Train = Field(default_factory=Train, description="the schedule: see the `train` table")
 

@@ -27,6 +27,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from .. import limits
 from .common import Lora, Recipe, Train, adapter_base_problem, dataset_format_problem, kind_problems, reference_problems
 from .rewards import Reward, reward_file_problems, reward_inputs, reward_problems
 
@@ -43,8 +44,8 @@ class Params(Recipe):
     rewards: list[Reward] = Field(description=(
         "what scores a completion: FILE.py:FUNCTION, model:NAME (a `reward` recipe model), a built-in "
         "(exact, format, length), or a table with a weight, e.g. { builtin = \"exact\", weight = 0.5 }"))
-    generations: int = Field(8, ge=2, description="completions sampled per prompt (the group)")
-    max_completion_length: int = Field(256, ge=1, description="new tokens per completion at most")
+    generations: int = Field(8, ge=2, le=limits.BATCH, description="completions sampled per prompt (the group)")
+    max_completion_length: int = Field(256, ge=1, le=limits.TOKENS, description="new tokens per completion at most")
     temperature: float = Field(1.0, gt=0, description="sampling temperature of the completions")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling: keep the smallest set of tokens with this "
                                                      "much probability")

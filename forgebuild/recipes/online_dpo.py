@@ -31,6 +31,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from .. import limits
 from .common import (Lora, Recipe, Train, adapter_base_problem, dataset_format_problem, kind_problems,
                      reference_problems)
 from .rewards import Reward, RewardError, load_rewards, reward_file_problems, reward_inputs, reward_problems
@@ -48,11 +49,11 @@ class Params(Recipe):
     rewards: list[Reward] = Field(description=(
         "what judges the two samples of each prompt: a list of rewards (\"FILE.py:FUNCTION\", \"model:NAME\", "
         "a built-in, or tables with a `weight`); their weighted sum picks chosen and rejected"))
-    max_new_tokens: int = Field(64, ge=1, description="tokens sampled per completion")
+    max_new_tokens: int = Field(64, ge=1, le=limits.TOKENS, description="tokens sampled per completion")
     temperature: float = Field(0.9, gt=0, description="sampling temperature")
     top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling: keep the top tokens holding this much "
                                                       "probability (1 keeps all)")
-    max_length: int = Field(512, ge=8, description="prompt plus completion tokens for the log-probabilities "
+    max_length: int = Field(512, ge=8, le=limits.TOKENS, description="prompt plus completion tokens for the log-probabilities "
                                                    "(the prompt's left end is cut beyond it)")
     beta: float = Field(0.1, gt=0, description="strength of the pull towards the reference (IPO: its tau)")
     loss: Literal["sigmoid", "ipo"] = Field("sigmoid", description="sigmoid: DPO's loss; ipo: the IPO loss")

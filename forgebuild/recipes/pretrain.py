@@ -22,6 +22,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .. import limits
 from .common import Lora, Recipe, Train, kind_problems, reference_problems
 
 version = "1"
@@ -35,15 +36,15 @@ class Arch(BaseModel):
     """`arch = { family = "llama", hidden = 128, layers = 2, heads = 4 }`"""
     model_config = ConfigDict(extra="forbid")
     family: Family = Field(description="architecture family (transformers model type)")
-    hidden: int = Field(128, ge=8, description="hidden size")
-    layers: int = Field(2, ge=1, description="transformer blocks")
-    heads: int = Field(4, ge=1, description="attention heads")
-    kv_heads: int | None = Field(None, ge=1, description="key/value heads (grouped-query attention); default: heads")
-    intermediate: int | None = Field(None, ge=1, description="MLP width; default 4 x hidden (per expert for MoE)")
-    max_len: int | None = Field(None, ge=1, description="position embeddings; default: the sequence length")
+    hidden: int = Field(128, ge=8, le=limits.WIDTH, description="hidden size")
+    layers: int = Field(2, ge=1, le=limits.DEPTH, description="transformer blocks")
+    heads: int = Field(4, ge=1, le=limits.DEPTH, description="attention heads")
+    kv_heads: int | None = Field(None, ge=1, le=limits.DEPTH, description="key/value heads (grouped-query attention); default: heads")
+    intermediate: int | None = Field(None, ge=1, le=limits.WIDTH, description="MLP width; default 4 x hidden (per expert for MoE)")
+    max_len: int | None = Field(None, ge=1, le=limits.TOKENS, description="position embeddings; default: the sequence length")
     tie_embeddings: bool = Field(True, description="share input embedding and output head weights")
-    experts: int | None = Field(None, ge=2, description="MoE: experts per layer (default 4)")
-    top_k: int | None = Field(None, ge=1, description="MoE: experts each token is routed to (default 2)")
+    experts: int | None = Field(None, ge=2, le=limits.DEPTH, description="MoE: experts per layer (default 4)")
+    top_k: int | None = Field(None, ge=1, le=limits.DEPTH, description="MoE: experts each token is routed to (default 2)")
     router_aux_loss: float = Field(0.01, ge=0, description="MoE: weight of the router load-balancing loss")
 
 
@@ -52,13 +53,13 @@ class Params(Recipe):
     tokenizer: str = Field(description="the tokenizer target; its folder ships with the model")
     tokens: str | None = Field(None, description="a tokens target: packed rows to train on")
     corpus: str | None = Field(None, description="a corpus target, tokenized here into `seq_len` rows (cached)")
-    seq_len: int | None = Field(None, ge=8, description="with `corpus`: tokens per training row (default 256)")
+    seq_len: int | None = Field(None, ge=8, le=limits.TOKENS, description="with `corpus`: tokens per training row (default 256)")
     arch: Arch
     train: Train = Field(default_factory=Train, description="the schedule: see the `train` table")
-    budget_tokens: int | None = Field(None, ge=1, description="train on this many tokens (sets the steps)")
+    budget_tokens: int | None = Field(None, ge=1, le=limits.AMOUNT, description="train on this many tokens (sets the steps)")
     fim_rate: float = Field(0.0, ge=0, le=1, description="fraction of documents turned into fill-in-the-middle")
     fim_format: Literal["psm", "spm"] = Field("psm", description="prefix-suffix-middle or suffix-prefix-middle")
-    eval_rows: int = Field(256, ge=1, description="holdout rows in each eval")
+    eval_rows: int = Field(256, ge=1, le=limits.AMOUNT, description="holdout rows in each eval")
     lora: Lora | None = Field(None, description="not for pretraining: present only to say so clearly")
 
 

@@ -22,6 +22,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from .. import limits
 from .common import (Lora, Recipe, Train, adapter_base_problem, dataset_format_problem, kind_problems,
                      reference_problems)
 
@@ -36,7 +37,7 @@ class Params(Recipe):
     split: str = Field("train", description="the dataset split to train on")
     eval_split: str | None = Field(
         None, description="a split for the eval loss and accuracy every train.eval_every steps")
-    max_length: int = Field(512, ge=8, description="tokens per prompt + completion; longer pairs are dropped")
+    max_length: int = Field(512, ge=8, le=limits.TOKENS, description="tokens per prompt + completion; longer pairs are dropped")
     center_rewards: float | None = Field(
         None, ge=0, description="coefficient of a penalty on the mean squared reward, which keeps scores near 0 "
                                 "(the paper's value: 0.01); unset: none")

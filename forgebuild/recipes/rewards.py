@@ -37,6 +37,8 @@ from typing import Callable, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
+from .. import limits
+
 BUILTINS = ("exact", "format", "length")
 SHAPES = "write FILE.py:FUNCTION, model:NAME, or one of exact, format, length"
 MODEL_TARGET = re.compile(r"^model:[A-Za-z0-9_][A-Za-z0-9_.-]*$")
@@ -100,7 +102,7 @@ class Reward(BaseModel):
         "length: closeness to `target` characters"))
     weight: float = Field(1.0, allow_inf_nan=False, description="this reward's weight in the weighted sum")
     pattern: str | None = Field(None, description='builtin = "format": the regular expression (re.search)')
-    target: int | None = Field(None, ge=1, description='builtin = "length": the wanted length in characters')
+    target: int | None = Field(None, ge=1, le=limits.AMOUNT, description='builtin = "length": the wanted length in characters')
 
     @model_validator(mode="before")
     @classmethod

@@ -19,6 +19,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from .. import limits
 from .common import (Lora, Recipe, Train, adapter_base_problem, dataset_format_problem, kind_problems,
                      reference_problems)
 
@@ -32,7 +33,7 @@ class Params(Recipe):
     data: str = Field(description="a dataset target in prompt_completion or messages format")
     split: str = Field("train", description="the dataset split to train on")
     eval_split: str | None = Field(None, description="a split for the eval loss every train.eval_every steps")
-    max_length: int = Field(512, ge=8, description="tokens per example (longer ones are cut)")
+    max_length: int = Field(512, ge=8, le=limits.TOKENS, description="tokens per example (longer ones are cut)")
     completion_only: bool = Field(True, description="loss on completions / assistant turns only")
     packing: bool = Field(False, description="pack several examples into each max_length row")
     lora: Lora | None = Field(None, description="train a LoRA adapter instead of every weight")

@@ -44,6 +44,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .. import limits
 from ..plan import classify
 from . import runtime
 
@@ -99,8 +100,8 @@ def _expected(what: str, value):
 
 class Size(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    documents: int | None = Field(None, gt=0, description="number of documents in the mix's train split")
-    characters: int | None = Field(None, gt=0, description="number of characters in the mix's train split")
+    documents: int | None = Field(None, gt=0, le=limits.AMOUNT, description="number of documents in the mix's train split")
+    characters: int | None = Field(None, gt=0, le=limits.AMOUNT, description="number of characters in the mix's train split")
 
 
 class Params(BaseModel):
@@ -115,8 +116,8 @@ class Params(BaseModel):
     encoding_errors: Literal["error", "replace"] = Field("error", description=(
         "bytes that are not UTF-8: error (fail, naming file and byte offset) or replace (with U+FFFD, counted)"))
     normalize: Literal["NFC", "NFKC", "none"] = Field("NFC", description="Unicode normalisation form")
-    min_chars: int = Field(1, ge=0, description="drop documents shorter than this (characters)")
-    max_chars: int | None = Field(None, gt=0, description="drop documents longer than this (characters)")
+    min_chars: int = Field(1, ge=0, le=limits.AMOUNT, description="drop documents shorter than this (characters)")
+    max_chars: int | None = Field(None, gt=0, le=limits.AMOUNT, description="drop documents longer than this (characters)")
     include: list[str] = Field(default_factory=list, description="keep only documents matching one of these regexes")
     exclude: list[str] = Field(default_factory=list, description="drop documents matching one of these regexes")
     max_symbol_ratio: float | None = Field(None, gt=0, le=1, description=(
@@ -136,7 +137,7 @@ class Params(BaseModel):
         "the proportions allow without repeating one"))
     replacement: bool = Field(False, description=(
         "mix: sample with replacement; without (the default), whole epochs then a seeded sample of the rest"))
-    workers: int = runtime(0, ge=0, description="processes for the per-file work; 0: one per CPU (not part of the key)")
+    workers: int = runtime(0, ge=0, le=limits.THREADS, description="processes for the per-file work; 0: one per CPU (not part of the key)")
 
     @field_validator("pii", mode="before")
     @classmethod

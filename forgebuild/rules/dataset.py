@@ -30,6 +30,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .. import limits
 from ..errors import did_you_mean
 from ..records import json_kind as _kind
 from ..records import parse_json
@@ -86,7 +87,7 @@ class Params(BaseModel):
     decontaminate: str | list[str] = Field(
         default_factory=list, description="benchmark files, folders, globs or targets; rows sharing a word n-gram "
                                           "with their text are removed")
-    ngram: int = Field(13, ge=1, description="words per n-gram for decontamination")
+    ngram: int = Field(13, ge=1, le=limits.TOKENS, description="words per n-gram for decontamination")
     decontaminate_fields: list[str] = Field(
         default_factory=list, description="benchmark fields whose text is read; empty: every string field")
     description: str = runtime("", description="a note for people, kept in the build record; not part of the key")

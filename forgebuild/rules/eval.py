@@ -27,6 +27,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .. import limits
 from ..plan import ADDRESS
 from . import runtime
 
@@ -58,10 +59,10 @@ class Benchmark(BaseModel):
     prompt_field: str = Field("prompt", description="generate, choice: the prompt's column")
     answer_field: str = Field("answer", description="generate, choice: the reference's column")
     choices_field: str = Field("choices", description="choice: the column holding the list of choices")
-    seq_len: int = Field(256, ge=8, description="perplexity: tokens per window")
+    seq_len: int = Field(256, ge=8, le=limits.TOKENS, description="perplexity: tokens per window")
     path: str | None = Field(None, description="lm-eval: the folder of task YAML files (and their data)")
     tasks: list[str] = Field(default_factory=list, description="lm-eval: task names in that folder")
-    limit: int | None = Field(None, ge=1, description="examples (documents, lm-eval samples) at most; "
+    limit: int | None = Field(None, ge=1, le=limits.AMOUNT, description="examples (documents, lm-eval samples) at most; "
                                                       "default: the eval's `limit`")
 
     @model_validator(mode="before")
@@ -76,7 +77,7 @@ class Benchmark(BaseModel):
 class Generation(BaseModel):
     """`generation = { max_new_tokens = 32, stop = ["\\n"], temperature = 0.0 }`"""
     model_config = ConfigDict(extra="forbid")
-    max_new_tokens: int = Field(32, ge=1, description="tokens generated per example at most")
+    max_new_tokens: int = Field(32, ge=1, le=limits.TOKENS, description="tokens generated per example at most")
     stop: list[str] = Field(default_factory=lambda: ["\n"], description="an output ends at the first of these")
     temperature: float = Field(0.0, ge=0, description="0: greedy (the default); above 0: sampling, seeded")
 
@@ -86,13 +87,13 @@ class Params(BaseModel):
     models: list[str] = Field(min_length=1, description="the model targets to evaluate")
     benchmarks: list[Benchmark] = Field(min_length=1, description="what they are evaluated on")
     generation: Generation = Field(default_factory=Generation, description="settings of generation benchmarks")
-    limit: int | None = Field(None, ge=1, description="examples per benchmark at most (the first N)")
+    limit: int | None = Field(None, ge=1, le=limits.AMOUNT, description="examples per benchmark at most (the first N)")
     gate: dict[str, str] = Field(default_factory=dict, description=(
         "NAME.METRIC -> \">= 0.6\" (>=, <=, >, <, ==): every gate must hold or the build fails"))
     gate_models: list[str] | None = Field(None, description="the models the gates judge; default: the last of models")
-    bootstrap: int = Field(1000, ge=100, description="bootstrap resamples for the 95% intervals")
-    batch_size: int = runtime(8, ge=1, description="examples per forward pass. Not in the key")
-    threads: int = runtime(0, ge=0, description="CPU threads for torch; 0 means every core. Not in the key")
+    bootstrap: int = Field(1000, ge=100, le=limits.RESAMPLES, description="bootstrap resamples for the 95% intervals")
+    batch_size: int = runtime(8, ge=1, le=limits.BATCH, description="examples per forward pass. Not in the key")
+    threads: int = runtime(0, ge=0, le=limits.THREADS, description="CPU threads for torch; 0 means every core. Not in the key")
     device: Literal["auto", "cpu", "cuda"] = runtime("auto", description="where to evaluate. Not in the key")
 
 

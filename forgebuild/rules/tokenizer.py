@@ -26,6 +26,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .. import limits
 from ..plan import ADDRESS
 from . import runtime
 
@@ -73,9 +74,9 @@ class Params(BaseModel):
     # 2^24: far above the largest published vocabularies (~262k) and a 4 GiB float32 embedding at width 64;
     # 1e29 (a TOML float, read as an integer) used to reach the tokenizers library and overflow there
     vocab_size: int = Field(gt=0, le=2**24, description="size of the vocabulary, special tokens and the byte alphabet included")
-    min_frequency: int = Field(2, ge=0, description="bpe, wordpiece: a pair seen fewer times is never merged")
+    min_frequency: int = Field(2, ge=0, le=limits.AMOUNT, description="bpe, wordpiece: a pair seen fewer times is never merged")
     max_train_bytes: int | None = Field(
-        None, gt=0,
+        None, gt=0, le=limits.AMOUNT,
         description="train on the first documents of the train split up to this many UTF-8 bytes; all if unset")
     bos_token: str = Field("<|bos|>", description="beginning-of-sequence token; \"\" for none")
     eos_token: str = Field("<|eos|>", description="end-of-sequence token, also the document separator")
@@ -88,7 +89,7 @@ class Params(BaseModel):
     add_bos: bool = Field(False, description="the tokenizer puts bos_token before every encoded text (LLaMA style)")
     chat_template: str = Field(
         CHATML_TEMPLATE, description="Jinja chat template for apply_chat_template; ChatML by default, \"\" for none")
-    threads: int = runtime(0, ge=0, description="threads for training and encoding; 0 means every core. Not in the key")
+    threads: int = runtime(0, ge=0, le=limits.THREADS, description="threads for training and encoding; 0 means every core. Not in the key")
 
 
 # ------------------------------------------------------------------ planning (standard library only)

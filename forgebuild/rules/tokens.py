@@ -33,6 +33,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from .. import limits
 from . import runtime
 from .tokenizer import corpus_parts, encode, log_metrics, reference_problems, text_batches, use_threads, write_json
 
@@ -47,13 +48,13 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
     corpus: str = Field(description="the corpus target (KIND:NAME) to tokenize: its train and holdout splits")
     tokenizer: str = Field(description="the tokenizer target (KIND:NAME): a folder with tokenizer.json")
-    seq_len: int = Field(ge=1, description="tokens per row (training sequence)")
+    seq_len: int = Field(ge=1, le=limits.TOKENS, description="tokens per row (training sequence)")
     add_bos: bool = Field(False, description="put the tokenizer's bos token before every document")
     add_eos: bool = Field(True, description="put the tokenizer's eos token after every document (the separator)")
     packing: Literal["concat", "pad"] = Field(
         "concat", description="concat: documents back to back, cut into rows; pad: each document starts a row, padded")
-    threads: int = runtime(0, ge=0, description="threads for encoding; 0 means every core. Not in the key")
-    batch_documents: int = runtime(1024, ge=1, description="documents per encode_batch call. Not in the key")
+    threads: int = runtime(0, ge=0, le=limits.THREADS, description="threads for encoding; 0 means every core. Not in the key")
+    batch_documents: int = runtime(1024, ge=1, le=limits.BATCH, description="documents per encode_batch call. Not in the key")
 
 
 def inputs(params: Params) -> dict:
