@@ -142,7 +142,8 @@ print(json.dumps(res))
 class RequestLog(logging.Handler):
     """Counts the requests moto's werkzeug server logs, by kind (none is printed)."""
 
-    LINE = re.compile(r'"(?:\x1b\[[0-9;]*m)?(GET|PUT|HEAD|POST|DELETE) (\S+) [^"]*" (\d+)')  # 4xx lines are coloured
+    # 4xx lines are coloured, 206 (a ranged GET: a read through open()) twice: bold and magenta
+    LINE = re.compile(r'"(?:\x1b\[[0-9;]*m)*(GET|PUT|HEAD|POST|DELETE) (\S+) [^"]*" (\d+)')
 
     def __init__(self):
         super().__init__(logging.INFO)

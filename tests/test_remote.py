@@ -28,9 +28,11 @@ def workspaces(tmp_path, n=2, pipeline=PIPELINE, trust=True) -> list[Project]:
 
     found = [Project(str(tmp_path / f"ws{i}")) for i in range(n)]
     keys = [signing.public_line(signing.load_or_make(os.path.join(p.root, ".forge"))) for p in found]
+    trusting = f"trusted_keys = {json.dumps(keys)}\n" if trust else ""
+    text = (pipeline.replace("[forge]\n", "[forge]\n" + trusting, 1) if "[forge]\n" in pipeline
+            else f"[forge]\n{trusting}\n{pipeline}")
     for project in found:
-        project.header = f"[forge]\ntrusted_keys = {json.dumps(keys)}\n\n" if trust else ""
-        project.forgefile(project.header + pipeline)
+        project.forgefile(text)
     return found
 
 
@@ -218,3 +220,48 @@ def test_trusted_keys_that_are_not_keys_are_input_errors(tmp_path):
     assert a.run("--remote", f"file://{tmp_path}/shared", expect=2).stderr == (
         "forgebuild: Forgefile.toml: [forge] trusted_keys: keys/bob.pub: not an ssh-ed25519 public key (expected "
         "`ssh-ed25519 AAAA...`, as `forgebuild keys` shows)\n")
+
+
+def test_two_workspaces_share_a_training_chain_and_a_tampered_entry_is_rebuilt_here(tmp_path):
+    """corpus -> tokenizer -> pretrain -> sft, built once: a second workspace that trusts the first trains
+    nothing; a third, after the sft's remote entry lost its signature, trains the sft only, with one warning."""
+    import tinylab
+
+    chain = tinylab.BASE_FORGEFILE + tinylab.DATASETS + """
+[model.sft]
+recipe = "sft"
+base = "model:base"
+data = "dataset:sft"
+max_length = 32
+train = { lr = 1e-3, steps = 4, batch_size = 8 }
+threads = 1
+"""
+    projects = workspaces(tmp_path, 3, pipeline=chain)
+    for p in projects:
+        tinylab.write_stdlib_text(p.root)
+        tinylab.write_arith_data(p.root)
+    a, b, c = projects
+    shared = f"file://{tmp_path}/shared"
+    targets = ["corpus:stdlib", "tokenizer:bpe", "model:base", "dataset:sft", "model:sft"]
+    assert actions(a.run("--remote", shared, "model:sft", timeout=600)) == {t: "built" for t in targets}
+    events = b.events("--remote", shared, "model:sft")
+    assert {e["event"] for e in events} == {"cached", "summary"}  # no start, no built: zero training steps
+    assert all(e["reason"] == f"fetched from {shared}" for e in events if e["event"] == "cached")
+    sft = json.loads(a.run("show", "model:sft", "--json").stdout.splitlines()[0])["key"]
+    entry_path = tmp_path / "shared" / "ac" / sft[:2] / f"{sft}.json"
+    entry = json.loads(entry_path.read_text())
+    del entry["signature"]
+    os.chmod(entry_path, 0o644)
+    entry_path.write_text(json.dumps(entry))
+    proc = c.run("--remote", shared, "model:sft", timeout=600)
+    assert [line for line in proc.stdout.splitlines() if line.startswith("warning:")] == [
+        f"warning: remote entry {sft} for model:sft is not signed; building locally"]
+    assert actions(proc) == {**{t: "fetched" for t in targets}, "model:sft": "built"}
+    for p in (b, c):
+        p.run("verify", "model:sft")
+
+
+def actions(proc) -> dict[str, str]:
+    """{target: built | fetched} from a build's human lines (`built   model:sft  3.1s`)."""
+    return {line.split()[1]: line.split()[0] for line in proc.stdout.splitlines()
+            if line.split()[:1] in (["built"], ["fetched"])}

@@ -90,9 +90,10 @@ class Remote:
                 self._unreachable(e)
         return self._store
 
-    def _io(self, what: str, call, *args):
-        """A remote call. A connection failure turns this remote off (one warning) and gives None; any
-        other failure is about the object (`what`): Untrusted, so the one target is built here."""
+    def _io(self, what: str, call, *args, missing_ok: bool = False):
+        """A remote call. A connection failure turns this remote off (one warning) and gives None, as does
+        a missing object when `missing_ok`; any other failure is about the object (`what`): Untrusted, so
+        the one target is built here."""
         from .documents import Untrusted
 
         if self.disabled:
@@ -102,6 +103,8 @@ class Remote:
         except StoreError:
             raise
         except FileNotFoundError:
+            if missing_ok:
+                return None
             raise Untrusted(f"{what} is missing from the remote") from None
         except Exception as e:
             if connection_failure(e):
@@ -125,7 +128,7 @@ class Remote:
         from .. import signing
 
         found = dict(self._trusted)
-        if self.workspace_dir and os.path.exists(signing.private_path(self.workspace_dir)):
+        if os.path.exists(signing.private_path(self.workspace_dir or ".forge")):
             found.update(signing.trusted_keys([signing.public_line(self.signer)], "", "this workspace's key"))
         if also:
             found.update(signing.trusted_keys([also], "", "the worker's key"))
@@ -176,13 +179,9 @@ class Remote:
         return entry
 
     def _read_doc(self, path: str, what: str, missing_ok: bool = False) -> bytes | None:
-        """A JSON document's bytes, refused when larger than DOC_LIMIT (without reading it whole)."""
-        try:
-            return self._io(what, self._read_bounded, path, DOC_LIMIT, what)
-        except StoreError as e:
-            if missing_ok and str(e) == f"{what} is missing from the remote":
-                return None
-            raise
+        """A JSON document's bytes, refused when larger than DOC_LIMIT (without reading it whole). Through
+        open(), not a ranged cat_file: S3 servers answer a range past an object's end differently."""
+        return self._io(what, self._read_bounded, path, DOC_LIMIT, what, missing_ok=missing_ok)
 
     def _read_bounded(self, path: str, limit: int, what: str) -> bytes:
         from .documents import Untrusted
@@ -210,7 +209,7 @@ class Remote:
         from .. import signing
         from .documents import Untrusted
 
-        if "signature" not in entry:
+        if entry.get("signature") is None:
             raise Untrusted(f"{where} is not signed")
         found = signing.check(entry["signature"], key, entry, self.trusted(also_trust))
         if found:
@@ -278,7 +277,7 @@ class Remote:
             got = os.path.getsize(local.blob_path(f["digest"]))
             if got != f["size"]:
                 raise Untrusted(f"{where}: {f['path']} is {got} bytes, the manifest says {f['size']}")
-        tree = tree_digest((f["path"], f["x"], f["digest"]) for f in entry["files"])
+        tree = tree_digest((f["path"], f.get("x", False), f["digest"]) for f in entry["files"])
         if tree != entry["digest"]:
             raise Untrusted(f"{where}: its digest {entry['digest']} is not the digest of its files ({tree})")
 
@@ -341,7 +340,7 @@ class Remote:
     def _vouched(self, key: str, entry: dict) -> bool:
         from .. import signing
 
-        return "signature" in entry and signing.check(entry["signature"], key, entry, self.trusted()) is None
+        return entry.get("signature") is not None and signing.check(entry["signature"], key, entry, self.trusted()) is None
 
 
 def remote_for(args, settings: dict, root: str, report, workspace_dir: str | None = None,
