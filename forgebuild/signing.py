@@ -56,6 +56,8 @@ def load_or_make(workspace_dir: str):
         return _make(workspace_dir, path)
     except ValueError as e:
         raise UsageError(f"{path}: not a PEM private key ({e})") from None
+    except OSError as e:
+        raise UsageError(f"{path}: cannot be read ({e.strerror})") from None
     if not isinstance(key, Ed25519PrivateKey):
         raise UsageError(f"{path}: not an Ed25519 private key")
     return key

@@ -209,10 +209,14 @@ def test_a_planted_verdict_neither_fails_the_target_nor_is_cached(attack):
     assert all("verdict" not in json.load(open(p)) for p in _local_entries(b))
 
 
-def test_an_unsigned_entry_is_refused(attack):
+@pytest.mark.parametrize("how", ["removed", "null"])
+def test_an_unsigned_entry_is_refused(attack, how):
     remote, a, b, key = attack
     entry = remote.entry(key)
-    del entry["signature"]
+    if how == "removed":
+        del entry["signature"]
+    else:
+        entry["signature"] = None
     remote.put_entry(key, entry)
     rebuilt_with_one_warning(remote, b, " is not signed", key)
 
