@@ -96,6 +96,10 @@ def test_remote_worker_files_build_in_a_copy_and_meet_through_the_remote(tmp_pat
     where = project.read(".forge/out/run/a/where.txt").strip()
     assert not os.path.realpath(where).startswith(os.path.realpath(project.root))  # the worker's own copy
     assert remote_entries(shared) == {a: e["key"] for a, e in built.items()}  # the worker pushed both
+    # each worker signed with a fresh key of its own, trusted by this workspace for the entry it asked for;
+    # the workspace then signed them again with its key, the one other workspaces trust
+    head = project.run("keys", "-q").stdout.strip()
+    assert {json.load(open(p))["signature"]["key"] for p in glob.glob(f"{shared}/ac/*/*.json")} == {head}
     log = project.read(".forge/logs/run/a.log").splitlines()
     assert log[0].startswith(f"# forgebuild run:a key {built['run:a']['key']} ")
     assert log[1].startswith("# runner: ray task (1 CPUs, 0 GPUs), in its own copy of the project")
