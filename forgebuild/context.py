@@ -184,15 +184,28 @@ class BuildContext:
             produce(folder)
             entry = {**store.ingest_tree(folder), "target": self.target, "key": key, "memo": name}
             store.put_action(key, entry)
-        self._memo_log().write(key + "\n")  # the build's cache entry lists them, so gc keeps them
-        return ws.artifact(entry, store, self.target)
+        self._scratch_log("memos.txt").write(key + "\n")  # the build's cache entry lists them, so gc keeps them
+        folder = ws.artifact(entry, store, self.target)
+        self._hand_over(key, name, entry, folder)
+        return folder
 
-    def _memo_log(self):
-        """memos.txt, opened once per process (a pool's workers append too) and line-buffered."""
-        if getattr(self, "_memos", None) is None or self._memos[0] != os.getpid():
-            path = os.path.join(os.path.dirname(self.out), "memos.txt")
-            self._memos = (os.getpid(), open(path, "a", encoding="utf-8", buffering=1))
-        return self._memos[1]
+    def _hand_over(self, key: str, name: str, entry: dict, folder: str) -> None:
+        """Note each file of a step's result as the rule gets it (a hardlink of a blob): the executor
+        checks after the stage that none changed (guard.py)."""
+        log = self._scratch_log("handed.jsonl")
+        for item in entry["files"]:
+            st = os.stat(os.path.join(folder, *item["path"].split("/")))
+            log.write(json.dumps([key, name, entry["digest"], item["path"], item["digest"],
+                                  [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]]) + "\n")
+
+    def _scratch_log(self, name: str):
+        """A file beside the output, opened once per process (a pool's workers append too), line-buffered."""
+        logs = getattr(self, "_logs", None)
+        if logs is None or logs[0] != os.getpid():
+            logs = self._logs = (os.getpid(), {})
+        if name not in logs[1]:
+            logs[1][name] = open(os.path.join(os.path.dirname(self.out), name), "a", encoding="utf-8", buffering=1)
+        return logs[1][name]
 
     def place(self, cached_file: str, rel: str) -> None:
         """Put a file from a memo folder or an input into the output at `rel`: a reflink where the
@@ -208,7 +221,7 @@ class BuildContext:
     def __getstate__(self):
         """For a rule's process pool: an open log handle does not cross processes."""
         state = dict(self.__dict__)
-        state.pop("_memos", None)
+        state.pop("_logs", None)
         return state
 
     def _store_and_workspace(self):

@@ -296,6 +296,7 @@ class Executor:
         try:
             self._run_rule(ctx, scratch, target)
         finally:  # a failed stage's damage is repaired all the same, and named first
+            guard.watch_handed(os.path.join(scratch, "handed.jsonl"))
             damage = guard.check()
             if damage:
                 raise RuleFailed(address, damage, log_tail(log))

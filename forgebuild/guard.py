@@ -8,12 +8,15 @@ mtime, ctime or inode is confirmed by re-hashing, since a ctime also moves when 
 artifact links the same blob; a real change fails the stage. A damaged blob is dropped with the
 dependency's action-cache entry, so the next build rebuilds the dependency instead of serving
 the damaged bytes; the materialised folder is removed either way. A project file the stage
-changed leaves nothing to repair, but nothing built from it is cached.
+changed leaves nothing to repair, but nothing built from it is cached. The results of cached
+sub-steps (`ctx.memo`) are hardlinks too: the build process notes each file's stat as it hands
+one to the rule (`handed.jsonl` in the scratch folder), and they are checked the same way.
 
 Standard library and the store only.
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 
@@ -26,7 +29,7 @@ class Watched:
     path: str
     rel: str  # as the message names it: the path inside the artifact, or project-relative
     digest: str  # what the bytes must hash to
-    owner: str | None  # the dependency's address; None for a project file
+    owner: str | None  # the dependency's address, or "memo KEY"; None for a project file
     stat: tuple | None
 
 
@@ -42,7 +45,8 @@ class InputGuard:
     def __init__(self, project: str, ws, store, mat: dict):
         self.ws, self.store = ws, store
         self.files: list[Watched] = []
-        self.keys: dict[str, tuple[str, str]] = {}  # dependency -> (its key, its output digest)
+        # owner -> (its action key, its output digest, what it is to the stage, what repairing it means)
+        self.owners: dict[str, tuple[str, str, str, str]] = {}
         for entries in mat["inputs"].values():
             for kind, name, digest in entries:
                 if kind == "target":
@@ -56,11 +60,26 @@ class InputGuard:
         entry = self.store.get_action(last["key"], address) if last.get("digest") == digest else None
         if entry is None:
             return
-        self.keys[address] = (last["key"], digest)
+        self.owners[address] = (last["key"], digest, f"its input {address}",
+                                f"{address}'s damaged output was dropped from the cache and rebuilds on the next build")
         folder = self.ws.artifact_dir(digest)
         for item in entry["files"]:
             path = os.path.join(folder, *item["path"].split("/"))
             self.files.append(Watched(path, item["path"], item["digest"], address, _stat(path)))
+
+    def watch_handed(self, path: str) -> None:
+        """The cached sub-steps' results the stage was handed, with their stat at the time (see context.memo)."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                lines = [json.loads(line) for line in f if line.strip()]
+        except OSError:
+            return
+        for key, name, digest, rel, expected, stat in lines:
+            self.owners[f"memo {key}"] = (key, digest, f"the result of its cached step {name}",
+                                          "the damaged result was dropped from the cache and is made again on the "
+                                          "next build")
+            path = os.path.join(self.ws.artifact_dir(digest), *rel.split("/"))
+            self.files.append(Watched(path, rel, expected, f"memo {key}", tuple(stat)))
 
     def changed(self) -> list[Watched]:
         found = []
@@ -82,8 +101,8 @@ class InputGuard:
             return None
         parts = []
         for owner in dict.fromkeys(w.owner for w in changed if w.owner):
-            rels = ", ".join(w.rel for w in changed if w.owner == owner)
-            parts.append(f"the stage changed its input {owner} ({rels}): a stage must not write into its inputs; "
+            rels = ", ".join(dict.fromkeys(w.rel for w in changed if w.owner == owner))
+            parts.append(f"the stage changed {self.owners[owner][2]} ({rels}): a stage must not write into its inputs; "
                          + self._repair(owner, [w for w in changed if w.owner == owner]))
         for w in changed:
             if w.owner is None:
@@ -92,15 +111,15 @@ class InputGuard:
         return "; ".join(parts)
 
     def _repair(self, owner: str, changed: list[Watched]) -> str:
-        key, digest = self.keys[owner]
+        key, digest, _, dropped = self.owners[owner]
         remove_tree(self.ws.artifact_dir(digest))  # made again from the blobs, or by the rebuild
-        damaged = [w.digest for w in changed if self._blob_damaged(w.digest)]
+        damaged = [d for d in dict.fromkeys(w.digest for w in changed) if self._blob_damaged(d)]
         if not damaged:
             return "its materialised copy was removed and is made again from the cache"
         for blob in damaged:
             self.store.remove_blob(blob)
         self.store.remove_action(key)
-        return f"{owner}'s damaged output was dropped from the cache and rebuilds on the next build"
+        return dropped
 
     def _blob_damaged(self, digest: str) -> bool:
         path = self.store.blob_path(digest)

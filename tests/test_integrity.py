@@ -142,6 +142,50 @@ def test_an_untouched_input_whose_inode_changed_state_is_not_a_change(project):
     project.run("verify")
 
 
+SCRIBBLE = '''
+"""A rule that writes into the result of its own cached step (a test plugin)."""
+import os
+from pydantic import BaseModel, ConfigDict
+
+version = "1"
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    scribble: bool = False
+
+def inputs(params):
+    return {}
+
+def produce(folder):
+    with open(os.path.join(folder, "step.txt"), "w") as f:
+        f.write("made once\\n")
+
+def build(ctx):
+    folder = ctx.memo("step", {"n": 1}, produce)
+    if ctx.params.scribble:
+        with open(os.path.join(folder, "step.txt"), "a") as f:
+            f.write("scribbled\\n")
+    ctx.place(os.path.join(folder, "step.txt"), "step.txt")
+'''
+
+
+def test_a_rule_writing_into_a_cached_step_it_was_handed_fails_and_the_step_is_made_again(project, tmp_path_factory):
+    site = tmp_path_factory.mktemp("site")
+    (site / "scribble_rule.py").write_text(SCRIBBLE)
+    (site / "scribble_rule-0.1.dist-info").mkdir()
+    (site / "scribble_rule-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: scribble-rule\nVersion: 0.1\n")
+    (site / "scribble_rule-0.1.dist-info" / "entry_points.txt").write_text("[forgebuild.rules]\nscribble = scribble_rule\n")
+    env = {"PYTHONPATH": f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    project.forgefile("[scribble.s]\nscribble = true\n")
+    failed = [e for e in project.events(expect=1, env=env) if e["event"] == "failed"]
+    assert failed[0]["reason"] == ("the stage changed the result of its cached step step (step.txt): a stage must not "
+                                   "write into its inputs; the damaged result was dropped from the cache and is made "
+                                   "again on the next build")
+    project.forgefile("[scribble.s]\nscribble = false\n")
+    project.run(env=env)
+    assert project.read(".forge/out/scribble/s/step.txt") == "made once\n"
+
+
 # ------------------------------------------------------------------ --frozen and verify --rebuild notice a changed blob
 
 def _damage_through_the_link(project, rel: str) -> str:
