@@ -401,3 +401,32 @@ def test_record_texts_lone_surrogates_and_wrong_types(project):
     project.write("data/r.jsonl", '{"text": "fine"}\n{"text": 5}\n')
     proc = project.run(expect=2)
     assert "FAILED  corpus:r: data/r.jsonl:2: field 'text' is int, not text\n" in proc.stdout
+
+
+def test_a_near_dedup_threshold_datasketch_cannot_band_is_bad_input(project):
+    # was "build raised ValueError: The number of bands are too small (b < 2)" from datasketch
+    project.write("data/a.txt", PARAGRAPH)
+    project.forgefile('[corpus.n]\nsources = ["data/*.txt"]\ndedup = { near = { threshold = 1.0, num_perm = 16 } }\n')
+    proc = project.run(expect=2)
+    assert ("FAILED  corpus:n: dedup.near: datasketch finds no LSH banding for threshold 1 with num_perm 16 "
+            "(The number of bands are too small (b < 2)); lower the threshold or raise num_perm\n") in proc.stdout
+
+
+def test_json_lines_rows_are_read_as_the_format_says(project):
+    # U+2028 and U+0085 inside strings split lines under str.splitlines(); a 5,000-digit number raised
+    # AttributeError ('ValueError' object has no attribute 'msg'); 100,000 brackets raised RecursionError
+    project.write("data/sep.jsonl", '{"text": "one\u2028line\u0085still"}\n{"text": "two"}\n')
+    project.write("data/big.jsonl", '{"text": "a"}\n{"text": "b", "n": ' + "1" * 5000 + "}\n")
+    project.write("data/deep.jsonl", '{"text": "a", "n": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    project.write("data/nan.jsonl", '{"text": "a", "score": NaN}\n')
+    project.forgefile('[corpus.sep]\nsources = ["data/sep.jsonl"]\n\n[corpus.big]\nsources = ["data/big.jsonl"]\n\n'
+                      '[corpus.deep]\nsources = ["data/deep.jsonl"]\n\n[corpus.nan]\nsources = ["data/nan.jsonl"]\n')
+    proc = project.run("-k", expect=2)
+    assert "built   corpus:sep" in proc.stdout
+    assert "FAILED  corpus:big: data/big.jsonl:2: not valid JSON (a number of 5000 digits; at most 4300 are read)\n" \
+        in proc.stdout
+    assert "FAILED  corpus:deep: data/deep.jsonl:1: not valid JSON (arrays or objects nested too deep)\n" in proc.stdout
+    assert "FAILED  corpus:nan: data/nan.jsonl:1: not valid JSON (NaN is not a JSON value)\n" in proc.stdout
+    texts = sorted(t for part in glob.glob(os.path.join(project.root, ".forge/out/corpus/sep/*/*.parquet"))
+                   for t in pq.read_table(part).column("text").to_pylist())
+    assert texts == ["one\u2028line\u0085still", "two"]

@@ -14,7 +14,7 @@ def jsonl(rows) -> str:
 
 def output(project, name: str, split: str = "train") -> list[dict]:
     text = project.read(f".forge/out/dataset/{name}/{split}.jsonl")
-    return [json.loads(line) for line in text.splitlines()]
+    return [json.loads(line) for line in text.split("\n") if line]  # JSON Lines end at \n only
 
 
 def meta(project, name: str, file: str) -> dict:
@@ -490,3 +490,28 @@ def test_pyarrow_version_is_in_the_key_only_when_parquet_may_be_read(project):
         materials[record["target"]] = record["material"]["env"]["libraries"]
     assert materials["dataset:j"] == {}
     assert list(materials["dataset:p"]) == ["pyarrow"]
+
+
+def test_json_lines_rows_that_used_to_raise_are_bad_rows_named_by_line(project):
+    # U+2028 / U+0085 in a string split the line (splitlines); a 5,000-digit number raised AttributeError,
+    # 100,000 brackets RecursionError, a lone surrogate UnicodeEncodeError when the split was written
+    good = {"prompt": "a\u2028b", "completion": "c\u0085d"}
+    project.write("data/x.jsonl", "\n".join([
+        json.dumps(good, ensure_ascii=False),
+        '{"prompt": "p", "completion": ' + "7" * 5000 + "}",
+        '{"prompt": "p", "completion": "c", "x": ' + "[" * 100_000 + "]" * 100_000 + "}",
+        '{"prompt": "\\ud800", "completion": "c"}',
+        '{"prompt": "q", "completion": NaN}',
+    ]) + "\n")
+    project.forgefile('[dataset.keep]\nsource = "data/x.jsonl"\nformat = "prompt_completion"\ninvalid = "drop"\n\n'
+                      '[dataset.strict]\nsource = "data/x.jsonl"\nformat = "prompt_completion"\n')
+    proc = project.run("-k", expect=2)
+    assert ("FAILED  dataset:strict: data/x.jsonl:2: not valid JSON (a number of 5000 digits; at most 4300 are read) "
+            "(and 3 more invalid rows, listed in the log)\n") in proc.stdout
+    assert output(project, "keep") == [good]
+    log = project.read(".forge/logs/dataset/strict.log")
+    for line in ["data/x.jsonl:3: not valid JSON (arrays or objects nested too deep)",
+                 "data/x.jsonl:4: a string holds a lone surrogate (a \\uD800-\\uDFFF escape without its pair): "
+                 "not valid Unicode",
+                 "data/x.jsonl:5: not valid JSON (NaN is not a JSON value)"]:
+        assert line in log, log

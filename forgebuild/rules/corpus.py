@@ -752,7 +752,7 @@ def curate(ctx, units: list[Unit], folders: list[str], metas: list[dict]) -> tup
     if p.dedup.exact:
         kept = _counted(steps, "dedup_exact", kept, metas, lambda docs: exact_dedup(docs, metas))
     if p.dedup.near is not None:
-        kept = _counted(steps, "dedup_near", kept, metas, lambda docs: near_dedup(docs, folders, p.dedup.near))
+        kept = _counted(steps, "dedup_near", kept, metas, lambda docs: near_dedup(ctx, docs, folders, p.dedup.near))
     return kept, steps
 
 
@@ -775,7 +775,7 @@ def exact_dedup(docs, metas):
     return kept
 
 
-def near_dedup(docs, folders: list[str], near: Near):
+def near_dedup(ctx, docs, folders: list[str], near: Near):
     """Keep a document unless an earlier kept one shares an LSH band and its estimated Jaccard is >= threshold."""
     np = _require("numpy")
     datasketch = _require("datasketch")
@@ -783,7 +783,13 @@ def near_dedup(docs, folders: list[str], near: Near):
     for u in sorted({u for u, _ in docs}):
         sigs[u] = np.load(os.path.join(folders[u], "minhash.npy"))
     empty = np.iinfo(np.uint32).max
-    lsh = datasketch.MinHashLSH(threshold=near.threshold, num_perm=near.num_perm)
+    try:
+        lsh = datasketch.MinHashLSH(threshold=near.threshold, num_perm=near.num_perm)
+    except ValueError as e:
+        # datasketch picks the LSH banding; near 1 it finds none with 2 bands or more (threshold 1.0 never,
+        # 0.99 only from num_perm 512, 0.9 not at 16). Checked here: importing it to plan costs ~0.9 s.
+        raise ctx.bad_input(f"dedup.near: datasketch finds no LSH banding for threshold {near.threshold:g} with "
+                            f"num_perm {near.num_perm} ({e}); lower the threshold or raise num_perm") from None
     kept, index = [], {}
     for u, i in docs:
         row = sigs[u][i]
