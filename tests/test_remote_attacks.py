@@ -80,8 +80,10 @@ def signed_by(project, key: str, entry: dict) -> dict:
     return {**entry, "signature": signing.sign(private, key, entry, entry["signature"]["record"])}
 
 
-def rebuilt_with_one_warning(remote, b, reason: str, key: str) -> None:
-    """b builds: run:one here with exactly this warning, run:two fetched (run:one's output is the real one)."""
+def rebuilt_with_one_warning(remote, b, reason: str, key: str, a=None) -> None:
+    """b builds: run:one here with exactly this warning, run:two fetched (run:one's output is the real one).
+    With `a`: b's push repaired the remote (its entry, and blobs that failed their checks), so `a`, its
+    cache emptied, fetches everything without a warning."""
     proc = b.run("--remote", remote.url, env=remote.env)
     warnings = [line for line in proc.stdout.splitlines() if line.startswith("warning:")]
     assert warnings == [f"warning: remote entry {key} for run:one{reason}; building locally"]
@@ -90,6 +92,10 @@ def rebuilt_with_one_warning(remote, b, reason: str, key: str) -> None:
     assert b.build("--remote", remote.url, env=remote.env) == {"run:one": "cached", "run:two": "cached"}
     assert b.runs() == []
     b.run("verify")
+    if a is not None:
+        a.run("clean", "--cache")
+        proc = a.run("--remote", remote.url, env=remote.env)
+        assert "warning" not in proc.stdout and a.runs() == []
 
 
 def test_a_record_id_that_climbs_out_is_refused(attack, tmp_path):
@@ -103,7 +109,7 @@ def test_a_record_id_that_climbs_out_is_refused(attack, tmp_path):
     remote.write(f"records/{entry['record']}.json", json.dumps({**record, "id": climb}).encode())
     remote.put_entry(key, signed_by(a, key, {**entry, "record": climb}))
     rebuilt_with_one_warning(remote, b, " is malformed: record: String should match pattern "
-                                        "'^[0-9]{8}T[0-9]{6}-[0-9a-f]{12}-[0-9a-f]{6}$'", key)
+                                        "'^[0-9]{8}T[0-9]{6}-[0-9a-f]{12}-[0-9a-f]{6}$'", key, a)
     # the mechanism itself, whoever calls it: nothing lands outside the store
     with pytest.raises(StoreError, match=r"^build record id '\.\./\.\./\.\./\.\./canary/package' is not a record id"):
         Store(os.path.join(b.root, ".forge")).put_record_as({**record, "id": climb})
@@ -129,7 +135,7 @@ def test_a_forged_self_consistent_statement_with_a_swapped_blob_is_refused(attac
     remote.put_entry(key, forged)
     fingerprint = signing.fingerprint(attacker.public_key())
     rebuilt_with_one_warning(remote, b, f": it is signed by {fingerprint}, a key this workspace does not trust "
-                                        "([forge] trusted_keys)", key)
+                                        "([forge] trusted_keys)", key, a)
 
 
 def test_a_manifest_whose_tree_digest_is_not_its_files_is_refused(attack):
@@ -140,7 +146,8 @@ def test_a_manifest_whose_tree_digest_is_not_its_files_is_refused(attack):
     files = [{**f, "digest": remote.put_blob(b"evil!\n")} if f["path"] == "x.txt" else f for f in entry["files"]]
     remote.put_entry(key, signed_by(a, key, {**entry, "files": files}))
     tree = tree_digest((f["path"], f["x"], f["digest"]) for f in files)
-    rebuilt_with_one_warning(remote, b, f": its digest {entry['digest']} is not the digest of its files ({tree})", key)
+    rebuilt_with_one_warning(remote, b, f": its digest {entry['digest']} is not the digest of its files ({tree})",
+                             key, a)
 
 
 @pytest.mark.parametrize("damage", ["not JSON", "wrong type", "record without id", "blob is a folder"])
@@ -166,7 +173,7 @@ def test_malformed_documents_are_one_warning(attack, damage):
         reason = (f": blob {x} cannot be read (IsADirectoryError: [Errno 21] Is a directory: "
                   f"'{remote.root}/cas/{x[:2]}/{x}')" if remote.kind == "file" else  # S3: a prefix of 0 bytes
                   f": blob {x} is 0 bytes, the manifest says 6: refused without downloading it")
-    rebuilt_with_one_warning(remote, b, reason, key)
+    rebuilt_with_one_warning(remote, b, reason, key, a if damage != "blob is a folder" else None)
 
 
 def test_an_oversized_blob_is_refused_before_it_is_downloaded(attack):
@@ -181,7 +188,7 @@ def test_an_oversized_blob_is_refused_before_it_is_downloaded(attack):
     else:
         remote.write(f"cas/{x[:2]}/{x}", bytes(size))
     rebuilt_with_one_warning(remote, b, f": blob {x} is {size} bytes, the manifest says 6: refused without "
-                                        "downloading it", key)
+                                        "downloading it", key, a)
     assert os.listdir(os.path.join(b.root, ".forge", "tmp")) == []
 
 
@@ -196,7 +203,7 @@ def test_a_blob_that_never_ends_is_cut_off_at_its_declared_size(tmp_path):
     os.unlink(remote.path(f"cas/{empty[:2]}/{empty}"))
     os.symlink("/dev/zero", remote.path(f"cas/{empty[:2]}/{empty}"))
     a.runs()
-    rebuilt_with_one_warning(remote, b, f": blob {empty} sent more than its declared 0 bytes: refused", key)
+    rebuilt_with_one_warning(remote, b, f": blob {empty} sent more than its declared 0 bytes: refused", key, a)
 
 
 def test_a_planted_verdict_neither_fails_the_target_nor_is_cached(attack):
@@ -205,7 +212,7 @@ def test_a_planted_verdict_neither_fails_the_target_nor_is_cached(attack):
     remote.put_entry(key, {**entry, "verdict": "gate failed: perplexity 9999 > 50"})
     fingerprint = signing.fingerprint(signing.parse_public(entry["signature"]["key"]))
     rebuilt_with_one_warning(remote, b, f": its signature by {fingerprint} does not match its contents (tampered)",
-                             key)
+                             key, a)
     assert all("verdict" not in json.load(open(p)) for p in _local_entries(b))
 
 
@@ -218,7 +225,7 @@ def test_an_unsigned_entry_is_refused(attack, how):
     else:
         entry["signature"] = None
     remote.put_entry(key, entry)
-    rebuilt_with_one_warning(remote, b, " is not signed", key)
+    rebuilt_with_one_warning(remote, b, " is not signed", key, a)
 
 
 @pytest.mark.parametrize("kind", ["file", "s3"])

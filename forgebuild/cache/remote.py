@@ -24,7 +24,8 @@ target is built here. Only a failure to connect turns the remote off ("cannot be
 - push: the blobs the remote lacks (in parallel), the build record, then the entry, signed
   with this workspace's key: the entry is the commit point, so a reader sees a complete
   artifact or none. Two workspaces pushing one key write the same blobs and one whole
-  entry each; the last entry stands, and both are consistent.
+  entry each; the last entry stands, and both are consistent. After this process refused a
+  key's entry, its push writes the entry again, and the blobs that failed their checks.
 - A remote that cannot be reached degrades to local-only with one warning, unless
   --require-remote (then it is an error, exit 2).
 """
@@ -78,6 +79,9 @@ class Remote:
         self._store = None
         self._signer = None
         self.disabled = False
+        # What this process refused: its push then writes the key's entry and these blobs again (repair)
+        self.refused: set[str] = set()
+        self.bad_blobs: set[str] = set()
 
     @property
     def store(self):
@@ -149,6 +153,15 @@ class Remote:
         """The remote's entry for `key`, with its blobs now in the local store; None on a miss.
 
         Raises Untrusted (a StoreError) when anything about the entry is wrong; see the module's docstring."""
+        from .documents import Untrusted
+
+        try:
+            return self._fetch(key, target, local, mat, also_trust)
+        except Untrusted:
+            self.refused.add(key)
+            raise
+
+    def _fetch(self, key: str, target: str, local, mat: dict, also_trust: str | None) -> dict | None:
         from . import documents
 
         if self.disabled or self.store is None:
@@ -242,6 +255,7 @@ class Remote:
                 return False  # the remote went away: build locally
             got = file_digest(tmp)
             if got != digest:
+                self.bad_blobs.add(digest)
                 raise Untrusted(f"{what} does not match its digest (the remote holds {got}): a corrupt or "
                                 "tampered remote")
             local.put_file(tmp, digest)
@@ -258,12 +272,14 @@ class Remote:
         with self.store.fs.open(path, "rb") as src:
             there = self._size_of(src, path)
             if there > limit or (size is not None and there != size):
+                self.bad_blobs.add(os.path.basename(path))
                 raise Untrusted(f"{what} is {there} bytes, the manifest says {limit}: refused without downloading it")
             got = 0
             with open(tmp, "wb") as dst:
                 while chunk := src.read(min(CHUNK, limit - got + 1)):
                     got += len(chunk)
                     if got > limit:
+                        self.bad_blobs.add(os.path.basename(path))
                         raise Untrusted(f"{what} sent more than its declared {limit} bytes: refused")
                     dst.write(chunk)
         return True
@@ -302,7 +318,7 @@ class Remote:
 
         if not self.push_enabled or self.disabled or self.store is None:
             return 0
-        there = self._entry_there(key)
+        there = None if key in self.refused else self._entry_there(key)
         if there is not None and there["files"] == entry["files"] and self._vouched(key, there):
             return 0  # the same files, signed by a trusted key: its blobs were written before it
         record = local.get_record(entry["record"]) if entry.get("record") else None
@@ -317,7 +333,7 @@ class Remote:
                                lambda: {d for d, on in zip(sizes, pool.map(self.store.has_blob, sizes)) if on})
         if present is None:
             return 0
-        missing = sorted(set(sizes) - present)
+        missing = sorted((set(sizes) - present) | (set(sizes) & self.bad_blobs))  # bad ones: replaced
         with ThreadPoolExecutor(THREADS) as pool:
             list(pool.map(lambda d: self._io(f"blob {d}", self.store.copy_in, local.blob_path(d), d, False), missing))
         if self.disabled:
@@ -340,7 +356,8 @@ class Remote:
     def _vouched(self, key: str, entry: dict) -> bool:
         from .. import signing
 
-        return entry.get("signature") is not None and signing.check(entry["signature"], key, entry, self.trusted()) is None
+        signature = entry.get("signature")
+        return signature is not None and signing.check(signature, key, entry, self.trusted()) is None
 
 
 def remote_for(args, settings: dict, root: str, report, workspace_dir: str | None = None,
