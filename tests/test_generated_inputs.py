@@ -2,14 +2,14 @@
 
 Hypothesis mutates the real example Forgefile (values of every type and size, keys moved or
 misspelt, references to missing targets, raw lines, nesting a thousand deep), writes generated
-`run` tables that are then really built, and generated JSON Lines files read by the records
-reader and by a real dataset build. Every case must end in exit 0, or in exit 2 with every
+`run`, `corpus` and `dataset` tables that are then really built, and generated JSON Lines files
+read by the records reader and by a real dataset build. Every case must end in exit 0, or in exit 2 with every
 message located as FILE:LINE; a build may fail (exit 1) only with a message of its own, never
 with a rule's exception ("build raised", or a traceback in the stage log).
 
 Everything runs in-process through `cli.main` (one planning pass is ~10-30 ms) except the
 dataset builds, which start a worker each; derandomized, so the suite sees the same cases
-every run. Measured here: about 25 s for the whole module on a 2-core machine.
+every run. Measured here: about 32 s for the whole module on a 2-core machine.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ import shutil
 import tomllib
 
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from forgebuild import cli
@@ -218,6 +218,52 @@ def test_generated_run_tables_plan_and_build_without_a_raw_exception(project, fo
         with open(log, encoding="utf-8", errors="replace") as f:
             assert "Traceback" not in f.read(), forgefile + out + err
         os.remove(log)
+
+
+# ------------------------------------------------------------------ generated corpus and dataset tables, really built
+
+DATA_KEYS = {
+    "corpus": {
+        "sources": st.sampled_from([["examples/data/raw/*.txt"], ["examples/data/arith/sft.jsonl"], ["examples"]]),
+        "format": st.sampled_from(["auto", "text", "records"]),
+        "text_field": st.sampled_from(["text", "question", ""]),
+        "min_chars": st.sampled_from([0, 10**6, 2**53]), "max_chars": st.sampled_from([1, 100, 2**53]),
+        "holdout": st.sampled_from([0.0, 0.5, 1.0]), "shards": st.sampled_from([1, 100_000]),
+        "dedup": st.sampled_from(["exact", "none", "near", {"near": {"threshold": 1.0, "num_perm": 16}}]),
+        "include": st.sampled_from([["(unclosed"], [""], []]), "size": st.sampled_from([{"documents": 1}]),
+    },
+    "dataset": {
+        "source": st.sampled_from(["examples/data/arith/sft.jsonl", "examples/data/arith/pref.jsonl", "examples"]),
+        "format": st.sampled_from(["auto", "prompt_completion", "messages", "preference", "prompts"]),
+        "fields": st.sampled_from([{}, {"prompt": "question", "completion": "answer"}, {"prompt": ""}]),
+        "invalid": st.sampled_from(["error", "drop"]), "dedup": st.sampled_from(["exact", "prompt", "none"]),
+        "splits": st.sampled_from([{"train": 1.0}, {"train": 0.0, "test": 1.0}, {"a": 1e-9, "b": 1 - 1e-9}]),
+        "ngram": st.sampled_from([1, 2**20]), "decontaminate": st.sampled_from([[], ["examples/data/arith/bench.jsonl"]]),
+    },
+}
+
+
+@st.composite
+def data_table(draw):
+    kind = draw(st.sampled_from(sorted(DATA_KEYS)))
+    keys = DATA_KEYS[kind]
+    first = "sources" if kind == "corpus" else "source"
+    body = {first: draw(keys[first])}
+    body.update({k: draw(keys[k]) for k in draw(st.lists(st.sampled_from(sorted(keys)), unique=True, max_size=4))})
+    return render({kind: {"t": body}})
+
+
+NEAR_ONE = {"sources": ["examples/data/raw/*.txt"], "dedup": {"near": {"threshold": 1.0, "num_perm": 16}}}
+
+
+@settings(max_examples=20, **SETTINGS)
+@given(forgefile=data_table())
+@example(forgefile=render({"corpus": {"t": NEAR_ONE}}))  # found by a 250-example run of this test
+def test_generated_corpus_and_dataset_tables_build_or_say_why(project, forgefile):
+    # NEAR_ONE was "build raised ValueError: The number of bands are too small (b < 2)" (datasketch)
+    code, out, err = forge(project, forgefile, "-B")
+    check_outcome(code, out, err, forgefile)
+    assert "build raised" not in out + err, forgefile + out + err
 
 
 # ------------------------------------------------------------------ generated data rows
