@@ -265,3 +265,14 @@ def actions(proc) -> dict[str, str]:
     """{target: built | fetched} from a build's human lines (`built   model:sft  3.1s`)."""
     return {line.split()[1]: line.split()[0] for line in proc.stdout.splitlines()
             if line.split()[:1] in (["built"], ["fetched"])}
+
+
+def test_a_corrupt_local_build_record_is_one_line_not_a_traceback(tmp_path):
+    (a,) = workspaces(tmp_path, 1, trust=False)
+    a.run()
+    record = json.loads(a.run("show", "run:one", "--json").stdout.splitlines()[0])["id"]
+    path = os.path.join(a.root, ".forge", "records", f"{record}.json")
+    os.chmod(path, 0o644)
+    with open(path, "w") as f:
+        f.write('{"id": ')
+    assert a.run("show", "run:one", expect=2).stderr == f"forgebuild: {path}: corrupt build record (not JSON)\n"

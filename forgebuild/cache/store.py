@@ -253,8 +253,20 @@ class Store:
         return entry
 
     def get_record(self, record_id: str) -> dict | None:
-        data = self._read(self._path("records", f"{record_id}.json"))
-        return json.loads(data) if data is not None else None
+        """A build record by id; None when there is none (or the id is not a record id: never a path)."""
+        if not RECORD_ID.match(record_id or ""):
+            return None
+        path = self._path("records", f"{record_id}.json")
+        data = self._read(path)
+        if data is None:
+            return None
+        try:
+            record = json.loads(data)
+        except (ValueError, RecursionError):
+            raise StoreError(f"{path}: corrupt build record (not JSON)") from None
+        if not isinstance(record, dict):
+            raise StoreError(f"{path}: corrupt build record (not an object)")
+        return record
 
     # ---------------------------------------------------------------- housekeeping
 
