@@ -603,6 +603,10 @@ def test_empty_commands_and_input_lists_fail_at_planning(tmp_path):
         [run.e]
         cmd = "true"
         inputs = { x = [], y = [""] }
+
+        [run.f]
+        cmd = "true"
+        outputs = [""]
     """)
     check_errors(proc, """
         Forgefile.toml:2: error: run:a: key 'cmd': expected a string or a non-empty array, got array
@@ -611,6 +615,7 @@ def test_empty_commands_and_input_lists_fail_at_planning(tmp_path):
         Forgefile.toml:11: error: run:d: key 'cmd[0]': expected a non-empty string, got string ""
         Forgefile.toml:15: error: run:e: key 'inputs.x': expected a string or a non-empty array, got array
         Forgefile.toml:15: error: run:e: key 'inputs.y[0]': expected a non-empty string, got string ""
+        Forgefile.toml:19: error: run:f: key 'outputs[0]': expected a non-empty string, got string ""
     """)
 
 

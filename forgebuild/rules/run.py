@@ -54,7 +54,7 @@ class Params(BaseModel):
     env: dict[str, str] = Field(default_factory=dict, description="extra environment variables; part of the key")
     pass_env: list[str] = Field(
         default_factory=list, description="variables of the caller's environment whose values are part of the key")
-    outputs: list[str] = Field(
+    outputs: list[Text] = Field(
         default_factory=list, description="paths inside {out} the command must create; the stage fails otherwise")
     description: str = runtime("", description="a note for people, kept in the build record; not part of the key")
     timeout: float | None = runtime(None, gt=0, description="seconds before the command is killed; not part of the key")
