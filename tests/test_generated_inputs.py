@@ -181,6 +181,17 @@ def test_the_example_itself_plans(project):
     assert (code, err) == (0, ""), out + err
 
 
+def test_a_typo_in_the_examples_base_is_one_located_error(project):
+    # was KeyError in graph.topological_order: model:dpo-v2 invalid, model:rl-v3 and eval:arith read it
+    with open(EXAMPLE, encoding="utf-8") as f:
+        text = f.read()
+    assert text.count('base = "model:sft-v1"') == 1
+    text = text.replace('base = "model:sft-v1"', 'base = "model:sft_v1"')
+    line = text[: text.index("model:sft_v1")].count("\n") + 1
+    assert forge(project, text, "-n") == (2, "", f"Forgefile.toml:{line}: error: model:dpo-v2: key 'base': "
+                                                 "no target 'model:sft_v1' (did you mean 'model:sft-v1'?)\n")
+
+
 # ------------------------------------------------------------------ generated run tables, really built
 
 RUN_KEYS = {
