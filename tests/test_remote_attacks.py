@@ -248,3 +248,72 @@ def _local_entries(project) -> list[str]:
     import glob
 
     return glob.glob(os.path.join(project.root, ".forge", "ac", "*", "*.json"))
+
+
+def test_a_thousand_mutated_entries_never_crash_a_fetch(tmp_path):
+    """A seeded mutator over the entry a honest workspace pushed: a key dropped, a value of another type or
+    out of range, an unknown field, a duplicated file, a truncated or flipped byte; half re-signed with the
+    trusted key (so the checks behind the signature are reached). Every fetch, in this process, either
+    returns an entry whose tree digest is its files' or raises Untrusted: never another exception, and
+    nothing is written outside the fetching store."""
+    import random
+
+    from forgebuild.cache.documents import Untrusted
+    from forgebuild.cache.remote import Remote as Client
+    from forgebuild.cache.store import Store
+
+    remote = Remote("file", tmp_path, {})
+    a, b = workspaces(tmp_path, pipeline=ATTACKED)
+    a.run("--remote", remote.url)
+    state = json.load(open(os.path.join(a.root, ".forge", "state", "targets", "run", "one.json")))
+    key, mat, entry = state["key"], state["material"], remote.entry(state["key"])
+    private = signing.load_or_make(os.path.join(a.root, ".forge"))
+    values = [None, 0, -1, 2**70, 1.5, True, "", "../../x", "a/../b", "/abs", "x" * 5000, "0" * 64, [], {}, [{}]]
+    rng = random.Random(11)
+    before = sorted(os.listdir(tmp_path))
+    outcomes = {"refused": 0, "fetched": 0}
+    for i in range(1000):
+        forged = json.loads(json.dumps(entry))
+        node, field = _random_slot(rng, forged)
+        action = rng.choice(["drop", "value", "extra", "duplicate"])
+        if action == "drop" and isinstance(node, dict):
+            node.pop(field, None)
+        elif action == "extra" and isinstance(node, dict):
+            node[rng.choice(["evil", "id", "x", "verdict"])] = rng.choice(values)
+        elif action == "duplicate":
+            forged["files"].append(dict(rng.choice(forged["files"]), **rng.choice([{}, {"path": "x.txt/inner"}])))
+        else:
+            node[field] = rng.choice(values)
+        if rng.random() < 0.5 and isinstance(forged, dict):
+            record = forged.get("signature", {}).get("record") if isinstance(forged.get("signature"), dict) else None
+            forged["signature"] = signing.sign(private, key, forged, record)
+        data = json.dumps(forged).encode()
+        if rng.random() < 0.1:  # bytes damaged too
+            cut = rng.randrange(len(data))
+            data = data[:cut] if rng.random() < 0.5 else data[:cut] + bytes([rng.randrange(256)]) + data[cut + 1:]
+        remote.write(f"ac/{key[:2]}/{key}.json", data)
+        local = Store(str(tmp_path / "fetcher" / str(i % 7)))  # a few stores, reused: some blobs already there
+        client = Client(remote.url, workspace_dir=os.path.join(a.root, ".forge"))
+        try:
+            got = client.fetch(key, "run:one", local, mat)
+        except Untrusted:
+            outcomes["refused"] += 1
+            continue
+        files = got["files"]  # `x` may be absent: false, as the schema says
+        assert tree_digest((f["path"], f.get("x", False), f["digest"]) for f in files) == got["digest"]
+        outcomes["fetched"] += 1
+    assert outcomes["refused"] > 800 and outcomes["fetched"] > 0, outcomes  # 904 and 96 when written
+    assert sorted(os.listdir(tmp_path)) == sorted({*before, "fetcher"})
+
+
+def _random_slot(rng, doc):
+    """A random (container, key or index) inside a JSON document: where the mutator strikes."""
+    node = doc
+    while True:
+        keys = list(node) if isinstance(node, dict) else list(range(len(node)))
+        field = rng.choice(keys)
+        inner = node[field]
+        if isinstance(inner, (dict, list)) and inner and rng.random() < 0.6:
+            node = inner
+            continue
+        return node, field
