@@ -250,16 +250,18 @@ def _local_entries(project) -> list[str]:
     return glob.glob(os.path.join(project.root, ".forge", "ac", "*", "*.json"))
 
 
-def test_a_thousand_mutated_entries_never_crash_a_fetch(tmp_path):
-    """A seeded mutator over the entry a honest workspace pushed: a key dropped, a value of another type or
-    out of range, an unknown field, a duplicated file, a truncated or flipped byte; half re-signed with the
-    trusted key (so the checks behind the signature are reached). Every fetch, in this process, either
-    returns an entry whose tree digest is its files' or raises Untrusted: never another exception, and
-    nothing is written outside the fetching store."""
+def test_a_thousand_mutated_documents_never_crash_a_fetch(tmp_path):
+    """A seeded mutator over what an honest workspace pushed (the entry mostly, else its provenance
+    statement or its build record): a key dropped, a value of another type or out of range, an unknown
+    field, a duplicated file, a truncated or flipped byte; entries re-signed with the trusted key half of
+    the time and always when the statement or record changed (so the checks behind the signature are
+    reached). Every fetch, in this process, either returns an entry whose tree digest is its files' or
+    raises Untrusted: never another exception, and nothing is written outside the fetching stores."""
     import random
 
     from forgebuild.cache.documents import Untrusted
     from forgebuild.cache.remote import Remote as Client
+    from forgebuild.cache.remote import canonical_digest
     from forgebuild.cache.store import Store
 
     remote = Remote("file", tmp_path, {})
@@ -267,26 +269,27 @@ def test_a_thousand_mutated_entries_never_crash_a_fetch(tmp_path):
     a.run("--remote", remote.url)
     state = json.load(open(os.path.join(a.root, ".forge", "state", "targets", "run", "one.json")))
     key, mat, entry = state["key"], state["material"], remote.entry(state["key"])
+    statement = json.loads(remote.read(f"cas/{entry['provenance'][:2]}/{entry['provenance']}"))
+    record = json.loads(remote.read(f"records/{entry['record']}.json"))
     private = signing.load_or_make(os.path.join(a.root, ".forge"))
-    values = [None, 0, -1, 2**70, 1.5, True, "", "../../x", "a/../b", "/abs", "x" * 5000, "0" * 64, [], {}, [{}]]
     rng = random.Random(11)
     before = sorted(os.listdir(tmp_path))
     outcomes = {"refused": 0, "fetched": 0}
     for i in range(1000):
-        forged = json.loads(json.dumps(entry))
-        node, field = _random_slot(rng, forged)
-        action = rng.choice(["drop", "value", "extra", "duplicate"])
-        if action == "drop" and isinstance(node, dict):
-            node.pop(field, None)
-        elif action == "extra" and isinstance(node, dict):
-            node[rng.choice(["evil", "id", "x", "verdict"])] = rng.choice(values)
-        elif action == "duplicate":
-            forged["files"].append(dict(rng.choice(forged["files"]), **rng.choice([{}, {"path": "x.txt/inner"}])))
+        forged, rec = json.loads(json.dumps(entry)), json.loads(json.dumps(record))
+        which = rng.choice(["entry", "entry", "entry", "statement", "record"])
+        if which == "entry":
+            _mutate(rng, forged)
+        elif which == "statement":
+            stmt = json.loads(json.dumps(statement))
+            _mutate(rng, stmt)
+            forged["provenance"] = remote.put_blob(json.dumps(stmt).encode())
         else:
-            node[field] = rng.choice(values)
-        if rng.random() < 0.5 and isinstance(forged, dict):
-            record = forged.get("signature", {}).get("record") if isinstance(forged.get("signature"), dict) else None
-            forged["signature"] = signing.sign(private, key, forged, record)
+            _mutate(rng, rec)
+        remote.write(f"records/{entry['record']}.json", json.dumps(rec).encode())
+        if which != "entry" or rng.random() < 0.5:
+            digest = canonical_digest(rec) if which == "record" else entry["signature"]["record"]
+            forged["signature"] = signing.sign(private, key, forged, digest)
         data = json.dumps(forged).encode()
         if rng.random() < 0.1:  # bytes damaged too
             cut = rng.randrange(len(data))
@@ -302,8 +305,25 @@ def test_a_thousand_mutated_entries_never_crash_a_fetch(tmp_path):
         files = got["files"]  # `x` may be absent: false, as the schema says
         assert tree_digest((f["path"], f.get("x", False), f["digest"]) for f in files) == got["digest"]
         outcomes["fetched"] += 1
-    assert outcomes["refused"] > 800 and outcomes["fetched"] > 0, outcomes  # 904 and 96 when written
+    assert outcomes["refused"] > 800 and outcomes["fetched"] > 0, outcomes  # 876 and 124 when written
     assert sorted(os.listdir(tmp_path)) == sorted({*before, "fetcher"})
+
+
+VALUES = [None, 0, -1, 2**70, 1.5, True, "", "../../x", "a/../b", "/abs", "x" * 5000, "0" * 64, [], {}, [{}]]
+
+
+def _mutate(rng, doc) -> None:
+    """One mutation, in place, somewhere inside a JSON document."""
+    node, field = _random_slot(rng, doc)
+    action = rng.choice(["drop", "value", "extra", "duplicate"])
+    if action == "drop" and isinstance(node, dict):
+        node.pop(field, None)
+    elif action == "extra" and isinstance(node, dict):
+        node[rng.choice(["evil", "id", "x", "verdict"])] = rng.choice(VALUES)
+    elif action == "duplicate" and isinstance(doc.get("files"), list) and doc["files"]:
+        doc["files"].append(dict(rng.choice(doc["files"]), **rng.choice([{}, {"path": "x.txt/inner"}])))
+    else:
+        node[field] = rng.choice(VALUES)
 
 
 def _random_slot(rng, doc):
