@@ -378,3 +378,14 @@ def test_the_worker_drops_the_project_folder_from_sys_path_without_safe_path_mod
                           capture_output=True, text=True, env=env, timeout=60)
     assert "shadowed" not in proc.stderr
     assert proc.stderr.splitlines()[-1] == "FileNotFoundError: [Errno 2] No such file or directory: 'missing.json'"
+
+
+def test_a_reward_files_folder_does_not_shadow_a_library(project):
+    """Loading rewards.py makes helpers beside it importable, but after the libraries: a module of a library's
+    name beside it (here colorsys.py, imported after the reward loads, in a fresh interpreter) is not used."""
+    project.write("rewards.py", "def f(prompts, completions, **kwargs):\n    return [1.0 for _ in completions]\n")
+    project.write("colorsys.py", "raise SystemExit('the project shadowed a library')\n")
+    code = ("import sys; from forgebuild.recipes.rewards import load_rewards; "
+            f"load_rewards(['rewards.py:f'], {project.root!r}, {{}}, print); import colorsys; print(colorsys.ONE_THIRD)")
+    proc = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "shadowed" not in proc.stderr, proc.stderr

@@ -439,8 +439,8 @@ def _load_module(reference: str, path: str, file: str, log: Callable[[str], None
     spec = importlib.util.spec_from_file_location(name, real)
     module = importlib.util.module_from_spec(spec)
     folder = os.path.dirname(real)
-    if folder not in sys.path:  # like `python rewards.py`: helpers beside the file import
-        sys.path.insert(0, folder)
+    if folder not in sys.path:  # helpers beside the file import, after the libraries: a torch.py or
+        sys.path.append(folder)  # datasets/ there must not shadow them in the worker (issue 11)
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
