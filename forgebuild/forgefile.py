@@ -398,16 +398,14 @@ def load(path: str, rules=None) -> Plan:
     forge_raw = data.get("forge", {})
     if not isinstance(forge_raw, dict):
         problems.append(problem_at(("forge",), "[forge] must be a table"))
-    elif unusable := value_problems(forge_raw, [], lambda p, msg: problem_at(("forge", *p), msg, "[forge]", key_text(p))):
-        problems += unusable
     else:
+        where_forge = lambda p, msg: problem_at(("forge", *p), msg, "[forge]", key_text(p) or None)
+        unusable = value_problems(forge_raw, [], where_forge)
         try:
             settings = ForgeSettings.model_validate(forge_raw)
+            problems += unusable
         except ValidationError as e:
-            problems += validation_problems(
-                e, ForgeSettings, forge_raw,
-                lambda p, msg: problem_at(("forge", *p), msg, "[forge]", key_text(p) or None),
-            )
+            problems += _merged(unusable, validation_problems(e, ForgeSettings, forge_raw, where_forge))
 
     targets: dict[str, TargetPlan] = {}
     declared = set()  # every address written, valid or not: no false "no target" for an invalid one

@@ -24,6 +24,9 @@ STEPS = 10**9
 WIDTH = 2**17
 # layers, attention heads, experts: 1,024
 DEPTH = 1024
+# a vocabulary: 2^24, far above the largest published ones (~262k); its float32 embedding at width 64
+# is already 4 GiB (1e29, a TOML float read as an integer, used to reach the tokenizers library)
+VOCAB = 2**24
 # counts of documents, rows, characters, bytes or tokens: 2^53, the largest integer a float64 holds
 # exactly (stats.json and metrics are read by JSON parsers that use doubles)
 AMOUNT = 2**53

@@ -672,6 +672,23 @@ def test_numbers_no_stage_can_use_fail_at_planning(tmp_path):
     """)
 
 
+def test_forge_settings_say_every_problem_once(tmp_path):
+    proc = forge(tmp_path, f"""\
+        [forge]
+        seed = nan
+        jobs = {2**64}
+        seq_len = 8
+
+        [run.r]
+        cmd = "true"
+    """)
+    check_errors(proc, """
+        Forgefile.toml:2: error: [forge]: key 'seed': expected a finite number, got float nan
+        Forgefile.toml:3: error: [forge]: key 'jobs': integer out of range: TOML integers are 64-bit (-2^63 to 2^63-1)
+        Forgefile.toml:4: error: [forge]: key 'seq_len': unknown key; 'seq_len' is a key of model (recipe pretrain, continue) and tokens targets
+    """)
+
+
 def test_dangling_and_looping_links_in_a_folder_input(tmp_path):
     # were FileNotFoundError / OSError(ELOOP) from os.stat while hashing the folder
     (tmp_path / "d").mkdir()

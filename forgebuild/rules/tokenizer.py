@@ -71,9 +71,7 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
     corpus: str = Field(description="the corpus target (KIND:NAME); its train split is the training text")
     model: Literal["bpe", "unigram", "wordpiece"] = Field("bpe", description="the tokenization model, all byte-level")
-    # 2^24: far above the largest published vocabularies (~262k) and a 4 GiB float32 embedding at width 64;
-    # 1e29 (a TOML float, read as an integer) used to reach the tokenizers library and overflow there
-    vocab_size: int = Field(gt=0, le=2**24, description="size of the vocabulary, special tokens and the byte alphabet included")
+    vocab_size: int = Field(gt=0, le=limits.VOCAB, description="size of the vocabulary, special tokens and the byte alphabet included")
     min_frequency: int = Field(2, ge=0, le=limits.AMOUNT, description="bpe, wordpiece: a pair seen fewer times is never merged")
     max_train_bytes: int | None = Field(
         None, gt=0, le=limits.AMOUNT,
