@@ -103,7 +103,7 @@ def parse_line(line: str, surrogates: bool = False):
         return None, problem
     if not isinstance(row, dict):
         return None, f"expected a JSON object, got {json_kind(row)}"
-    if not surrogates and LONE_SURROGATE_ESCAPE.search(line) and _has_lone_surrogate(row):
+    if not surrogates and "\\u" in line and LONE_SURROGATE_ESCAPE.search(line) and _has_lone_surrogate(row):
         return None, "a string holds a lone surrogate (a \\uD800-\\uDFFF escape without its pair): not valid Unicode"
     return row, None
 
@@ -117,10 +117,14 @@ def _no_constant(name: str):
     raise NotJSON(f"{name} is not a JSON value")
 
 
+# One decoder: json.loads with a keyword argument builds a new one per call (+40% on 200k rows)
+DECODER = json.JSONDecoder(parse_constant=_no_constant)
+
+
 def parse_json(text: str):
     """(value, None) or (None, "not valid JSON (why)"): every way json.loads fails, said in one form."""
     try:
-        return json.loads(text, parse_constant=_no_constant), None
+        return DECODER.decode(text), None
     except NotJSON as e:
         return None, f"not valid JSON ({e})"
     except json.JSONDecodeError as e:
@@ -133,7 +137,8 @@ def parse_json(text: str):
         return None, "not valid JSON (arrays or objects nested too deep)"
 
 
-# Only a line with such an escape can hold a lone surrogate: the full check (encoding the row) runs only then.
+# Only a line with such an escape can hold a lone surrogate: the full check (encoding the row) runs only then,
+# and the regex only on lines holding a backslash-u at all (200k rows: 0.50 s read, as before this check).
 LONE_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
