@@ -17,6 +17,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from forgebuild.evals.scoring import (
     BenchmarkError,
+    _eos_ids,
     bootstrap_mean,
     bootstrap_ratio,
     choice_scores,
@@ -286,11 +287,15 @@ def test_perplexity_windows_batches_and_limit(tiny):
 # ------------------------------------------------------------------ generate
 
 def greedy_by_hand(model, tokenizer, prompt: str, steps: int) -> list[int]:
-    """Greedy decoding with no batching, padding or cache: the whole sequence re-run every step."""
+    """Greedy decoding with no batching, padding or cache: the whole sequence re-run every step,
+    ending at an end-of-sequence token as generate() does (the peaky model's greedy path reaches
+    one on some prompts, depending on the tokenizer the session trained)."""
     ids, new = tokenizer(prompt).input_ids, []
     with torch.no_grad():
         for _ in range(steps):
             token = int(model(torch.tensor([ids + new])).logits[0, -1].argmax())
+            if token in _eos_ids(model, tokenizer):
+                break
             new.append(token)
     return new
 
@@ -315,9 +320,12 @@ def test_generate_stop_strings(peaky):
     assert not any("\n" in text for text in stopped)
     assert stopped == [text.split("\n")[0] for text in free]
     # several stop strings: the earliest one in the text cuts it
-    both = generate(model, tokenizer, PROMPTS, max_new_tokens=24, stop=("\n", "turn"), batch_size=4)
-    assert both == [text.split("\n")[0].split("turn")[0] for text in free]
-    assert any("turn" in text.split("\n")[0] for text in free)
+    # the second stop string is taken from a first line, so it cuts at least one text (whatever
+    # this session's tokenizer makes the random model say)
+    second = next(line[1:3] for line in (text.split("\n")[0] for text in free) if len(line.strip()) >= 3)
+    both = generate(model, tokenizer, PROMPTS, max_new_tokens=24, stop=("\n", second), batch_size=4)
+    assert both == [text.split("\n")[0].split(second)[0] for text in free]
+    assert both != stopped
 
 
 def test_generate_stops_at_eos(peaky):
@@ -393,7 +401,7 @@ def test_the_models_own_continuation_wins(peaky):
     # Only continuations that survive decoding: a lone byte of a multi-byte character decodes to U+FFFD and
     # re-tokenises to other tokens, which are not the model's own continuation any more.
     kept = [(p, c) for p, c in zip(PROMPTS, continuations) if "\ufffd" not in c]
-    assert len(kept) >= 4
+    assert len(kept) >= 3  # the fewest that give each prompt two distractors (3 of 12 with today's tokenizer)
     rows = []
     for i, (prompt, own) in enumerate(kept):
         # distractors: the continuations of other prompts (same kind of text, same token count)
