@@ -353,6 +353,24 @@ def test_a_release_replaces_its_own_earlier_release(project, tmp_path_factory):
     assert failed[0]["reason"].startswith(f"{dest} exists and is not an earlier release of release:other")
 
 
+def test_a_release_replaces_a_release_written_before_markers(project, tmp_path_factory):
+    """A folder an earlier forgebuild released (no marker yet; release.json listing every other file) is
+    replaced; the same folder with one file more is somebody's, and is refused."""
+    _weights(project)
+    dest = tmp_path_factory.mktemp("old") / "m"
+    dest.mkdir()
+    (dest / "config.json").write_text("{}\n")
+    (dest / "release.json").write_text(json.dumps({"model": "model:m", "digest": "0" * 32, "gates": {},
+                                                   "files": {"config.json": "0" * 32}}))
+    (dest / "notes.txt").write_text("mine\n")
+    project.forgefile(IMPORTED.replace("TO", str(dest)))
+    failed = [e for e in project.events(expect=2) if e["event"] == "failed"]
+    assert failed[0]["reason"].startswith(f"{dest} exists and is not an earlier release of release:r")
+    (dest / "notes.txt").unlink()
+    project.run()
+    assert json.loads((dest / ".forge-release").read_text()) == {"target": "release:r"}
+
+
 # ------------------------------------------------------------------ the project never shadows a library in a worker
 
 def test_a_module_in_the_project_does_not_shadow_a_library_inside_build_workers(project):

@@ -206,7 +206,21 @@ def check_destination(ctx, to: str, dest: str) -> None:
         with open(os.path.join(dest, MARKER), encoding="utf-8") as f:
             ours = json.load(f).get("target") == ctx.target
     except (OSError, ValueError, AttributeError):
-        ours = False
+        ours = earlier_format_release(dest)
     if not ours or os.path.islink(dest):
         raise ctx.bad_input(f"{to} exists and is not an earlier release of {ctx.target} (it has no {MARKER} "
                             "naming it): nothing was replaced; move it away or release elsewhere")
+
+
+def earlier_format_release(dest: str) -> bool:
+    """A release written before releases carried MARKER (forgebuild before BLAKE3 digests): a folder
+    holding exactly its release.json and the files that lists. Its digests are of the older format,
+    so the names are compared, not the digests."""
+    try:
+        manifest = read_json(os.path.join(dest, "release.json"))
+        listed = set(manifest["files"]) | {"release.json"}
+        from ..hashing import walk_files
+
+        return {"model", "digest", "gates", "files"} <= manifest.keys() and listed == {r for r, _, _ in walk_files(dest)}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
