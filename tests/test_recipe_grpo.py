@@ -211,10 +211,12 @@ def test_a_raising_reward_fails_the_build(lab):
 
 
 def test_a_missing_reward_function(lab):
-    events = lab.events("model:missing", expect=1)
-    [failed] = [e for e in events if e["event"] == "failed"]
-    assert failed["reason"] == ("reward rewards.py:exact_answr: rewards.py has no function 'exact_answr' "
-                                 "(did you mean 'exact_answer'?)")
+    """Found before anything builds (the file is parsed, not imported): a Forgefile error, exit 2."""
+    events = lab.events("model:missing", expect=2)
+    assert not [e for e in events if e["event"] == "start"]
+    [problem] = [e for e in events if e["event"] == "error"][0]["problems"]
+    assert (problem["target"], problem["key"]) == ("model:missing", "rewards[0]")
+    assert problem["message"] == "rewards.py has no function 'exact_answr' (did you mean 'exact_answer'?)"
 
 
 GRPO = """
