@@ -1,0 +1,98 @@
+"""plan.py in process: how an input is classified and resolved to files, and the plan cache
+(.forge/plan.json) that a no-op build trusts: reused for the same bytes and rules, refused otherwise."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from forgebuild import plan as planlib
+from forgebuild.errors import ForgefileError
+from unitlab import lab  # noqa: F401  (a fixture)
+
+
+def test_classify_and_outside_root():
+    assert [planlib.classify(s) for s in ("run:a", "model:base-1.5", "data/*.txt", "d/[ab].txt", "data/x.txt",
+                                          "Run:a", "run:")] == ["target", "target", "glob", "glob", "path", "path", "path"]
+    outside = ["/etc/passwd", "~/x", "..", "../x", "a/../../x"]
+    inside = ["a/../b", "..x", "x/..", "."]
+    assert [planlib.outside_root(s) for s in outside + inside] == [True] * 5 + [False] * 4
+
+
+FORGEFILE = """
+[run.t]
+cmd = "true"
+inputs = { docs = "data/*.txt", tree = "data", one = "data/b.txt" }
+"""
+
+
+def sources(lab, key: str) -> list[str]:
+    plan = lab.plan()
+    target = plan.targets["run:t"]
+    spec = next(s for s in target.inputs if s.key == key)
+    return [rel for rel, full in planlib.resolve_sources(plan, target, spec)]
+
+
+def test_globs_and_folders_resolve_to_sorted_project_relative_files(lab):
+    for rel in ("data/b.txt", "data/a.txt", "data/sub/c.txt", "data/sub/d.bin"):
+        lab.write(rel, rel)
+    lab.write("Forgefile.toml", FORGEFILE)
+    assert sources(lab, "inputs.docs") == ["data/a.txt", "data/b.txt"]
+    assert sources(lab, "inputs.tree") == ["data/a.txt", "data/b.txt", "data/sub/c.txt", "data/sub/d.bin"]
+    assert sources(lab, "inputs.one") == ["data/b.txt"]
+
+
+def test_the_workspace_is_never_an_input(lab):
+    lab.write("a.txt", "a")
+    lab.write(".forge/out/x.txt", "built")
+    lab.write("Forgefile.toml", '[run.t]\ncmd = "true"\ninputs = { all = ".", txt = "**/*.txt" }\n')
+    # "." keeps its prefix ("./a.txt", where the glob says "a.txt"): names as keys have always held them
+    assert sources(lab, "inputs.all") == ["./Forgefile.toml", "./a.txt"]
+    assert sources(lab, "inputs.txt") == ["a.txt"]
+
+
+def test_a_missing_file_and_an_empty_glob_are_forgefile_errors(lab):
+    lab.write("data/train.jsonl", "{}")
+    with pytest.raises(ForgefileError) as e:
+        lab.plan('[run.t]\ncmd = "true"\ninputs = { a = "data/trian.jsonl", b = "data/*.csv" }\n')
+    assert str(e.value).splitlines() == [
+        "Forgefile.toml:3: error: run:t: key 'inputs.a': no such file 'data/trian.jsonl' "
+        "(did you mean 'data/train.jsonl'?)",
+        "Forgefile.toml:3: error: run:t: key 'inputs.b': no file matches 'data/*.csv'",
+    ]
+
+
+# ------------------------------------------------------------------ the plan cache
+
+def cached(lab, data: bytes):
+    return planlib.load_cached(os.path.join(lab.root, "plan.json"), planlib.forgefile_digest(data))
+
+
+def test_the_plan_cache_round_trips_for_the_same_bytes_and_rules(lab):
+    text = '[run.a]\ncmd = "true"\n\n[run.b]\ncmd = "true"\ninputs = { a = "run:a" }\n'
+    plan = lab.plan(text)
+    planlib.save(plan, os.path.join(lab.root, "plan.json"), planlib.forgefile_digest(text.encode()))
+    again = cached(lab, text.encode())
+    assert again == plan
+    assert again.targets["run:b"].deps == ["run:a"] and again.closure(["run:b"]) == ["run:a", "run:b"]
+    assert cached(lab, text.encode() + b"\n") is None  # other bytes: parse again
+
+
+def test_the_plan_cache_is_refused_when_a_rule_module_changed_or_it_is_damaged(lab):
+    text = '[run.a]\ncmd = "true"\n'
+    plan = lab.plan(text)
+    path = os.path.join(lab.root, "plan.json")
+    planlib.save(plan, path, planlib.forgefile_digest(text.encode()))
+    module = next(iter(plan.rule_files))
+    plan.rule_files[module][1] -= 1  # as if the rule's file had another mtime when the plan was made
+    planlib.save(plan, path, planlib.forgefile_digest(text.encode()))
+    assert cached(lab, text.encode()) is None
+    with open(path, "w") as f:
+        f.write("{not json")
+    assert cached(lab, text.encode()) is None
+
+
+def test_forgefile_digest_covers_the_bytes_and_forgebuilds_version():
+    one = planlib.forgefile_digest(b"[run.a]\n")
+    assert planlib.forgefile_digest(b"[run.a]\n") == one and planlib.forgefile_digest(b"[run.b]\n") != one
+    assert len(one) == 64
