@@ -321,8 +321,8 @@ class Executor:
         ctx.params = parse_params(rule, ctx.raw_params)
         try:
             rule.build(ctx)
-        except RuleFailed as e:
-            raise RuleFailed(ctx.target, e.message, log_tail(ctx.log_path)) from None
+        except RuleFailed as e:  # type(e): a BadInput keeps its exit code 2, as from a worker
+            raise type(e)(ctx.target, e.message, log_tail(ctx.log_path)) from None
 
     def _store_build(self, target: TargetPlan, key, mat, scratch, started, seconds, log) -> tuple[dict, dict]:
         """Output, log, record, statement, then the action-cache entry: (entry, record). Whatever this build

@@ -34,15 +34,15 @@ class Lab:
         return ff.load(os.path.join(self.root, "Forgefile.toml"))
 
     def build(self, *args: str) -> tuple[int, str]:
-        """`forgebuild -q ARGS` in this process: (exit code, stderr)."""
+        """`forgebuild ARGS` in this process: (exit code, what it printed: stdout, then stderr)."""
         import conftest
         from forgebuild import cli
 
         conftest.RAN_IN.append(self.root)
-        err = io.StringIO()
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = cli.main(["-f", os.path.join(self.root, "Forgefile.toml"), *args])
-        return code, err.getvalue()
+        return code, out.getvalue() + err.getvalue()
 
 
 @pytest.fixture

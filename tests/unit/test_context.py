@@ -1,0 +1,167 @@
+"""The scratch-file protocol between a build and its parent, in process: what a rule's build writes
+beside its output (memos.txt, handed.jsonl, metrics.json, verdict.txt; the worker's failure.txt) and
+what the executor makes of it (the cache entry's memos and verdict, the record's metrics, exit codes).
+
+The rule is a real plugin: a module and an entry point (a .dist-info folder) on sys.path, as
+`pip install` would leave them. `scratch` builds in this process; `scratchiso` in a worker process,
+the one path here that starts a child (the protocol's failure.txt is only read from a child)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+from forgebuild import worker
+from forgebuild.cache.store import Store
+from forgebuild.context import BuildContext
+from forgebuild.keys import action_key
+from forgebuild.workspace import Workspace
+from unitlab import lab  # noqa: F401  (a fixture)
+
+RULE = '''
+from pydantic import BaseModel, ConfigDict
+
+version = "1"
+isolate = {isolate}
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    do: str = "ok"
+
+
+def inputs(params):
+    return {{}}
+
+
+def build(ctx):
+    with open(ctx.out + "/a.txt", "w") as f:
+        f.write("a")
+    ctx.memo("step", {{"n": 1}}, lambda folder: open(folder + "/m.txt", "w").write("m"))
+    ctx.metrics({{"loss": 1.5}})
+    ctx.metrics({{"tokens": 10, "loss": 0.5}})  # a later call updates an earlier key
+    if ctx.params.do == "verdict":
+        ctx.verdict("gate: loss 0.5 above 0.1")
+    if ctx.params.do == "bad":
+        raise ctx.bad_input("data/x.jsonl:3: field 'text' is missing")
+    if ctx.params.do == "fail":
+        raise ctx.failure("it broke")
+    if ctx.params.do == "bug":
+        raise ValueError("oops")
+'''
+
+MEMO_KEY = action_key({"memo": "step", "rule": "scratch", "version": "1", "material": {"n": 1}})
+
+
+@pytest.fixture
+def plugin(tmp_path_factory, monkeypatch):
+    """The folder holding the two rule modules and their entry points, first on sys.path."""
+    folder = tmp_path_factory.mktemp("plugin")
+    (folder / "unit_scratch_rule.py").write_text(RULE.format(isolate=False))
+    (folder / "unit_scratch_iso_rule.py").write_text(RULE.format(isolate=True))
+    info = folder / "unit_scratch_rule-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: unit-scratch-rule\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[forgebuild.rules]\nscratch = unit_scratch_rule\n"
+                                           "scratchiso = unit_scratch_iso_rule\n")
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")])))
+    for name in ("unit_scratch_rule", "unit_scratch_iso_rule"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    for name in ("FORGE_CONTEXT_FILE", "FORGE_STAGE_STARTED"):  # worker.main sets them in this process
+        monkeypatch.delenv(name, raising=False)
+    return folder
+
+
+FORGEFILE = """
+[scratch.ok]
+
+[scratch.gate]
+do = "verdict"
+
+[scratch.bad]
+do = "bad"
+
+[scratchiso.bad]
+do = "bad"
+
+[scratchiso.fail]
+do = "fail"
+"""
+
+
+def cached(lab, address: str) -> tuple[dict, dict]:
+    """(cache entry, build record) of the target's last build."""
+    ws = Workspace(lab.root)
+    store = Store(ws.dir)
+    entry = store.get_action(ws.last_build(address)["key"])
+    return entry, store.get_record(entry["record"])
+
+
+def test_memos_and_metrics_reach_the_entry_and_the_record_not_the_artifact(lab, plugin):
+    lab.write("Forgefile.toml", FORGEFILE)
+    assert lab.build("scratch:ok")[0] == 0
+    entry, record = cached(lab, "scratch:ok")
+    assert entry["memos"] == [MEMO_KEY]
+    assert record["metrics"] == {"loss": 0.5, "tokens": 10}
+    assert [f["path"] for f in entry["files"]] == ["a.txt"]
+    assert "verdict" not in entry
+    assert not os.path.exists(os.path.join(lab.root, ".forge", "scratch")) or not os.listdir(
+        os.path.join(lab.root, ".forge", "scratch"))  # the scratch folder went with the build
+
+
+def test_a_verdict_fails_the_target_but_keeps_its_artifact(lab, plugin):
+    lab.write("Forgefile.toml", FORGEFILE)
+    code, printed = lab.build("scratch:gate")
+    assert code == 1 and "FAILED  scratch:gate: gate: loss 0.5 above 0.1\n" in printed
+    entry, record = cached(lab, "scratch:gate")
+    assert entry["verdict"] == record["verdict"] == "gate: loss 0.5 above 0.1"
+    assert [f["path"] for f in entry["files"]] == ["a.txt"]
+    code, printed = lab.build("scratch:gate")  # asked again: the same failure, from the cache
+    assert code == 1 and printed.startswith("FAILED  scratch:gate: gate: loss 0.5 above 0.1\n")
+
+
+def test_bad_input_exits_2_in_process_and_from_a_worker(lab, plugin):
+    lab.write("Forgefile.toml", FORGEFILE)
+    for address in ("scratch:bad", "scratchiso:bad"):
+        code, printed = lab.build(address)
+        assert code == 2, printed
+        assert f"FAILED  {address}: data/x.jsonl:3: field 'text' is missing\n" in printed
+    code, printed = lab.build("scratchiso:fail")
+    assert code == 1 and "FAILED  scratchiso:fail: it broke\n" in printed
+
+
+def context(lab, scratch, do: str) -> str:
+    """A context.json as the executor writes it, for a `scratch` target doing `do`."""
+    out = scratch / "out"
+    out.mkdir(parents=True)
+    ctx = BuildContext(target=f"scratch:{do}", kind="scratch", key="ab" * 32, inputs={}, out=str(out),
+                       work=str(scratch / "work"), seed=1, project_dir=lab.root, log_path=str(scratch / "log"),
+                       raw_params={"do": do}, version="1", store_root=os.path.join(lab.root, ".forge"),
+                       workspace_dir=os.path.join(lab.root, ".forge"))
+    path = scratch / "context.json"
+    path.write_text(ctx.to_json())
+    assert BuildContext.from_json(path.read_text()) == ctx
+    return str(path)
+
+
+@pytest.mark.parametrize("do, failure", [
+    ("ok", None),
+    ("bad", "bad input: data/x.jsonl:3: field 'text' is missing"),
+    ("fail", "it broke"),
+    ("bug", "build raised ValueError: oops"),
+])
+def test_the_worker_writes_what_its_parent_reads(lab, plugin, tmp_path, do, failure, capsys):
+    scratch = tmp_path / "scratch" / f"k.{do}"
+    assert worker.main(context(lab, scratch, do)) == (0 if failure is None else 1)
+    found = (scratch / "failure.txt").read_text() if (scratch / "failure.txt").exists() else None
+    assert found == failure
+    assert json.loads((scratch / "metrics.json").read_text()) == {"loss": 0.5, "tokens": 10}
+    assert (scratch / "memos.txt").read_text() == MEMO_KEY + "\n"
+    handed = [json.loads(line) for line in (scratch / "handed.jsonl").read_text().splitlines()]
+    assert [(h[0], h[1], h[3]) for h in handed] == [(MEMO_KEY, "step", "m.txt")]
+    assert (scratch / "verdict.txt").exists() is False
+    if failure:
+        assert capsys.readouterr().err.splitlines()[-1] == f"forgebuild: scratch:{do}: {failure}"
