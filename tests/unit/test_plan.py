@@ -64,32 +64,39 @@ def test_a_missing_file_and_an_empty_glob_are_forgefile_errors(lab):
 
 # ------------------------------------------------------------------ the plan cache
 
-def cached(lab, data: bytes):
-    return planlib.load_cached(os.path.join(lab.root, "plan.json"), planlib.forgefile_digest(data))
+@pytest.fixture
+def cache_file(tmp_path_factory) -> str:
+    """Outside the current folder: a "" entry on sys.path stands for it, and environment() notes its mtime."""
+    return str(tmp_path_factory.mktemp("plan-cache") / "plan.json")
 
 
-def test_the_plan_cache_round_trips_for_the_same_bytes_and_rules(lab):
+def cached(path: str, data: bytes):
+    return planlib.load_cached(path, planlib.forgefile_digest(data))
+
+
+def test_the_plan_cache_round_trips_for_the_same_bytes_and_rules(lab, cache_file):
     text = '[run.a]\ncmd = "true"\n\n[run.b]\ncmd = "true"\ninputs = { a = "run:a" }\n'
     plan = lab.plan(text)
-    planlib.save(plan, os.path.join(lab.root, "plan.json"), planlib.forgefile_digest(text.encode()))
-    again = cached(lab, text.encode())
+    planlib.save(plan, cache_file, planlib.forgefile_digest(text.encode()))
+    again = cached(cache_file, text.encode())
     assert again == plan
     assert again.targets["run:b"].deps == ["run:a"] and again.closure(["run:b"]) == ["run:a", "run:b"]
-    assert cached(lab, text.encode() + b"\n") is None  # other bytes: parse again
+    assert cached(cache_file, text.encode() + b"\n") is None  # other bytes: parse again
 
 
-def test_the_plan_cache_is_refused_when_a_rule_module_changed_or_it_is_damaged(lab):
+def test_the_plan_cache_is_refused_when_a_rule_module_changed_or_it_is_damaged(lab, cache_file):
     text = '[run.a]\ncmd = "true"\n'
     plan = lab.plan(text)
-    path = os.path.join(lab.root, "plan.json")
+    path = cache_file
     planlib.save(plan, path, planlib.forgefile_digest(text.encode()))
+    assert cached(path, text.encode()) == plan
     module = next(iter(plan.rule_files))
     plan.rule_files[module][1] -= 1  # as if the rule's file had another mtime when the plan was made
     planlib.save(plan, path, planlib.forgefile_digest(text.encode()))
-    assert cached(lab, text.encode()) is None
+    assert cached(path, text.encode()) is None
     with open(path, "w") as f:
         f.write("{not json")
-    assert cached(lab, text.encode()) is None
+    assert cached(path, text.encode()) is None
 
 
 def test_forgefile_digest_covers_the_bytes_and_forgebuilds_version():
