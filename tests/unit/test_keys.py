@@ -185,3 +185,37 @@ def test_early_cutoff_keeps_a_dependents_key(lab):
     assert lab.build("run:count")[0] == 0
     assert decisions(lab) == {"run:prep": ("fresh", ["up to date"]), "run:count": ("fresh", ["up to date"])}
     assert Workspace(lab.root).last_build("run:count")["key"] == before  # byte-identical output: same key
+
+
+MODELS = """
+[forge]
+launch = { processes = 1 }
+
+[model.base]
+recipe = "import"
+path = "weights"
+
+[dataset.sft]
+source = "data/sft.jsonl"
+format = "prompt_completion"
+
+[model.sft]
+recipe = "sft"
+base = "model:base"
+data = "dataset:sft"
+train = { lr = 0.001 }
+"""
+
+
+def test_a_recipes_runtime_settings_stay_out_of_its_key(lab):
+    lab.write("weights/config.json", "{}")
+    lab.write("data/sft.jsonl", '{"prompt": "1+1=", "completion": "2"}\n')
+    deps = {"model:base": "a" * 64, "dataset:sft": "b" * 64}
+    base = key_of(lab, MODELS, "model:sft", deps)
+    runtime = ['threads = 1', 'device = "cpu"', "dataloader_workers = 1", "log_every = 1", "checkpoint_every = 7",
+               "launch = { processes = 2 }"]
+    for line in runtime:
+        assert key_of(lab, MODELS + line + "\n", "model:sft", deps) == base, line
+    assert key_of(lab, MODELS.replace("processes = 1", "processes = 2"), "model:sft", deps) == base
+    assert key_of(lab, MODELS.replace("0.001", "0.002"), "model:sft", deps) != base
+    assert key_of(lab, MODELS + "max_length = 64\n", "model:sft", deps) != base
