@@ -125,3 +125,20 @@ def test_push_and_fetch_over_memory(lab, tmp_path_factory):
     assert entry["digest"] == writer.entry["digest"]
     ws = Workspace(os.path.dirname(local.root))
     assert open(os.path.join(ws.materialise("run:make", entry, local), "y.txt")).read() == "abc"
+
+
+def test_a_push_after_a_refusal_writes_the_bad_blob_again(pair, tmp_path_factory):
+    writer, url, _, _, _ = pair
+    y = next(f for f in writer.entry["files"] if f["path"] == "y.txt")
+    path = Store(url).blob_path(y["digest"])
+    os.chmod(path, 0o644)
+    with open(path, "w") as f:
+        f.write("abd")
+    remote = writer.remote(url, writer.public())
+    with pytest.raises(Untrusted):
+        remote.fetch(writer.key, "run:make", Store(str(tmp_path_factory.mktemp("r1") / ".forge")), writer.mat)
+    assert remote.push(writer.key, writer.entry, writer.store) == 3  # only the refused blob goes again
+    assert open(path).read() == "abc"
+    again = Store(str(tmp_path_factory.mktemp("r2") / ".forge"))
+    assert Remote(url, workspace_dir=again.root, trusted=writer.public()).fetch(
+        writer.key, "run:make", again, writer.mat)["digest"] == writer.entry["digest"]
