@@ -144,14 +144,14 @@ def test_explain_rule_version_format_and_moves():
 
 # ------------------------------------------------------------------ decide
 
-def decisions(lab):
+def decisions(lab, target="run:count", force=False):
     from forgebuild.cache.store import Store
     from forgebuild.workspace import Workspace
 
     plan = lab.plan()
     ws = Workspace(lab.root)
     store = Store(ws.dir)
-    found = keys.decide(plan, ["run:count"], StatCache(None), store.get_action, ws.last_build)
+    found = keys.decide(plan, [target], StatCache(None), store.get_action, ws.last_build, force)
     return {a: (d.state, d.reasons) for a, d in found.items()}
 
 
@@ -185,6 +185,24 @@ def test_early_cutoff_keeps_a_dependents_key(lab):
     assert lab.build("run:count")[0] == 0
     assert decisions(lab) == {"run:prep": ("fresh", ["up to date"]), "run:count": ("fresh", ["up to date"])}
     assert Workspace(lab.root).last_build("run:count")["key"] == before  # byte-identical output: same key
+
+
+def test_decide_forced_evicted_and_cached_from_an_earlier_build(lab):
+    from forgebuild.cache.store import Store
+
+    lab.write("data/raw.txt", "hello\n")
+    lab.write("Forgefile.toml", FORGEFILE)
+    assert lab.build("run:prep")[0] == 0
+    assert decisions(lab, "run:prep", force=True) == {"run:prep": ("stale", ["forced (-B)"])}
+    lab.write("Forgefile.toml", FORGEFILE.replace("repeat = 1", "repeat = 2"))
+    assert lab.build("run:prep")[0] == 0
+    lab.write("Forgefile.toml", FORGEFILE)  # back to the first params: their output is still cached
+    assert decisions(lab, "run:prep") == {"run:prep": ("fresh", ["output cached from an earlier build"])}
+    assert lab.build("run:prep")[0] == 0
+    store = Store(os.path.join(lab.root, ".forge"))
+    for key in list(store.action_keys()):
+        store.remove_action(key)
+    assert decisions(lab, "run:prep") == {"run:prep": ("stale", ["output no longer in the cache"])}
 
 
 MODELS = """
