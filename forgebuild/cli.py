@@ -449,10 +449,14 @@ def cmd_diff(args, session, report) -> int:
 
 
 def cmd_join(args, session, report) -> int:
-    from .join import cmd_join as run
+    from .join import cmd_join as run, node_rank
 
     build_defaults = vars(_parser().parse_args(["build"]))  # node 0 builds: the build verb's defaults
-    return run(argparse.Namespace(**{**build_defaults, **vars(args)}), session, report)
+    args = argparse.Namespace(**{**build_defaults, **vars(args)})
+    rank = node_rank(args.node_rank)
+    if rank == 0:  # node 0 is the build itself: one command for every node of a Slurm job
+        return cmd_build(args, session, report)
+    return run(args, session, report, rank)
 
 
 def cmd_cache(args, session, report) -> int:

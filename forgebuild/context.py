@@ -61,6 +61,21 @@ MARKER = "FORGE_ACTION_KEY"
 SAFE_PATH = {"PYTHONSAFEPATH": "1"}
 
 
+LOG_TAIL_LINES = 20
+
+
+def log_tail(path: str, lines: int = LOG_TAIL_LINES) -> str:
+    """The end of a stage log, for a failure's report: the runners, join and the executor all show it."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16384))
+            text = f.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
 def marker(key: str, workspace_dir: str) -> str:
     """The value that tags a build's processes: the key alone would also match a build of the
     same key in another project on this machine (two checkouts building the same base)."""

@@ -29,7 +29,7 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from . import __version__
-from .context import MARKER, SAFE_PATH, BuildContext, kill_leftovers, kill_running, marker, run_logged
+from .context import MARKER, SAFE_PATH, BuildContext, kill_leftovers, kill_running, log_tail, marker, run_logged
 from .errors import BadInput, ForgeError, RuleFailed, StoreError
 from .guard import InputGuard
 from .hashing import bytes_digest, file_digest
@@ -37,8 +37,6 @@ from .keys import Decision, action_key, explain, material
 from .plan import Plan, TargetPlan, resolve_sources
 from .rules import parse_params
 from .workspace import remove_tree
-
-LOG_TAIL_LINES = 20
 
 
 @dataclass
@@ -54,17 +52,6 @@ class Result:
     def as_dict(self) -> dict:
         return {"target": self.target, "action": self.action, "key": self.key, "digest": self.digest,
                 "reason": self.reason, "seconds": round(self.seconds, 3)}
-
-
-def log_tail(path: str, lines: int = LOG_TAIL_LINES) -> str:
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 16384))
-            text = f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
 
 
 def merge(identity: dict, runtime: dict) -> dict:

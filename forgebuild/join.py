@@ -16,7 +16,7 @@ import glob
 import os
 import time
 
-from .context import SAFE_PATH
+from .context import SAFE_PATH, log_tail
 from .errors import UsageError
 from .recipes.launch import LAUNCH_FILE, node_rank, read_launch_file
 
@@ -28,12 +28,8 @@ def multi_node_targets(plan, addresses: list[str]) -> list[str]:
     return [a for a in closure if ((plan.targets[a].runtime.get("launch") or {}).get("nodes") or 1) > 1]
 
 
-def cmd_join(args, session, report) -> int:
-    rank = node_rank(args.node_rank)
-    if rank == 0:  # node 0 is the build itself: one command for every node of a Slurm job
-        from .cli import cmd_build
-
-        return cmd_build(args, session, report)
+def cmd_join(args, session, report, rank: int) -> int:
+    """A node other than 0 (node 0 is the build itself: `cli.cmd_join` builds there)."""
     addresses = session.resolve(args.targets, use_default=True)
     staged = multi_node_targets(session.plan, addresses)
     if not staged:
@@ -102,8 +98,6 @@ def join_stage(session, launch: dict, rank: int, report) -> int:
         report({"event": "built", "target": address, "key": launch["key"], "seconds": seconds,
                 "reason": f"node {rank} took part"})
     else:
-        from .executor import log_tail
-
         report({"event": "failed", "target": address, "key": launch["key"], "seconds": seconds,
                 "reason": f"node {rank}'s processes exited with code {code}", "log_tail": log_tail(log), "log": log})
     return code

@@ -220,7 +220,7 @@ class WorkerOutcome:
     def settled(self, address: str, key: str, log_path: str) -> dict:
         """The worker's `built` or `cached` event for the target (or a kept failure, a failed gate, whose
         artifact is on the remote too); any other outcome raises the failure a local build would."""
-        from .executor import log_tail  # loaded already: only the executor asks
+        from .context import log_tail  # loaded already: only the executor asks
 
         mine = [e for e in self.events if e.get("target") == address and e.get("event") in ("built", "cached", "failed")]
         if not mine:

@@ -8,10 +8,8 @@ import os
 
 import torch  # this module runs inside an eval's build process only
 
-from ..rules.eval import parse_gate
+from .gate import OPS, parse_gate
 
-OPS = {">=": lambda v, t: v >= t, "<=": lambda v, t: v <= t, ">": lambda v, t: v > t, "<": lambda v, t: v < t,
-       "==": lambda v, t: v == t}
 # Lower is better for these: a comparison's "better" direction and the report's reading depend on it.
 LOWER_IS_BETTER = ("perplexity", "loss")
 

@@ -28,13 +28,13 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .. import limits
+from ..evals.gate import parse_gate
 from ..plan import ADDRESS
 from . import runtime
 
 version = "1"
 
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
-GATE = re.compile(r"^\s*(>=|<=|==|>|<)\s*(-?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
 CODE = re.compile(r"^[^:]+\.py:[A-Za-z_][A-Za-z0-9_]*$")
 GENERATE_METRICS = ("exact_match", "contains", "regex", "numeric")
 FIXED_METRICS = {"choice": ("accuracy", "accuracy_norm"), "perplexity": ("perplexity", "loss")}
@@ -199,11 +199,6 @@ def check_inputs(params: Params, files: dict) -> list[tuple[str, str]]:
             if message:
                 problems.append((key, message))
     return problems
-
-
-def parse_gate(text: str) -> tuple[str, float] | None:
-    m = GATE.match(text)
-    return (m.group(1), float(m.group(2))) if m else None
 
 
 def gate_problems(params: Params) -> list[tuple]:
