@@ -107,11 +107,6 @@ class StatCache:
         self.dirty = True
         return digest
 
-    def remember(self, path: str, st: os.stat_result, digest: str) -> None:
-        """Record a digest computed elsewhere (e.g. while ingesting an output)."""
-        self.entries[os.path.abspath(path)] = [st.st_size, st.st_mtime_ns, st.st_ino, digest, time.time_ns()]
-        self.dirty = True
-
     def save(self) -> None:
         """Raises OSError when it cannot be written; the caller warns and goes on (it is only a cache)."""
         if not (self.path and self.dirty):

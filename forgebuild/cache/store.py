@@ -68,9 +68,6 @@ class LocalFS:
     def put_file(self, local: str, path: str) -> None:
         shutil.copyfile(local, path)
 
-    def get_file(self, path: str, local: str) -> None:
-        shutil.copyfile(path, local)
-
     def cat_file(self, path: str) -> bytes:
         with open(path, "rb") as f:
             return f.read()
