@@ -88,7 +88,7 @@ def targets(module: str, node: ast.AST) -> list[str]:
     """What one import statement imports: our modules by name, anything else by its top-level package."""
     if isinstance(node, ast.Import):
         return [ours(a.name) or a.name.split(".")[0] for a in node.names]
-    if node.level == 0 and ours(node.module or "") is None and not (node.module or "").startswith("forgebuild"):
+    if node.level == 0 and node.module.split(".")[0] != "forgebuild":
         return [node.module.split(".")[0]]
     here = ["forgebuild"] + ([] if module == "forgebuild" else module.split("."))
     if node.level:
@@ -96,7 +96,7 @@ def targets(module: str, node: ast.AST) -> list[str]:
         base = ".".join(package[:len(package) - node.level + 1] + ([node.module] if node.module else []))
     else:
         base = node.module
-    return [ours(f"{base}.{a.name}") or ours(base) for a in node.names]
+    return [ours(f"{base}.{a.name}") or ours(base) or base for a in node.names]  # base: a module that is gone
 
 
 def parents(module: str) -> list[str]:
