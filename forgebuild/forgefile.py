@@ -480,7 +480,7 @@ def value_problems(value, path: list, where) -> list[Problem]:
 
 
 def _validate_target(rule, kind, target_name, body, problem_at, locate):
-    from .rules import params_class, rule_version, split_params
+    from .rules import hooks, params_class, rule_version, split_params
 
     address = f"{kind}:{target_name}"
 
@@ -502,7 +502,7 @@ def _validate_target(rule, kind, target_name, body, problem_at, locate):
         return None, _merged(unusable, validation_problems(e, model, body, where)), None
     if unusable:  # `lr = inf` passes a float field: still no stage may see it
         return None, unusable, None
-    problems = _checked(getattr(rule, "check", lambda p: [])(params), where)
+    problems = _checked(hooks(rule).check(params), where)
     inputs = []
     for key, specs in rule.inputs(params).items():
         for spec in [specs] if isinstance(specs, str) else specs:
@@ -515,16 +515,16 @@ def _validate_target(rule, kind, target_name, body, problem_at, locate):
             if input_kind != "target" and planlib.outside_root(spec):
                 problems.append(where(key.split("."), f"path '{spec}' is outside the project folder"))
             inputs.append(InputSpec(key, spec, input_kind, line))
-    for key, spec in getattr(rule, "external_inputs", lambda p: {})(params).items():
+    for key, spec in hooks(rule).external_inputs(params).items():
         if not spec.strip():
             problems.append(where(key.split("."), "an empty path: name a file or folder"))
             continue
         inputs.append(InputSpec(key, spec, "external", locate.line((kind, target_name, *key.split(".")))))
     identity, runtime_values = split_params(params)
     line = locate.line((kind, target_name))
-    declared = getattr(rule, "environment", lambda p: {})(params)
+    declared = hooks(rule).environment(params)
     target = TargetPlan(address, kind, rule_version(rule, params), line, identity, runtime_values, inputs,
-                        bool(getattr(rule, "isolate", True)), sorted(declared.get("vars", [])),
+                        hooks(rule).isolate, sorted(declared.get("vars", [])),
                         _versions(declared.get("libraries", [])), resources)
     return target, problems, (rule, params, where)
 
@@ -551,11 +551,11 @@ def _dependency_problems(targets, validated) -> list[Problem]:
     info = {a: {"kind": targets[a].kind, "params": validated[a][1]} for a in validated}
     for address, found in info.items():
         found["deps"] = {d: info[d] for d in targets[address].deps if d in info}
+    from .rules import hooks
+
     problems = []
     for address, (rule, params, where) in validated.items():
-        check_deps = getattr(rule, "check_deps", None)
-        if check_deps is not None:
-            problems += _checked(check_deps(params, info[address]["deps"]), where)
+        problems += _checked(hooks(rule).check_deps(params, info[address]["deps"]), where)
     return problems
 
 

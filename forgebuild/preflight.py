@@ -50,11 +50,12 @@ def check(plan, rules, decisions: dict, packages: bool = True) -> None:
 
 def missing_modules(plan, rules, parsed: dict) -> dict[str, tuple[str, list[str]]]:
     """module -> (extra, targets needing it), for each declared module that cannot be found."""
+    from .rules import hooks
+
     missing: dict[str, tuple[str, list[str]]] = {}
     found: dict[str, bool] = {}
     for address, params in parsed.items():
-        requires = getattr(rules[plan.targets[address].kind], "requires", None)
-        for module, extra in (requires(params) if requires else {}).items():
+        for module, extra in hooks(rules[plan.targets[address].kind]).requires(params).items():
             top = module.split(".", 1)[0]  # find_spec("a.b") would import a
             if top not in found:
                 found[top] = _installed(top)
@@ -91,8 +92,9 @@ def install_command(extras, checkout: str | None = None) -> str:
 # ------------------------------------------------------------------ files
 
 def input_problems(plan, target, rule, params) -> list[Problem]:
-    check_inputs = getattr(rule, "check_inputs", None)
-    if check_inputs is None:
+    from .rules import hooks
+
+    if not hooks(rule).reads_inputs:
         return []
     from .plan import resolve_sources
 
@@ -100,7 +102,7 @@ def input_problems(plan, target, rule, params) -> list[Problem]:
     for spec in target.inputs:
         if spec.kind not in ("target", "external"):  # an imported model's folder: no check reads it
             files.setdefault(spec.key, []).extend(resolve_sources(plan, target, spec))
-    found = check_inputs(params, files)
+    found = hooks(rule).check_inputs(params, files)
     if not found:
         return []
     from .forgefile import KeyLocator, _checked, key_text, read_toml

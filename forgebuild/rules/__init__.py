@@ -1,7 +1,10 @@
 """The rule protocol and the registry of rules.
 
 A rule is a module (built-in or third-party) registered under the entry-point
-group ``forgebuild.rules``; the entry point's name is the target kind. It has:
+group ``forgebuild.rules``; the entry point's name is the target kind. The
+:class:`Rule` Protocol below declares every hook with its signature; the engine
+reaches the optional ones only through :class:`RuleHooks` (``hooks(rule)``), which
+fills in the default of a hook a module leaves out. In short:
 
 - ``version``: a string; bump it whenever the rule's output for the same inputs changes.
 - ``Params``: a pydantic model with ``extra="forbid"``; fields made with
@@ -39,10 +42,12 @@ group ``forgebuild.rules``; the entry point's name is the target kind. It has:
 """
 from __future__ import annotations
 
+import functools
 import importlib
 import re
 from importlib.metadata import entry_points
 from types import ModuleType
+from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
@@ -67,10 +72,103 @@ def is_runtime(field) -> bool:
     return isinstance(extra, dict) and bool(extra.get("runtime"))
 
 
+KeyPath = str | tuple  # "outputs.0" or ("splits", "v1.2"): where a problem is, in the target's table
+
+
+class Rule(Protocol):
+    """What a rule module provides: the four required names, then the optional hooks (a module
+    may leave any of them out; :class:`RuleHooks` gives the default written in each docstring)."""
+
+    version: str  # bump it whenever the rule's output for the same inputs changes
+    Params: type[BaseModel]  # extra="forbid"; `runtime()` fields stay out of the action key
+
+    def inputs(self, params: BaseModel) -> dict[str, str | list[str]]:
+        """Every file, glob, folder or KIND:NAME target the build reads, by the Forgefile key naming it."""
+
+    def build(self, ctx: Any) -> None:
+        """Produce the artifact in ctx.out. Heavy imports (torch) go inside."""
+
+    # ---- optional hooks
+    isolate: bool  # default True: run build in a child Python; False for a rule that only launches a command
+
+    def params_model(self, raw: dict) -> type[BaseModel]:
+        """The model that validates this table (default: Params); Params may then be a union for the schema."""
+
+    def version_of(self, params: BaseModel) -> str:
+        """A version that depends on the params (default: `version`)."""
+
+    def check(self, params: BaseModel) -> list[tuple[KeyPath, str]]:
+        """Checks across fields (default: none)."""
+
+    def external_inputs(self, params: BaseModel) -> dict[str, str]:
+        """Files or folders outside the project, keyed by Forgefile key, never by path (default: none)."""
+
+    def environment(self, params: BaseModel) -> dict[str, list[str]]:
+        """{"vars": [...], "libraries": [...]} whose values and versions enter the key (default: none)."""
+
+    def check_deps(self, params: BaseModel, deps: dict) -> list[tuple[KeyPath, str]]:
+        """Checks against the targets this one reads: address -> {kind, params, deps} (default: none)."""
+
+    def requires(self, params: BaseModel) -> dict[str, str]:
+        """{module: forgebuild extra} that build imports, checked with find_spec before a build (default: none)."""
+
+    def check_inputs(self, params: BaseModel, files: dict) -> list[tuple[KeyPath, str]]:
+        """Checks that parse (never import) the files named: key -> [(relative, absolute)] (default: none)."""
+
+
+class RuleHooks:
+    """One rule module seen through :class:`Rule`: every optional hook callable, with its default.
+    Made once per module (`hooks`), so a call site never asks whether a hook exists."""
+
+    def __init__(self, module: ModuleType):
+        self.module = module
+        self.isolate = bool(getattr(module, "isolate", True))
+        self._hooks = {name: getattr(module, name, None) for name in
+                       ("params_model", "version_of", "check", "external_inputs", "environment", "check_deps",
+                        "requires", "check_inputs")}
+
+    def _call(self, name: str, default, *args):
+        hook = self._hooks[name]
+        return hook(*args) if hook is not None else default
+
+    def params_model(self, raw: dict) -> type[BaseModel]:
+        return self._call("params_model", None, raw) or self.module.Params
+
+    def version_of(self, params: BaseModel) -> str:
+        return str(self._call("version_of", self.module.version, params))
+
+    def check(self, params: BaseModel) -> list:
+        return self._call("check", [], params)
+
+    def external_inputs(self, params: BaseModel) -> dict:
+        return self._call("external_inputs", {}, params)
+
+    def environment(self, params: BaseModel) -> dict:
+        return self._call("environment", {}, params)
+
+    def check_deps(self, params: BaseModel, deps: dict) -> list:
+        return self._call("check_deps", [], params, deps)
+
+    def requires(self, params: BaseModel) -> dict:
+        return self._call("requires", {}, params)
+
+    def check_inputs(self, params: BaseModel, files: dict) -> list:
+        return self._call("check_inputs", [], params, files)
+
+    @property
+    def reads_inputs(self) -> bool:
+        """Whether check_inputs is the rule's own: resolving its files (globs) costs a walk."""
+        return self._hooks["check_inputs"] is not None
+
+
+@functools.cache
+def hooks(rule: ModuleType) -> RuleHooks:
+    return RuleHooks(rule)
+
+
 def params_class(rule, raw: dict):
     """The pydantic model that validates this table (most rules: their one Params)."""
-    chooser = getattr(rule, "params_model", None)
-    return chooser(raw) if chooser else rule.Params
+    return hooks(rule).params_model(raw)
 
 
 def parse_params(rule, raw: dict) -> BaseModel:
@@ -78,8 +176,7 @@ def parse_params(rule, raw: dict) -> BaseModel:
 
 
 def rule_version(rule, params: BaseModel) -> str:
-    version_of = getattr(rule, "version_of", None)
-    return str(version_of(params) if version_of else rule.version)
+    return hooks(rule).version_of(params)
 
 
 def split_params(params: BaseModel) -> tuple[dict, dict]:
