@@ -2,7 +2,8 @@
 the planner imports this module to validate a Forgefile."""
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass
+from typing import Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -121,3 +122,25 @@ def adapter_base_problem(params: BaseModel, deps: dict, key: str = "base"):
         return (key, f"{address} emits a LoRA adapter only (lora.merge = false); set merge = true there "
                      f"to build on its weights")
     return None
+
+
+@dataclass(frozen=True)
+class Deps:
+    """What a recipe's target references must be, as data: `Deps({"base": "model", "data": ("dataset",
+    FORMATS)})`. A key names a kind, or a (kind, formats) pair for a dataset the recipe trains on; each
+    `checks` function is a check no declaration can say (a reward model's recipe, FIM tokens)."""
+    kinds: dict[str, str | tuple[str, tuple[str, ...]]]
+    checks: tuple[Callable[[BaseModel, dict], list[tuple[str, str]]], ...] = ()
+
+    def problems(self, params: BaseModel, deps: dict) -> list[tuple[str, str]]:
+        """Wrong kinds first, then wrong formats, then adapter-only models, then the checks."""
+        kinds = {key: kind if isinstance(kind, str) else kind[0] for key, kind in self.kinds.items()}
+        problems = kind_problems(params, deps, kinds)
+        found = [dataset_format_problem(params, deps, key, kind[1], params.recipe)
+                 for key, kind in self.kinds.items() if not isinstance(kind, str)]
+        # every model a recipe reads, it reads the weights of: an adapter-only one has none
+        found += [adapter_base_problem(params, deps, key) for key, kind in kinds.items() if kind == "model"]
+        problems += [problem for problem in found if problem]
+        for check in self.checks:
+            problems += check(params, deps)
+        return problems

@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import Field
 
 from .. import limits
-from .common import (Lora, Recipe, Train, adapter_base_problem, kind_problems, reference_problems)
+from .common import Deps, Lora, Recipe, Train, reference_problems
 from .pretrain import data_problems
 
 version = "1"
@@ -54,10 +54,7 @@ def check(params: Params) -> list[tuple[str, str]]:
     return problems
 
 
-def check_deps(params: Params, deps: dict) -> list[tuple[str, str]]:
-    problems = kind_problems(params, deps, {"base": "model", "tokens": "tokens", "corpus": "corpus"})
-    found = adapter_base_problem(params, deps)
-    return problems + ([found] if found else [])
+DEPS = Deps({"base": "model", "tokens": "tokens", "corpus": "corpus"})
 
 
 def build(ctx) -> None:

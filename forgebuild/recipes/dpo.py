@@ -30,8 +30,7 @@ from pydantic import BeforeValidator, Field
 from pydantic_core import PydanticCustomError
 
 from .. import limits
-from .common import (Lora, Recipe, Train, adapter_base_problem, dataset_format_problem, kind_problems,
-                     reference_problems)
+from .common import Deps, Lora, Recipe, Train, reference_problems
 
 version = "1"
 FORMATS = ("preference",)
@@ -129,13 +128,7 @@ def check(params: Params) -> list[tuple[str, str]]:
     return problems
 
 
-def check_deps(params: Params, deps: dict) -> list[tuple[str, str]]:
-    problems = kind_problems(params, deps, {"base": "model", "data": "dataset", "reference": "model"})
-    for found in (dataset_format_problem(params, deps, "data", FORMATS, "dpo"), adapter_base_problem(params, deps),
-                  adapter_base_problem(params, deps, "reference")):
-        if found:
-            problems.append(found)
-    return problems
+DEPS = Deps({"base": "model", "data": ("dataset", FORMATS), "reference": "model"})
 
 
 def score_problem(folder: str, address: str, split: str) -> str | None:

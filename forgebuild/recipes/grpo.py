@@ -28,7 +28,7 @@ from typing import Literal
 from pydantic import Field
 
 from .. import limits
-from .common import Lora, Recipe, Train, adapter_base_problem, dataset_format_problem, kind_problems, reference_problems
+from .common import Deps, Lora, Recipe, Train, adapter_base_problem, reference_problems
 from .rewards import Reward, reward_file_problems, reward_inputs, reward_problems
 
 version = "1"
@@ -78,11 +78,9 @@ def check_inputs(params: Params, files: dict) -> list[tuple[str, str]]:
     return reward_file_problems(params.rewards, files)
 
 
-def check_deps(params: Params, deps: dict) -> list[tuple[str, str]]:
-    problems = kind_problems(params, deps, {"base": "model", "prompts": "dataset"})
-    for found in (dataset_format_problem(params, deps, "prompts", FORMATS, "grpo"), adapter_base_problem(params, deps)):
-        if found:
-            problems.append(found)
+def reward_model_problems(params: Params, deps: dict) -> list[tuple[str, str]]:
+    """A `model:NAME` reward must be a merged model built with recipe "reward"."""
+    problems = []
     for i, reward in enumerate(params.rewards):
         dep = deps.get(reward.model) if reward.model else None
         if dep is None:
@@ -96,6 +94,9 @@ def check_deps(params: Params, deps: dict) -> list[tuple[str, str]]:
         elif (found := adapter_base_problem(reward, deps, "model")) is not None:
             problems.append((key, found[1].replace("to build on its weights", "to score with it")))
     return problems
+
+
+DEPS = Deps({"base": "model", "prompts": ("dataset", FORMATS)}, (reward_model_problems,))
 
 
 def load_reward_model(ctx, folder: str, address: str):

@@ -32,8 +32,7 @@ from typing import Literal
 from pydantic import Field
 
 from .. import limits
-from .common import (Lora, Recipe, Train, adapter_base_problem, dataset_format_problem, kind_problems,
-                     reference_problems)
+from .common import Deps, Lora, Recipe, Train, reference_problems
 from .rewards import Reward, RewardError, load_rewards, reward_file_problems, reward_inputs, reward_problems
 
 version = "1"
@@ -84,12 +83,9 @@ def check_inputs(params: Params, files: dict) -> list[tuple[str, str]]:
     return reward_file_problems(params.rewards, files)
 
 
-def check_deps(params: Params, deps: dict) -> list[tuple[str, str]]:
-    problems = kind_problems(params, deps, {"base": "model", "prompts": "dataset"})
-    for found in (dataset_format_problem(params, deps, "prompts", FORMATS, "online-dpo"),
-                  adapter_base_problem(params, deps)):
-        if found:
-            problems.append(found)
+def reward_model_problems(params: Params, deps: dict) -> list[tuple[str, str]]:
+    """A `model:NAME` reward must be a merged model built with recipe "reward"."""
+    problems = []
     for i, reward in enumerate(params.rewards):
         dep = deps.get(reward.model) if reward.model else None
         if dep is None or dep["kind"] != "model":
@@ -103,6 +99,9 @@ def check_deps(params: Params, deps: dict) -> list[tuple[str, str]]:
             problems.append((f"rewards.{i}", f"{reward.model} emits a LoRA adapter only (lora.merge = false); set "
                                              f"merge = true there to score with it"))
     return problems
+
+
+DEPS = Deps({"base": "model", "prompts": ("dataset", FORMATS)}, (reward_model_problems,))
 
 
 class ScoreLog:

@@ -23,7 +23,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import limits
-from .common import Lora, Recipe, Train, kind_problems, reference_problems
+from .common import Deps, Lora, Recipe, Train, reference_problems
 
 version = "1"
 
@@ -114,8 +114,9 @@ def arch_problems(arch: Arch) -> list[tuple[str, str]]:
     return problems
 
 
-def check_deps(params, deps: dict) -> list[tuple[str, str]]:
-    problems = kind_problems(params, deps, {"tokenizer": "tokenizer", "tokens": "tokens", "corpus": "corpus"})
+def tokenizer_problems(params, deps: dict) -> list[tuple[str, str]]:
+    """Packed tokens made with another tokenizer, or a FIM rate on a tokenizer without the FIM tokens."""
+    problems = []
     tokens = deps.get(params.tokens)
     if tokens and tokens["kind"] == "tokens" and tokens["params"].tokenizer != params.tokenizer:
         problems.append(("tokens", f"{params.tokens} was tokenized with {tokens['params'].tokenizer}, "
@@ -124,6 +125,9 @@ def check_deps(params, deps: dict) -> list[tuple[str, str]]:
     if params.fim_rate and tokenizer and tokenizer["kind"] == "tokenizer" and not tokenizer["params"].fim:
         problems.append(("fim_rate", f"fill-in-the-middle needs the FIM tokens: set fim = true in {params.tokenizer}"))
     return problems
+
+
+DEPS = Deps({"tokenizer": "tokenizer", "tokens": "tokens", "corpus": "corpus"}, (tokenizer_problems,))
 
 
 # ------------------------------------------------------------------ building

@@ -23,8 +23,7 @@ from typing import Literal
 from pydantic import Field
 
 from .. import limits
-from .common import (Lora, Recipe, Train, adapter_base_problem, dataset_format_problem, kind_problems,
-                     reference_problems)
+from .common import Deps, Lora, Recipe, Train, reference_problems
 
 version = "1"
 FORMATS = ("preference",)
@@ -57,12 +56,7 @@ def check(params: Params) -> list[tuple[str, str]]:
     return reference_problems(params, ("base", "data"))
 
 
-def check_deps(params: Params, deps: dict) -> list[tuple[str, str]]:
-    problems = kind_problems(params, deps, {"base": "model", "data": "dataset"})
-    for found in (dataset_format_problem(params, deps, "data", FORMATS, "reward"), adapter_base_problem(params, deps)):
-        if found:
-            problems.append(found)
-    return problems
+DEPS = Deps({"base": "model", "data": ("dataset", FORMATS)})
 
 
 def load_classifier(ctx, folder: str, address: str):

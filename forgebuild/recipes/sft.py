@@ -20,8 +20,7 @@ from typing import Literal
 from pydantic import Field
 
 from .. import limits
-from .common import (Lora, Recipe, Train, adapter_base_problem, dataset_format_problem, kind_problems,
-                     reference_problems)
+from .common import Deps, Lora, Recipe, Train, reference_problems
 
 version = "1"
 FORMATS = ("prompt_completion", "messages")
@@ -52,12 +51,7 @@ def check(params: Params) -> list[tuple[str, str]]:
     return reference_problems(params, ("base", "data"))
 
 
-def check_deps(params: Params, deps: dict) -> list[tuple[str, str]]:
-    problems = kind_problems(params, deps, {"base": "model", "data": "dataset"})
-    for found in (dataset_format_problem(params, deps, "data", FORMATS, "sft"), adapter_base_problem(params, deps)):
-        if found:
-            problems.append(found)
-    return problems
+DEPS = Deps({"base": "model", "data": ("dataset", FORMATS)})
 
 
 def build(ctx) -> None:

@@ -104,8 +104,8 @@ def check_inputs(params, files: dict) -> list:
 
 
 def check_deps(params, deps: dict) -> list:
-    found = getattr(recipe_module(params.recipe), "check_deps", None)
-    return found(params, deps) if found else []
+    declared = getattr(recipe_module(params.recipe), "DEPS", None)  # "import" references no target
+    return declared.problems(params, deps) if declared else []
 
 
 def build(ctx) -> None:
