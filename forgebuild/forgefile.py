@@ -437,7 +437,7 @@ def load(path: str, rules=None) -> Plan:
                 validated[address] = checked
 
     problems += _reference_problems(targets, declared, settings, rules, name, locate)
-    problems += _default_launch(settings, targets, name, locate)
+    problems += _forge_defaults(settings, targets, rules, name, locate)
     problems += _dependency_problems(targets, validated)
     # Cycles and missing files are looked for among the valid targets even when others
     # have problems: every error is reported in one pass.
@@ -571,22 +571,28 @@ def _versions(names) -> dict[str, str | None]:
     return found
 
 
-def _default_launch(settings, targets, name, locate) -> list[Problem]:
-    """[forge] launch: the launch of every training stage that has none of its own (runtime only)."""
-    if not settings.launch:
-        return []
-    from .recipes.common import Launch
+def _forge_defaults(settings, targets, rules, name, locate) -> list[Problem]:
+    """[forge] keys a rule takes as the default of a runtime param (the model rule: `launch`): each
+    validated by the rule's model, then given to every target of that rule that sets none itself."""
+    from .rules import hooks
 
-    try:
-        launch = Launch.model_validate(settings.launch).model_dump(mode="json")
-    except ValidationError as e:
-        where = lambda p, msg: Problem(name, locate.line(("forge", "launch", *p)), msg, "[forge]",
-                                       key_text(("launch", *p)))
-        return validation_problems(e, Launch, settings.launch, where)
-    for target in targets.values():
-        if "launch" in target.runtime and target.runtime["launch"] is None:
-            target.runtime["launch"] = launch
-    return []
+    problems = []
+    raw = settings.model_dump()
+    for kind, rule in rules.items():
+        for key, model in hooks(rule).forge_defaults().items():
+            if not raw.get(key):
+                continue
+            try:
+                value = model.model_validate(raw[key]).model_dump(mode="json")
+            except ValidationError as e:
+                where = lambda p, msg, key=key: Problem(name, locate.line(("forge", key, *p)), msg, "[forge]",
+                                                        key_text((key, *p)))
+                problems += validation_problems(e, model, raw[key], where)
+                continue
+            for target in targets.values():
+                if target.kind == kind and key in target.runtime and target.runtime[key] is None:
+                    target.runtime[key] = value
+    return problems
 
 
 def _reference_problems(targets, declared, settings, rules, name, locate) -> list[Problem]:

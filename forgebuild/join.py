@@ -23,19 +23,26 @@ from .recipes.launch import LAUNCH_FILE, node_rank, read_launch_file
 POLL_SECONDS = 1.0  # a launch.json appears once per stage; node 0's torchrun waits for the others anyway
 
 
-def multi_node_targets(plan, addresses: list[str]) -> list[str]:
-    closure = plan.closure(addresses)
-    return [a for a in closure if ((plan.targets[a].runtime.get("launch") or {}).get("nodes") or 1) > 1]
+def stage_nodes(session, address: str) -> int:
+    """Machines a stage spans, as its rule says (hook `nodes`: the model rule's `launch.nodes`)."""
+    from .rules import hooks
+
+    target = session.plan.targets[address]
+    return hooks(session.rules[target.kind]).nodes(target.runtime)
+
+
+def multi_node_targets(session, addresses: list[str]) -> list[str]:
+    return [a for a in session.plan.closure(addresses) if stage_nodes(session, a) > 1]
 
 
 def cmd_join(args, session, report, rank: int) -> int:
     """A node other than 0 (node 0 is the build itself: `cli.cmd_join` builds there)."""
     addresses = session.resolve(args.targets, use_default=True)
-    staged = multi_node_targets(session.plan, addresses)
+    staged = multi_node_targets(session, addresses)
     if not staged:
         raise UsageError(f"nothing to join: no stage of {', '.join(addresses)} has launch.nodes > 1")
     for address in staged:
-        nodes = session.plan.targets[address].runtime["launch"]["nodes"]
+        nodes = stage_nodes(session, address)
         if rank >= nodes:
             raise UsageError(f"node rank {rank} is not below {address}'s launch.nodes {nodes}")
     joined, failed = [], []

@@ -8,8 +8,9 @@ a failure on a worker reads like a local one: the log tail, nothing cached, depe
 project and .forge must be visible where the command runs: one machine, or a shared filesystem.
 
 - local: a child process of forgebuild (the default).
-- ray: a Ray task with the stage's resources (CPUs from its `threads`, GPUs from `device = "cuda"`
-  and `launch.processes`), on the cluster at RAY_ADDRESS or a local one (`ray.init()`).
+- ray: a Ray task with the stage's resources (its `resources` table, the rest from its rule's `resources`
+  hook: CPUs from `threads`, GPUs from `device = "cuda"` and a model's `launch.processes`),
+  on the cluster at RAY_ADDRESS or a local one (`ray.init()`).
 - slurm: a job through submitit, with the same resources; submitit's AutoExecutor uses Slurm
   where `sbatch` exists and runs the job locally elsewhere (how it is tested here).
 
@@ -42,13 +43,12 @@ WORKER_FILES = ("shared", "remote")
 
 
 def resources(target) -> dict:
-    """What a stage asks of a worker: its `resources` table, the rest derived from its runtime settings."""
-    runtime, declared = target.runtime, target.resources
-    launch = runtime.get("launch") or {}
-    processes = launch.get("processes", 1)
-    cuda = runtime.get("device") == "cuda"
-    cpus = max(1, runtime.get("threads") or 1) * (processes if not cuda else 1)
-    found = {"cpus": declared.get("cpus", cpus), "gpus": declared.get("gpus", processes if cuda else 0)}
+    """What a stage asks of a worker: its `resources` table, the rest derived by its rule (hook `resources`)."""
+    from .rules import hooks, load_rule
+
+    declared = target.resources
+    derived = hooks(load_rule(target.kind)).resources(target.runtime)
+    found = {"cpus": declared.get("cpus", derived["cpus"]), "gpus": declared.get("gpus", derived["gpus"])}
     if "memory_gb" in declared:
         found["memory_gb"] = declared["memory_gb"]
     return found

@@ -39,6 +39,10 @@ fills in the default of a hook a module leaves out. In short:
   read the files the target names, run before a build starts (never at a cache
   hit); ``files`` maps an input key to its (project-relative, absolute) paths.
   Parse, never import: a reward function's name, a benchmark's text lengths.
+- optional ``resources(runtime) -> {"cpus", "gpus"}``, ``nodes(runtime) -> int`` and
+  ``forge_defaults() -> {key: model}``: what the engine needs to place a stage (a Ray or
+  Slurm worker's size, the machines it spans) and the ``[forge]`` keys that default a
+  runtime param (the ``model`` rule's ``launch``), so the engine never reads a rule's fields.
 """
 from __future__ import annotations
 
@@ -115,6 +119,18 @@ class Rule(Protocol):
     def check_inputs(self, params: BaseModel, files: dict) -> list[tuple[KeyPath, str]]:
         """Checks that parse (never import) the files named: key -> [(relative, absolute)] (default: none)."""
 
+    # ---- what the engine asks of a stage, from its runtime params as planned (plain JSON data)
+    def forge_defaults(self) -> dict[str, type[BaseModel]]:
+        """[forge] keys that are the default of a runtime param of the same name, each with the model that
+        validates it; a target whose own value is None gets it (model: `launch`) (default: none)."""
+
+    def resources(self, runtime: dict) -> dict[str, int]:
+        """{"cpus", "gpus"} a worker needs, before the target's own `resources` table overrides them
+        (default: `threads` CPUs, or 1; one GPU with `device = "cuda"`; see `default_resources`)."""
+
+    def nodes(self, runtime: dict) -> int:
+        """Machines the stage spans; above 1, the others run `forgebuild join` (default: 1)."""
+
 
 class RuleHooks:
     """One rule module seen through :class:`Rule`: every optional hook callable, with its default.
@@ -125,7 +141,7 @@ class RuleHooks:
         self.isolate = bool(getattr(module, "isolate", True))
         self._hooks = {name: getattr(module, name, None) for name in
                        ("params_model", "version_of", "check", "external_inputs", "environment", "check_deps",
-                        "requires", "check_inputs")}
+                        "requires", "check_inputs", "forge_defaults", "resources", "nodes")}
 
     def _call(self, name: str, default, *args):
         hook = self._hooks[name]
@@ -155,10 +171,26 @@ class RuleHooks:
     def check_inputs(self, params: BaseModel, files: dict) -> list:
         return self._call("check_inputs", [], params, files)
 
+    def forge_defaults(self) -> dict:
+        return self._call("forge_defaults", {})
+
+    def resources(self, runtime: dict) -> dict:
+        return self._call("resources", None, runtime) or default_resources(runtime)
+
+    def nodes(self, runtime: dict) -> int:
+        return self._call("nodes", 1, runtime)
+
     @property
     def reads_inputs(self) -> bool:
         """Whether check_inputs is the rule's own: resolving its files (globs) costs a walk."""
         return self._hooks["check_inputs"] is not None
+
+
+def default_resources(runtime: dict, processes: int = 1) -> dict:
+    """CPUs from a `threads` runtime param (0: one), per process; a GPU per process with device = "cuda"."""
+    cuda = runtime.get("device") == "cuda"
+    cpus = max(1, runtime.get("threads") or 1) * (processes if not cuda else 1)
+    return {"cpus": cpus, "gpus": processes if cuda else 0}
 
 
 @functools.cache

@@ -98,6 +98,24 @@ def requires(params) -> dict:
     return modules
 
 
+def forge_defaults() -> dict:
+    """`[forge] launch`: the launch of every training stage that sets none."""
+    from forgebuild.recipes.common import Launch
+
+    return {"launch": Launch}
+
+
+def resources(runtime: dict) -> dict:
+    """A stage on `launch.processes` processes asks for that many GPUs, or that many times its threads."""
+    from forgebuild.rules import default_resources
+
+    return default_resources(runtime, (runtime.get("launch") or {}).get("processes", 1))
+
+
+def nodes(runtime: dict) -> int:
+    return (runtime.get("launch") or {}).get("nodes") or 1
+
+
 def check_inputs(params, files: dict) -> list:
     found = getattr(recipe_module(params.recipe), "check_inputs", None)
     return found(params, files) if found else []
