@@ -449,7 +449,8 @@ def cmd_diff(args, session, report) -> int:
 
 
 def cmd_join(args, session, report) -> int:
-    from .join import cmd_join as run, node_rank
+    from .join import cmd_join as run
+    from .recipes.launch import node_rank
 
     build_defaults = vars(_parser().parse_args(["build"]))  # node 0 builds: the build verb's defaults
     args = argparse.Namespace(**{**build_defaults, **vars(args)})

@@ -5,7 +5,8 @@ builds the single-machine stages, and hosts the rendezvous of each stage with
 `launch.nodes > 1` (forgebuild/recipes/launch.py). Every other node runs `forgebuild join
 TARGET` in the same project folder (a shared filesystem): it waits for node 0 to start such
 a stage (the key's launch.json), starts its own torchrun processes with its node rank, and
-goes on to the next multi-node stage of TARGET's closure until all of them are built.
+goes on to the next multi-node stage of TARGET's closure until all of them are built. What
+join knows of a stage it asks the stage's rule (hooks `nodes`, `join_launch`, `join_argv`).
 
 Nothing is cached here: node 0 (rank 0) writes the artifact and the cache entry. Each
 joined stage's output goes to the stage log's sibling `NAME.node<RANK>.log`.
@@ -18,7 +19,6 @@ import time
 
 from .context import SAFE_PATH, log_tail
 from .errors import UsageError
-from .recipes.launch import LAUNCH_FILE, node_rank, read_launch_file
 
 POLL_SECONDS = 1.0  # a launch.json appears once per stage; node 0's torchrun waits for the others anyway
 
@@ -53,7 +53,7 @@ def cmd_join(args, session, report, rank: int) -> int:
         pending = [a for a in staged if decisions[a].state != "fresh"]
         if not pending:
             break
-        launch = next_launch(session.workspace, pending, seen)
+        launch = next_launch(session, pending, seen)
         if launch is not None:
             seen.add(launch["attempt"])
             code = join_stage(session, launch, rank, report)
@@ -75,25 +75,29 @@ def cmd_join(args, session, report, rank: int) -> int:
     return 1 if failed else 0
 
 
-def next_launch(workspace, pending: list[str], seen: set[str]) -> dict | None:
-    """A stage node 0 is launching now, for one of the pending targets, not joined before."""
-    for path in glob.glob(os.path.join(workspace.path("work"), "*", LAUNCH_FILE)):
-        launch = read_launch_file(path)
-        if launch and launch.get("target") in pending and launch["attempt"] not in seen:
-            return launch
+def next_launch(session, pending: list[str], seen: set[str]) -> dict | None:
+    """A stage node 0 is launching now, for one of the pending targets, not joined before; each
+    key's work folder read by the rules of the pending kinds (hook `join_launch`)."""
+    from .rules import hooks
+
+    rules = [hooks(session.rules[kind]) for kind in sorted({a.split(":", 1)[0] for a in pending})]
+    for work in glob.glob(os.path.join(session.workspace.path("work"), "*", "")):
+        for rule in rules:
+            launch = rule.join_launch(work)
+            if launch and launch.get("target") in pending and launch["attempt"] not in seen:
+                return launch
     return None
 
 
 def join_stage(session, launch: dict, rank: int, report) -> int:
-    from .recipes.launch import torchrun_argv
+    from .rules import hooks
     from .runners import run_command
 
     address = launch["target"]
     report({"event": "start", "target": address, "key": launch["key"],
             "reason": f"joining as node {rank} of {launch['nodes']} at {launch['master_addr']}:{launch['master_port']}"})
     started = time.time()
-    argv = torchrun_argv(launch["nodes"], launch["processes"], rank, launch["master_addr"], launch["master_port"],
-                         launch["context_file"])
+    argv = hooks(session.rules[address.split(":", 1)[0]]).join_argv(launch, rank)
     log = session.workspace.log_path(address)[:-len(".log")] + f".node{rank}.log"
     env = {**os.environ, **SAFE_PATH, "TORCH_EXTENSIONS_DIR": os.environ.get(
         "TORCH_EXTENSIONS_DIR", os.path.join(session.workspace.dir, f"torch_extensions.node{rank}"))}

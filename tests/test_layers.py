@@ -53,8 +53,6 @@ ML_STACK = {"torch", "transformers", "trl", "peft", "accelerate", "deepspeed", "
 EXCEPTIONS = {
     # issue 12: `forgebuild cache` (a CLI verb) lives in the store; it computes action keys (planning).
     ("cache.remote", "keys"): "the `cache` verb in the store",
-    # issue 12: `join` reads the launch file and torchrun's command line of the recipes' launcher.
-    ("join", "recipes.launch"): "join depends on a recipe module",
 }
 
 

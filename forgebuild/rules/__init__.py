@@ -39,10 +39,11 @@ fills in the default of a hook a module leaves out. In short:
   read the files the target names, run before a build starts (never at a cache
   hit); ``files`` maps an input key to its (project-relative, absolute) paths.
   Parse, never import: a reward function's name, a benchmark's text lengths.
-- optional ``resources(runtime) -> {"cpus", "gpus"}``, ``nodes(runtime) -> int`` and
-  ``forge_defaults() -> {key: model}``: what the engine needs to place a stage (a Ray or
-  Slurm worker's size, the machines it spans) and the ``[forge]`` keys that default a
-  runtime param (the ``model`` rule's ``launch``), so the engine never reads a rule's fields.
+- optional ``resources(runtime) -> {"cpus", "gpus"}``, ``nodes(runtime) -> int``,
+  ``join_launch(work)``, ``join_argv(launch, rank)`` and ``forge_defaults() -> {key: model}``:
+  what the engine needs to place a stage (a Ray or Slurm worker's size, the machines it spans,
+  how another node joins it) and the ``[forge]`` keys that default a runtime param (the
+  ``model`` rule's ``launch``), so the engine never reads a rule's fields.
 """
 from __future__ import annotations
 
@@ -131,6 +132,13 @@ class Rule(Protocol):
     def nodes(self, runtime: dict) -> int:
         """Machines the stage spans; above 1, the others run `forgebuild join` (default: 1)."""
 
+    def join_launch(self, work: str) -> dict | None:
+        """What node 0 left in a key's work folder while its processes run: {"target", "key", "attempt",
+        "nodes", ...}, read by `forgebuild join` on the other nodes; None when nothing runs (default: None)."""
+
+    def join_argv(self, launch: dict, rank: int) -> list[str]:
+        """The command node `rank` runs to take part in that launch (a stage with nodes > 1 needs it)."""
+
 
 class RuleHooks:
     """One rule module seen through :class:`Rule`: every optional hook callable, with its default.
@@ -141,7 +149,8 @@ class RuleHooks:
         self.isolate = bool(getattr(module, "isolate", True))
         self._hooks = {name: getattr(module, name, None) for name in
                        ("params_model", "version_of", "check", "external_inputs", "environment", "check_deps",
-                        "requires", "check_inputs", "forge_defaults", "resources", "nodes")}
+                        "requires", "check_inputs", "forge_defaults", "resources", "nodes",
+                        "join_launch", "join_argv")}
 
     def _call(self, name: str, default, *args):
         hook = self._hooks[name]
@@ -179,6 +188,12 @@ class RuleHooks:
 
     def nodes(self, runtime: dict) -> int:
         return self._call("nodes", 1, runtime)
+
+    def join_launch(self, work: str) -> dict | None:
+        return self._call("join_launch", None, work)
+
+    def join_argv(self, launch: dict, rank: int) -> list[str]:
+        return self._call("join_argv", None, launch, rank)
 
     @property
     def reads_inputs(self) -> bool:

@@ -16,6 +16,7 @@ See docs/rules/model.md.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -114,6 +115,19 @@ def resources(runtime: dict) -> dict:
 
 def nodes(runtime: dict) -> int:
     return (runtime.get("launch") or {}).get("nodes") or 1
+
+
+def join_launch(work: str) -> dict | None:
+    from forgebuild.recipes.launch import LAUNCH_FILE, read_launch_file
+
+    return read_launch_file(os.path.join(work, LAUNCH_FILE))
+
+
+def join_argv(launch: dict, rank: int) -> list[str]:
+    from forgebuild.recipes.launch import torchrun_argv
+
+    return torchrun_argv(launch["nodes"], launch["processes"], rank, launch["master_addr"], launch["master_port"],
+                         launch["context_file"])
 
 
 def check_inputs(params, files: dict) -> list:

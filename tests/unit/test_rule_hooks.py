@@ -93,3 +93,18 @@ def test_forge_launch_reaches_the_model_targets_that_set_none(lab):
     # the runner sizes a worker through the rule: 2 processes of 1 thread each
     assert resources(plan.targets["model:base"]) == {"cpus": 2, "gpus": 0}
     assert resources(plan.targets["run:r"]) == {"cpus": 1, "gpus": 0}
+
+
+def test_join_reads_a_stage_through_its_rule(tmp_path):
+    from forgebuild.recipes.launch import write_launch_file
+
+    model, run = hooks(load_rule("model")), hooks(load_rule("run"))
+    assert model.join_launch(str(tmp_path)) is None and run.join_launch(str(tmp_path)) is None  # nothing runs
+    plan = {"key": "k" * 64, "context_file": "/w/a.1/context.json", "nodes": 2, "processes": 3,
+            "master_addr": "10.0.0.1", "master_port": 29123, "attempt": "a.1"}
+    write_launch_file(str(tmp_path), plan, "model:base")
+    launch = model.join_launch(str(tmp_path))
+    assert launch == {**plan, "target": "model:base"} and run.join_launch(str(tmp_path)) is None
+    assert model.join_argv(launch, 1)[2:] == [
+        "torch.distributed.run", "--nproc_per_node=3", "--nnodes=2", "--node_rank=1", "--master_addr=10.0.0.1",
+        "--master_port=29123", "-m", "forgebuild.worker", "/w/a.1/context.json"]
