@@ -214,16 +214,15 @@ def _elsewhere(model: type[BaseModel], name: str) -> str:
     inside = _paths_of(model, name)
     if inside:
         return f" (did you mean '{key_text(inside[0])}'?)"
-    from .rules import load_rules, params_class
+    from .rules import hooks, load_rules
 
     kinds = []
     for kind, rule in sorted(load_rules().items()):
-        recipes = getattr(rule, "RECIPES", None)  # the model rule: one Params per recipe
-        if recipes:
-            names = [r for r in recipes if name in params_class(rule, {"recipe": r}).model_fields]
-            kinds += [f"{kind} (recipe {', '.join(names)})"] if names else []
-        elif name in getattr(rule, "Params").model_fields:
+        shapes = [s for s, model in hooks(rule).param_shapes().items() if name in model.model_fields]
+        if shapes == [""]:  # a rule with one Params
             kinds.append(kind)
+        elif shapes:  # the model rule: one Params per recipe
+            kinds.append(f"{kind} (recipe {', '.join(shapes)})")
     return f"; '{name}' is a key of {' and '.join(kinds)} targets" if kinds else ""
 
 

@@ -22,6 +22,8 @@ fills in the default of a hook a module leaves out. In short:
 - optional ``params_model(raw) -> pydantic model class``: for a rule whose
   tables take different shapes (the ``model`` rule: one per ``recipe``); then
   ``Params`` may be a union, used only for the JSON schema.
+- optional ``param_shapes() -> {name: model}``: every model ``params_model`` may pick
+  (for the hint naming where an unknown key belongs).
 - optional ``version_of(params) -> str``: a version that depends on the params
   (the ``model`` rule's recipe versions).
 - optional ``external_inputs(params) -> {key path: path}``: files or folders outside
@@ -102,6 +104,10 @@ class Rule(Protocol):
     def version_of(self, params: BaseModel) -> str:
         """A version that depends on the params (default: `version`)."""
 
+    def param_shapes(self) -> dict[str, type[BaseModel]]:
+        """Every model params_model may pick, by name, for the hint naming where an unknown key belongs
+        (default: {"": Params}; the model rule: one per recipe)."""
+
     def check(self, params: BaseModel) -> list[tuple[KeyPath, str]]:
         """Checks across fields (default: none)."""
 
@@ -150,7 +156,7 @@ class RuleHooks:
         self._hooks = {name: getattr(module, name, None) for name in
                        ("params_model", "version_of", "check", "external_inputs", "environment", "check_deps",
                         "requires", "check_inputs", "forge_defaults", "resources", "nodes",
-                        "join_launch", "join_argv")}
+                        "join_launch", "join_argv", "param_shapes")}
 
     def _call(self, name: str, default, *args):
         hook = self._hooks[name]
@@ -161,6 +167,10 @@ class RuleHooks:
 
     def version_of(self, params: BaseModel) -> str:
         return str(self._call("version_of", self.module.version, params))
+
+    def param_shapes(self) -> dict:
+        own = getattr(self.module, "Params", None)  # a rule with params_model may have none
+        return self._call("param_shapes", None) or ({"": own} if own is not None else {})
 
     def check(self, params: BaseModel) -> list:
         return self._call("check", [], params)

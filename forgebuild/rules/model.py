@@ -54,6 +54,10 @@ def params_model(raw: dict):
     return recipe_module(name).Params if isinstance(name, str) and name in RECIPES else RecipeChoice
 
 
+def param_shapes() -> dict:
+    return {name: recipe_module(name).Params for name in RECIPES}
+
+
 def _union():
     return Annotated[Union[tuple(recipe_module(n).Params for n in RECIPES)], Field(discriminator="recipe")]
 

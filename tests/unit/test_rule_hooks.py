@@ -108,3 +108,10 @@ def test_join_reads_a_stage_through_its_rule(tmp_path):
     assert model.join_argv(launch, 1)[2:] == [
         "torch.distributed.run", "--nproc_per_node=3", "--nnodes=2", "--node_rank=1", "--master_addr=10.0.0.1",
         "--master_port=29123", "-m", "forgebuild.worker", "/w/a.1/context.json"]
+
+
+def test_param_shapes_name_every_model_a_table_may_take():
+    assert hooks(bare_rule()).param_shapes() == {"": Params}
+    shapes = hooks(load_rule("model")).param_shapes()
+    assert list(shapes) == ["import", "pretrain", "continue", "sft", "dpo", "online-dpo", "reward", "grpo"]
+    assert [name for name, model in shapes.items() if "seq_len" in model.model_fields] == ["pretrain", "continue"]
