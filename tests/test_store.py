@@ -73,6 +73,23 @@ def test_manifest_escaping_the_artifact_is_rejected(project):
     assert not os.path.exists(os.path.join(project.root, ".forge/escape.bin"))
 
 
+def test_every_kind_of_unsafe_manifest_path_is_refused_locally_and_from_a_remote():
+    """One rule (store.safe_path) for a local entry and for a remote's: a path that is not a string is
+    refused too, not an AttributeError."""
+    from forgebuild.cache.documents import FileItem, Untrusted, parse
+    from forgebuild.cache.store import validate_manifest
+    from forgebuild.errors import StoreError
+
+    ok = {"path": "a/b.txt", "digest": "0" * 64, "size": 1}
+    assert validate_manifest({"digest": "1" * 64, "files": [ok]}, "e") == [ok]
+    for path in ("/a", "a\\b", "a/../b", "", "a//b", ".", "a\0b", "x/./y", 3, None):
+        item = {**ok, "path": path}
+        with pytest.raises(StoreError, match="unsafe path"):
+            validate_manifest({"digest": "1" * 64, "files": [item]}, "e")
+        with pytest.raises(Untrusted, match="is malformed: path"):
+            parse(FileItem, json.dumps(item).encode(), "an entry")
+
+
 def test_missing_blob_is_an_error_then_force_repairs(project):
     project.forgefile(ONE)
     project.run()

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from ..errors import StoreError
 from ..provenance import PREDICATE_TYPE, STATEMENT_TYPE
-from .store import HEX, RECORD_ID
+from .store import HEX, RECORD_ID, safe_path
 
 HexDigest = Annotated[str, StringConstraints(pattern=HEX.pattern)]
 TEXT = 1 << 20  # a verdict or a record's free text: a gate's message is a line, never megabytes
@@ -40,8 +40,7 @@ class FileItem(Strict):
     @field_validator("path")
     @classmethod
     def _safe(cls, path: str) -> str:
-        # one artifact's relative path: the materialised folder is assembled from these
-        if path.startswith("/") or "\\" in path or "\0" in path or any(p in ("", ".", "..") for p in path.split("/")):
+        if not safe_path(path):  # the materialised folder is assembled from these
             raise ValueError("unsafe path")
         return path
 

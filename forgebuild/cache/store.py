@@ -31,6 +31,13 @@ HEX = re.compile(r"^[0-9a-f]{64}$")
 RECORD_ID = re.compile(r"^[0-9]{8}T[0-9]{6}-[0-9a-f]{12}-[0-9a-f]{6}$")
 
 
+def safe_path(path) -> bool:
+    """A relative posix path that stays inside the folder an artifact is assembled in: the one rule for
+    manifests read here and for entries a remote serves (cache/documents.py)."""
+    return (isinstance(path, str) and bool(path) and not path.startswith("/") and "\\" not in path
+            and "\0" not in path and not any(p in ("", ".", "..") for p in path.split("/")))
+
+
 def validate_manifest(entry, where: str) -> list[dict]:
     """The manifest's file list, after checking it cannot write outside an artifact."""
     if not isinstance(entry, dict) or not isinstance(entry.get("files"), list) or not HEX.match(str(entry.get("digest", ""))):
@@ -39,8 +46,7 @@ def validate_manifest(entry, where: str) -> list[dict]:
         raise StoreError(f"{where}: bad provenance digest")
     for item in entry["files"]:
         path = item.get("path", "") if isinstance(item, dict) else ""
-        parts = path.split("/")
-        if not path or path.startswith("/") or "\\" in path or any(p in ("", ".", "..") for p in parts):
+        if not safe_path(path):
             raise StoreError(f"{where}: unsafe path {path!r} in manifest")
         if not HEX.match(str(item.get("digest", ""))) or not isinstance(item.get("size"), int):
             raise StoreError(f"{where}: bad file entry for {path!r}")
