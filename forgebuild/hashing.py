@@ -16,6 +16,7 @@ import os
 import stat
 import threading
 import time
+import uuid
 
 import blake3
 
@@ -119,7 +120,7 @@ def save_json(path: str, obj) -> None:
     """Written to a temporary name beside `path` and renamed over it: whole or not at all. A write that
     fails (a full disk, a read-only folder) raises OSError and leaves no temporary file behind."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
+    tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"  # unique per writer: builder threads share a pid
     try:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(obj, f, separators=(",", ":"))

@@ -22,6 +22,7 @@ import time
 import uuid
 
 from .errors import StoreError
+from .hashing import save_json
 
 FICLONE = 0x40049409  # Linux ioctl: share extents copy-on-write (btrfs, XFS)
 
@@ -186,12 +187,7 @@ class Workspace:
             return None
 
     def record_build(self, address: str, state: dict) -> None:
-        path = self._state_file(address)
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{uuid.uuid4().hex[:8]}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(state, f)
-        os.replace(tmp, path)
+        save_json(self._state_file(address), state)
 
     def append_log(self, event: dict) -> None:
         path = self.path("state", "log.jsonl")
