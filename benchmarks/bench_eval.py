@@ -8,7 +8,7 @@ JSONL and as an lm-eval task folder (the team's reference arith_gen.yaml: greedy
 "\\n", max_gen_toks, exact_match ignoring spaces). The model is loaded once; then, alternating (forge
 first in even rounds, lm-eval first in odd ones), --repeats timed rounds after --warmup unmeasured ones:
 
-  forge    forgebuild.evals.scoring: read_rows(JSONL) -> generate(model, tokenizer, prompts,
+  forge    forgebuild.rules.eval.scoring: read_rows(JSONL) -> generate(model, tokenizer, prompts,
            max_new_tokens, stop, batch_size) -> score_output(output, answer, "exact_match") per row
   lm-eval  lm_eval.simple_evaluate(HFLM(pretrained=<the same model object>, tokenizer, batch_size),
            tasks=["arith_gen"], task_manager=TaskManager(include_path=<task folder>,
@@ -31,7 +31,7 @@ Once, after the rounds (not in the ratio):
   - TaskManager(include_path=...) WITH lm-eval's built-in task index (its default, and what the
     reference probe did): the seconds it adds to every run, why forgebuild's harness passes
     include_defaults=False
-  - forgebuild.evals.harness.run_tasks on the model folder (the eval rule's lm-eval bridge: model load
+  - forgebuild.rules.eval.harness.run_tasks on the model folder (the eval rule's lm-eval bridge: model load
     from disk + the lm-eval call + collecting samples): its seconds and that it reports the same
     exact match as the direct call
 
@@ -127,7 +127,7 @@ def write_rows(root: str, args) -> tuple[str, str, list[dict]]:
 # ---------------------------------------------------------------- the two sides
 
 def forge_side(model, tokenizer, data: str, args) -> dict:
-    from forgebuild.evals import scoring
+    from forgebuild.rules.eval import scoring
 
     started = time.perf_counter()
     rows = scoring.read_rows(data, "generate")
@@ -224,7 +224,7 @@ def main() -> None:
     ap.add_argument("--model", help="a model folder to evaluate instead of building the lab's model:sft")
     ap.add_argument("--sft-rows", type=int, default=600)
     ap.add_argument("--sft-epochs", type=int, default=8)
-    ap.add_argument("--no-harness", action="store_true", help="skip the one-off forgebuild.evals.harness run")
+    ap.add_argument("--no-harness", action="store_true", help="skip the one-off forgebuild.rules.eval.harness run")
     args = ap.parse_args()
 
     header("bench_eval: examples/s of a generation task, forgebuild's scorer against lm-eval called directly")
@@ -316,7 +316,7 @@ def main() -> None:
               f"{without:.4f} s (once each, not in the table)")
 
         if not args.no_harness:
-            from forgebuild.evals.harness import run_tasks
+            from forgebuild.rules.eval.harness import run_tasks
 
             t = time.perf_counter()
             with contextlib.redirect_stderr(io.StringIO()):  # lm-eval's progress bar
@@ -325,7 +325,7 @@ def main() -> None:
             seconds = time.perf_counter() - t
             value = result["metrics"]["arith_gen.exact_match"]["value"]
             same = result["per_example"]["arith_gen.exact_match"] == last["lm-eval"]["scores"]
-            print(f"forgebuild.evals.harness.run_tasks (once, model loaded from disk inside): {seconds:.2f} s, "
+            print(f"forgebuild.rules.eval.harness.run_tasks (once, model loaded from disk inside): {seconds:.2f} s, "
                   f"{n / seconds:.0f} examples/s; exact match {value:.4f} "
                   f"({'same per-row scores as' if same else 'DIFFERENT per-row scores from'} the direct lm-eval call)")
 

@@ -184,11 +184,11 @@ if sys.argv[1] == "cuda" and not out["cuda"]:  # the caller stops here: no need 
 try:
     import transformers
     from transformers import TrainingArguments
-    from forgebuild.recipes import training
-    from forgebuild.recipes.pretrain import Params
+    from forgebuild.rules.model import training
+    from forgebuild.rules.model.pretrain import Params
     out["transformers"] = transformers.__version__
     out["launch_feature"] = "launch" in Params.model_fields
-    from forgebuild.recipes.common import Train
+    from forgebuild.rules.model.common import Train
     out["precision_feature"] = "precision" in Train.model_fields
     out["trainer"] = {}
     for precision in sys.argv[2].split(","):  # the last one built sets torch's TF32 switch: read above
@@ -211,7 +211,7 @@ EXTRAS = r'''
 import json, os, sys, tempfile, time
 import torch
 from transformers import AutoModelForCausalLM, default_data_collator
-from forgebuild.recipes.packed import PackedRows
+from forgebuild.rules.model.packed import PackedRows
 model_dir, tokens_dir, device = sys.argv[1], sys.argv[2], sys.argv[4]
 batch, threads = int(sys.argv[3]), int(sys.argv[5])
 if threads:

@@ -15,7 +15,7 @@ order of the sides each round (A/B, then B/A), median of --repeats:
 
   push  forgebuild     `forgebuild cache push --remote s3://...` wall time, into
                        a fresh prefix each round (so every blob is sent)
-        Remote.push    the same through forgebuild.cache.remote.Remote in a child
+        Remote.push    the same through forgebuild.store.remote.Remote in a child
                        process, timed inside it: the transfer without start-up,
                        planning and s3fs's import
         s3fs put       S3FileSystem().put(blobs, keys): the same local files to
@@ -89,8 +89,8 @@ import json, os, sys, time
 op, arg = sys.argv[1], json.loads(sys.argv[2])
 res = {}
 if op in ("push_api", "fetch_api"):
-    from forgebuild.cache.remote import Remote
-    from forgebuild.cache.store import Store
+    from forgebuild.store.remote import Remote
+    from forgebuild.store.local import Store
     from forgebuild.hashing import file_digest
     local = Store(arg["store"])
     remote = Remote(arg["url"], require=True, workspace_dir=arg.get("workspace"))  # FORGE_SIGNING_KEY: the team's key
@@ -166,7 +166,7 @@ class RequestLog(logging.Handler):
 def team_key() -> str:
     """One signing key for every workspace of the run (FORGE_SIGNING_KEY, as a CI secret would be): each
     trusts its own key, so every pull verifies a signature, as between two workspaces that trust each other."""
-    from forgebuild import signing
+    from forgebuild.store import signing
 
     folder = tempfile.mkdtemp(prefix="forge-bench-key-")
     os.environ.pop("FORGE_SIGNING_KEY", None)

@@ -35,7 +35,7 @@ trainer.train()), and the whole process from launch to exit. tokens/s:
             plain side's tokenized dataset: the rows are the same on both sides
             (same split file, same tokenizer, same max_length), so the tokens/s
             ratio is the train-seconds ratio.
-Both sides use the same seed (forgebuild.keys.derive_seed of the target's
+Both sides use the same seed (forgebuild.planning.keys.derive_seed of the target's
 address), so on CPU they train to bit-identical weights: a digest of each run's
 model.safetensors tensors is compared, as the proof that the two did the same
 work (losses are printed too). Before anything is timed the training libraries
@@ -44,7 +44,7 @@ the first process compile transformers and trl into it.
 
 seconds before first step: forgebuild's `seconds_before_first_step` counts from
 the worker process's main() (after its interpreter start and `import
-forgebuild.worker`, printed at the top, ~0.1 s); the plain figure counts from
+forgebuild.engine.worker`, printed at the top, ~0.1 s); the plain figure counts from
 the script's first line (after its interpreter start). Both are mostly the
 import of torch + transformers (+ trl): ~3.5-4 s here. "plan" is launch -> the
 `start` event on forgebuild's --json stream; "other" = wall - before first step
@@ -79,7 +79,7 @@ from _common import ENV, FORGE, REPO, header, run, scratch_dir, table, verdict
 sys.path.insert(0, os.path.join(REPO, "tests"))
 import tinylab  # noqa: E402  (the tests' tiny lab: standard-library text, arithmetic records)
 
-from forgebuild.keys import derive_seed  # noqa: E402
+from forgebuild.planning.keys import derive_seed  # noqa: E402
 
 PROJECT_SEED = 11
 GOAL = 0.97  # forgebuild tokens/s over plain tokens/s
@@ -427,10 +427,10 @@ def warm_libraries() -> float:
 
 
 def worker_startup() -> float:
-    """What forgebuild's worker pays before its clock starts: interpreter start and `import forgebuild.worker`."""
+    """What forgebuild's worker pays before its clock starts: interpreter start and `import forgebuild.engine.worker`."""
     def once():
         t = time.perf_counter()
-        run([sys.executable, "-c", "import forgebuild.worker"], REPO, CHILD_ENV)
+        run([sys.executable, "-c", "import forgebuild.engine.worker"], REPO, CHILD_ENV)
         return time.perf_counter() - t
     return statistics.median(once() for _ in range(5))
 
@@ -472,7 +472,7 @@ def main() -> None:
     print(f"libraries: torch, transformers, datasets, peft, trl (Trainer, SFTTrainer) import in "
           f"{warm_libraries():.2f} s, warm")
     startup = worker_startup()
-    print(f"forgebuild worker start-up (python -c 'import forgebuild.worker'): {startup:.2f} s, "
+    print(f"forgebuild worker start-up (python -c 'import forgebuild.engine.worker'): {startup:.2f} s, "
           f"before its seconds_before_first_step clock starts")
     with scratch_dir("forge-bench-train-") as lab, tempfile.TemporaryDirectory(prefix="forge-bench-train-py-") as scripts:
         for name, text in (("plain_pretrain.py", PLAIN_PRETRAIN), ("plain_sft.py", PLAIN_SFT)):

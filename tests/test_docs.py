@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import os
 
-from forgebuild.recipes import common, pretrain, rewards
+from forgebuild.rules.model import common
+from forgebuild.rules.model import pretrain
+from forgebuild.rules.model import reward_functions as rewards
 from forgebuild.rules import model
 
 DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "rules", "model.md")

@@ -1,4 +1,4 @@
-"""forgebuild.evals.harness: lm-eval task folders read without lm-eval (task_metrics), and run offline on
+"""forgebuild.rules.eval.harness: lm-eval task folders read without lm-eval (task_metrics), and run offline on
 the session's tiny model (run_tasks)."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import sys
 import pytest
 
 import tinylab
-from forgebuild.evals.harness import HarnessError, run_tasks, task_metrics
+from forgebuild.rules.eval.harness import HarnessError, run_tasks, task_metrics
 
 # The two task YAMLs that ran offline with lm-eval 0.4.13 (the team's reference files), verbatim but for the
 # data path, which lm-eval wants absolute.
@@ -122,7 +122,7 @@ def test_task_metrics_defaults_includes_function_tags_and_filters(tmp_path):
 
 
 def test_task_metrics_imports_neither_torch_nor_lm_eval(task_dir):
-    code = ("import json, sys; from forgebuild.evals.harness import task_metrics; "
+    code = ("import json, sys; from forgebuild.rules.eval.harness import task_metrics; "
             f"m = task_metrics({task_dir!r}, ['arith_gen', 'arith_mc']); "
             "print(json.dumps([m, [k for k in ('torch', 'lm_eval', 'transformers', 'datasets') if k in sys.modules]]))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,

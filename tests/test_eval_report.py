@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from forgebuild.evals.report import render_html, render_markdown, write_reports
+from forgebuild.rules.eval.report import render_html, render_markdown, write_reports
 
 CHROMIUM = "/usr/bin/chromium"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -223,7 +223,7 @@ def test_html_deterministic_bytes_and_reflects_data(tmp_path):
     assert sorted(os.listdir(a)) == ["report.html", "report.md"]       # no temporary files left
     # a fresh interpreter with another hash seed and a non-Agg default backend gives the same bytes
     (tmp_path / "in.json").write_text(json.dumps({"report": REPORT, "logs": LOGS}))
-    code = ("import json, sys; from forgebuild.evals.report import write_reports; "
+    code = ("import json, sys; from forgebuild.rules.eval.report import write_reports; "
             "d = json.load(open(sys.argv[1])); write_reports(sys.argv[2], d['report'], d['logs'])")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "12345", "MPLBACKEND": "svg"}
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "in.json"), str(tmp_path / "c")],

@@ -1,4 +1,4 @@
-"""forgebuild.evals.scoring: benchmark rows, generation, scoring, log-likelihoods, perplexity, bootstrap.
+"""forgebuild.rules.eval.scoring: benchmark rows, generation, scoring, log-likelihoods, perplexity, bootstrap.
 
 Model tests use the session's tiny pretrained llama (`tiny_base`) and, where greedy decoding must be
 varied to mean anything, a seeded random llama of the same shape and tokenizer: the 30-step tiny base
@@ -15,7 +15,7 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-from forgebuild.evals.scoring import (
+from forgebuild.rules.eval.scoring import (
     BenchmarkError,
     _eos_ids,
     bootstrap_mean,

@@ -757,7 +757,7 @@ def _int_fields():
 
     from pydantic import BaseModel
 
-    from forgebuild.forgefile import ForgeSettings, Resources
+    from forgebuild.planning.forgefile import ForgeSettings, Resources
     from forgebuild.rules import load_rules, params_class
     from forgebuild.rules.model import RECIPES
 

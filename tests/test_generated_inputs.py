@@ -27,7 +27,7 @@ from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from forgebuild import cli
-from forgebuild.records import DataError, read_records
+from forgebuild.rules.rows import DataError, read_records
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLE = os.path.join(ROOT, "Forgefile.example.toml")

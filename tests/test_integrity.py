@@ -234,7 +234,7 @@ def test_running_out_of_disk_while_storing_leaves_no_orphan_blobs(project, monke
     """The output is in the store when the build record's write finds the disk full: the build fails
     naming it, and neither the output's blobs nor the log's blob nor a staged temporary file stays."""
     from forgebuild import cli
-    from forgebuild.cache import store
+    from forgebuild.store import local as store
 
     project.forgefile('[run.a]\ncmd = "echo data > {out}/data.txt; echo 1 > {out}/one.txt"\n')
     real = store.LocalFS.pipe_file
@@ -392,7 +392,7 @@ def test_the_worker_drops_the_project_folder_from_sys_path_without_safe_path_mod
     before it imports anything (here run without PYTHONSAFEPATH, a context file that does not exist)."""
     project.write("pydantic.py", "raise SystemExit('the project shadowed a library')\n")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"}
-    proc = subprocess.run([sys.executable, "-m", "forgebuild.worker", "missing.json"], cwd=project.root,
+    proc = subprocess.run([sys.executable, "-m", "forgebuild.engine.worker", "missing.json"], cwd=project.root,
                           capture_output=True, text=True, env=env, timeout=60)
     assert "shadowed" not in proc.stderr
     assert proc.stderr.splitlines()[-1] == "FileNotFoundError: [Errno 2] No such file or directory: 'missing.json'"
@@ -403,7 +403,7 @@ def test_a_reward_files_folder_does_not_shadow_a_library(project):
     name beside it (here colorsys.py, imported after the reward loads, in a fresh interpreter) is not used."""
     project.write("rewards.py", "def f(prompts, completions, **kwargs):\n    return [1.0 for _ in completions]\n")
     project.write("colorsys.py", "raise SystemExit('the project shadowed a library')\n")
-    code = ("import sys; from forgebuild.recipes.rewards import load_rewards; "
+    code = ("import sys; from forgebuild.rules.model.reward_functions import load_rewards; "
             f"load_rewards(['rewards.py:f'], {project.root!r}, {{}}, print); import colorsys; print(colorsys.ONE_THIRD)")
     proc = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and "shadowed" not in proc.stderr, proc.stderr

@@ -1,31 +1,31 @@
 """The import contract: which module of forgebuild/ may import which, read from the source with `ast`.
 
 Every `import` counts, a lazy one inside a function too (it runs sooner or later), and so does the
-package `__init__` that importing a submodule runs first. Rule modules that `forgebuild.rules` loads
-by name (importlib) are checked on their own below. The layers, as the code stands before issue 12
-makes them packages:
+package `__init__` that importing a submodule runs first (but for the packages the importing module
+sits in: Python has run those already). Rule modules that `forgebuild.rules` loads by name
+(importlib) are checked on their own below. The layers are the subpackages of forgebuild/, and each
+package's docstring says the same as this list:
 
-- BASE (the package's `__version__`, errors, limits, hashing, signing): imports only BASE.
-- STORE (cache.*, provenance, workspace): keeps artifacts; imports only STORE and BASE. It never
-  imports planning, the engine, rules or the command line.
-- PLANNING (forgefile, plan, graph, keys, schema, the rule registry `rules`): parse, validate, hash,
+- BASE (the package's `__version__`, errors, limits, hashing): imports only BASE.
+- STORE (`forgebuild.store`): keeps artifacts; imports only STORE and BASE. It never imports
+  planning, the engine, rules or the command line.
+- PLANNING (`forgebuild.planning`, and the rule registry `forgebuild.rules`): parse, validate, hash,
   decide. Everything it reaches, following every import, is PLANNING, BASE, STORE or a rule's
   validation module (RULES): never the ENGINE, a module only a build imports (BUILD_ONLY), the
   command line, or the ML stack.
-- RULES (rules.*, recipes.*, records, evals.gate): what validating a Forgefile imports. At module
-  level (what `load_rules` runs) a rule module reaches neither the ML stack nor BUILD_ONLY; its
-  build imports those inside `build`. Rules never import the ENGINE, STORE or the command line: a
-  build gets what it needs through its context.
-- BUILD_ONLY (evals.run, harness, report, scoring; recipes.training, packed, odpo): imported inside a
-  build only, so they may import the ML stack at the top.
-- ENGINE (executor, context, worker, runners, join, guard, preflight): runs builds. It never imports
-  the command line; of the rules it knows the registry only.
-- CLI (cli, __main__, reporter and the verbs audit, lockfile): on top, may import anything.
+- RULES (`forgebuild.rules.*`): what validating a Forgefile imports. At module level (what
+  `load_rules` runs) a rule module reaches neither the ML stack nor BUILD_ONLY; its build imports
+  those inside `build`. Rules never import the ENGINE, STORE or the command line: a build gets what
+  it needs through its context.
+- BUILD_ONLY (the eval harness, scoring, report and evaluate; the model recipes' training, packed
+  and offset_dpo): imported inside a build only, so they may import the ML stack at the top.
+- ENGINE (`forgebuild.engine`): runs builds. It never imports the command line; of the rules it
+  knows the registry only.
+- CLI (`forgebuild.cli`, `__main__`): on top, may import anything.
 - No circles: the module graph is acyclic.
 
-An exception is an edge (module, line, imported module) that breaks a rule today and is left to
-issue 12's re-layout; each names its reason. The test fails on a new offender and on an exception
-that no longer exists.
+An exception is an edge (module, imported module) that breaks a rule and is left for later; each
+names its reason. The test fails on a new offender and on an exception that no longer exists.
 """
 from __future__ import annotations
 
@@ -38,21 +38,14 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "forgebuild"
 
-BASE = {"forgebuild", "errors", "limits", "hashing", "signing"}
-STORE = {"cache", "cache.store", "cache.documents", "cache.remote", "cache.gc", "provenance", "workspace"}
-PLANNING = {"forgefile", "plan", "graph", "keys", "schema", "rules"}
-RULES_PACKAGES = ("rules.", "recipes.")
-RULES_ALSO = {"recipes", "records", "evals", "evals.gate"}
-BUILD_ONLY = {"evals.run", "evals.harness", "evals.report", "evals.scoring",
-              "recipes.training", "recipes.packed", "recipes.odpo"}
-ENGINE = {"executor", "context", "worker", "runners", "join", "guard", "preflight"}
-CLI = {"cli", "__main__", "reporter", "audit", "lockfile"}
+BASE = {"forgebuild", "errors", "limits", "hashing"}
+BUILD_ONLY = {"rules.eval.evaluate", "rules.eval.harness", "rules.eval.report", "rules.eval.scoring",
+              "rules.model.training", "rules.model.packed", "rules.model.offset_dpo"}
 ML_STACK = {"torch", "transformers", "trl", "peft", "accelerate", "deepspeed", "datasets", "lm_eval",
             "matplotlib", "safetensors", "tokenizers", "ray", "submitit"}
 
 EXCEPTIONS = {
-    # issue 12: `forgebuild cache` (a CLI verb) lives in the store; it computes action keys (planning).
-    ("cache.remote", "keys"): "the `cache` verb in the store",
+    ("store.remote", "planning.keys"): "the `cache` verb in the store",
 }
 
 
@@ -64,14 +57,24 @@ def module_name(path: pathlib.Path) -> str:
 
 
 MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+PACKAGES = {"store": "STORE", "planning": "PLANNING", "engine": "ENGINE", "rules": "RULES", "cli": "CLI"}
 
 
 def layer(module: str) -> str:
-    for name, members in (("BASE", BASE), ("STORE", STORE), ("PLANNING", PLANNING), ("BUILD_ONLY", BUILD_ONLY),
-                          ("ENGINE", ENGINE), ("CLI", CLI), ("RULES", RULES_ALSO)):
-        if module in members:
-            return name
-    return "RULES" if module.startswith(RULES_PACKAGES) else "UNPLACED"
+    if module in BASE:
+        return "BASE"
+    if module in BUILD_ONLY:
+        return "BUILD_ONLY"
+    if module == "__main__" or module == "rules":
+        return "CLI" if module == "__main__" else "PLANNING"
+    return PACKAGES.get(module.split(".")[0], "UNPLACED")
+
+
+def members(name: str) -> set[str]:
+    return {m for m in MODULES if layer(m) == name}
+
+
+STORE, PLANNING, ENGINE = members("STORE"), members("PLANNING"), members("ENGINE")
 
 
 def ours(dotted: str) -> str | None:
@@ -98,7 +101,7 @@ def targets(module: str, node: ast.AST) -> list[str]:
 
 
 def parents(module: str) -> list[str]:
-    """The packages importing `module` runs first (forgebuild.evals for evals.gate)."""
+    """The packages importing `module` runs first (forgebuild.rules.eval for evals.gate)."""
     parts = module.split(".")
     return ["forgebuild"] + [".".join(parts[:i]) for i in range(1, len(parts))] if module != "forgebuild" else []
 
@@ -106,12 +109,14 @@ def parents(module: str) -> list[str]:
 def imports(module: str) -> list[tuple[str, int, bool]]:
     """(imported, line, lazy) for every import in the module; lazy: inside a function."""
     found = []
+    own = set(parents(module)) | {module}
 
     def visit(node: ast.AST, lazy: bool) -> None:
         for child in ast.iter_child_nodes(node):
             if isinstance(child, (ast.Import, ast.ImportFrom)):
                 for name in targets(module, child):
-                    found.extend((n, child.lineno, lazy) for n in [name] + (parents(name) if name in MODULES else []))
+                    ran = parents(name) if name in MODULES else []
+                    found.extend((n, child.lineno, lazy) for n in [name] + [p for p in ran if p not in own])
             visit(child, lazy or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
 
     visit(ast.parse(MODULES[module].read_text(encoding="utf-8")), False)
@@ -164,11 +169,14 @@ def holds(rule: str, bad: list[str]) -> None:
     assert not bad, f"{rule}:\n" + "\n".join(bad)
 
 
-def test_the_reader_sees_lazy_relative_imports_and_their_packages():
-    """rules.eval imports the eval harness inside `build` (`from ..evals.run import evaluate`): one lazy
-    edge to evals.run and one to the package evals, whose __init__ runs first."""
+def test_the_reader_sees_lazy_imports_and_the_packages_they_run():
+    """rules.eval imports the eval harness inside `build`: one lazy edge to rules.eval.evaluate; its
+    import of planning.plan runs the package planning first. A submodule's import of its own package
+    is no edge: rules.model.training does not import rules.model by sitting in it."""
     lazy = {(name, lazy) for name, _, lazy in EDGES["rules.eval"]}
-    assert {("evals.run", True), ("evals", True), ("evals.gate", False), ("plan", False)} <= lazy
+    assert {("rules.eval.evaluate", True), ("rules.eval.gate", False), ("planning.plan", False),
+            ("planning", False)} <= lazy
+    assert "rules.eval" not in {name for name, _, _ in EDGES["rules.eval.evaluate"]}
 
 
 def test_every_module_has_a_layer():
@@ -213,7 +221,7 @@ def test_rules_never_import_engine_store_or_cli():
 
 def test_engine_never_imports_cli_or_a_rule():
     holds("ENGINE never imports CLI, nor a rule but the registry",
-          direct(ENGINE, lambda n: n in MODULES and layer(n) in ("CLI", "RULES", "BUILD_ONLY") and n != "rules"))
+          direct(ENGINE, lambda n: n in MODULES and layer(n) in ("CLI", "RULES", "BUILD_ONLY")))
 
 
 @pytest.mark.parametrize("edge", sorted(EXCEPTIONS))

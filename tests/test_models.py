@@ -142,7 +142,7 @@ def test_moe_families_fim_and_a_token_budget(tmp_path):
 def test_fim_rearranges_documents_at_token_level():
     import random
 
-    from forgebuild.recipes.packed import fim_row
+    from forgebuild.rules.model.packed import fim_row
 
     fim = {"rate": 1.0, "format": "psm", "prefix": 90, "middle": 91, "suffix": 92, "eos": 2}
     row = [10, 11, 12, 13, 2, 20, 21, 22, 2, 30]

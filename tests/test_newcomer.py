@@ -10,7 +10,7 @@ import tinylab
 from conftest import Project
 from test_models import FAMILIES  # a tiny mixtral and a tiny qwen3_moe
 
-from forgebuild.preflight import install_command
+from forgebuild.engine.preflight import install_command
 
 # ------------------------------------------------------------------ missing packages
 

@@ -16,7 +16,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # 
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
 from trl import DPOConfig, DPOTrainer  # noqa: E402
 
-from forgebuild.recipes.odpo import ODPOTrainer, odpo_loss, odpo_offsets  # noqa: E402
+from forgebuild.rules.model.offset_dpo import ODPOTrainer, odpo_loss, odpo_offsets  # noqa: E402
 
 torch.set_num_threads(1)
 CPU = dict(use_cpu=True, bf16=False, gradient_checkpointing=False, report_to=[], save_strategy="no",

@@ -179,7 +179,7 @@ format = "preference"
 
 
 def test_module_imports_no_training_libraries():
-    code = ("import sys, forgebuild.recipes.dpo; "
+    code = ("import sys, forgebuild.rules.model.dpo; "
             "print([m for m in ('torch', 'transformers', 'trl', 'datasets') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

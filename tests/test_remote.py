@@ -24,7 +24,7 @@ inputs = { o = "run:one" }
 
 def workspaces(tmp_path, n=2, pipeline=PIPELINE, trust=True) -> list[Project]:
     """n projects with their own signing keys, each trusting every other's (`trust`)."""
-    from forgebuild import signing
+    from forgebuild.store import signing
 
     found = [Project(str(tmp_path / f"ws{i}")) for i in range(n)]
     keys = [signing.public_line(signing.load_or_make(os.path.join(p.root, ".forge"))) for p in found]
@@ -132,7 +132,7 @@ def test_credentials_never_in_the_forgefile(project):
 
 
 def test_a_remote_entry_is_reused_only_when_its_provenance_vouches_for_it(tmp_path):
-    from forgebuild import signing
+    from forgebuild.store import signing
     from forgebuild.hashing import file_digest
 
     a, b = workspaces(tmp_path)
@@ -189,7 +189,7 @@ def test_a_fetch_killed_midway_leaves_nothing_half_visible_and_the_next_run_comp
 
 
 def test_keys_makes_one_key_shows_it_and_it_never_leaves_the_workspace(tmp_path):
-    from forgebuild import signing
+    from forgebuild.store import signing
 
     (a,) = workspaces(tmp_path, 1, trust=False)
     shown = a.run("keys").stdout.splitlines()

@@ -15,7 +15,7 @@ import os
 import pytest
 from test_remote import PIPELINE, s3_env, workspaces  # noqa: F401 (s3_env: the moto server fixture)
 
-from forgebuild import signing
+from forgebuild.store import signing
 from forgebuild.hashing import bytes_digest, tree_digest
 
 ATTACKED = PIPELINE.replace("echo hello > {out}/x.txt;", "echo hello > {out}/x.txt; : > {out}/empty;")
@@ -99,7 +99,7 @@ def rebuilt_with_one_warning(remote, b, reason: str, key: str, a=None) -> None:
 
 
 def test_a_record_id_that_climbs_out_is_refused(attack, tmp_path):
-    from forgebuild.cache.store import Store
+    from forgebuild.store.local import Store
     from forgebuild.errors import StoreError
 
     remote, a, b, key = attack
@@ -259,10 +259,10 @@ def test_a_thousand_mutated_documents_never_crash_a_fetch(tmp_path):
     raises Untrusted: never another exception, and nothing is written outside the fetching stores."""
     import random
 
-    from forgebuild.cache.documents import Untrusted
-    from forgebuild.cache.remote import Remote as Client
-    from forgebuild.cache.remote import canonical_digest
-    from forgebuild.cache.store import Store
+    from forgebuild.store.documents import Untrusted
+    from forgebuild.store.remote import Remote as Client
+    from forgebuild.store.remote import canonical_digest
+    from forgebuild.store.local import Store
 
     remote = Remote("file", tmp_path, {})
     a, b = workspaces(tmp_path, pipeline=ATTACKED)

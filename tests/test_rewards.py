@@ -10,7 +10,7 @@ import textwrap
 import pytest
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError
 
-from forgebuild.recipes.rewards import (
+from forgebuild.rules.model.reward_functions import (
     AsyncCodeReward,
     CodeReward,
     ExactReward,
@@ -40,7 +40,7 @@ def error_of(value) -> tuple[tuple, str]:
 # ------------------------------------------------------------------ parsing
 
 def test_module_imports_no_training_libraries():
-    code = ("import sys, forgebuild.recipes.rewards; "
+    code = ("import sys, forgebuild.rules.model.reward_functions; "
             "print([m for m in ('torch', 'transformers', 'trl') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -127,7 +127,7 @@ def test_errors_in_a_list_are_located_at_the_entry():
 
 
 def test_forgefile_problems_read_plainly():
-    from forgebuild.forgefile import validation_problems
+    from forgebuild.planning.forgefile import validation_problems
 
     class Params(BaseModel):
         model_config = ConfigDict(extra="forbid")

@@ -79,7 +79,7 @@ def test_planning_path_never_imports_torch_transformers_or_trl(project, no_torch
     for args in (["-n"], [], [], ["status"], ["explain", "run:b"], ["graph"], ["path", "run:b"], ["show", "run:b"],
                  ["log"], ["schema"], ["gc"]):
         project.run(*args, env=env)
-    subprocess.run([sys.executable, "-c", "import forgebuild, forgebuild.cli, forgebuild.executor"],
+    subprocess.run([sys.executable, "-c", "import forgebuild, forgebuild.cli, forgebuild.engine.executor"],
                    env={**ENV, **env}, check=True)
 
 

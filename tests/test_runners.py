@@ -46,8 +46,8 @@ def test_independent_targets_run_in_parallel_and_failures_read_as_local(project,
 
 
 def test_resources_are_declared_or_derived():
-    from forgebuild.plan import TargetPlan
-    from forgebuild.runners import ray_options, resources
+    from forgebuild.planning.plan import TargetPlan
+    from forgebuild.engine.backends import ray_options, resources
 
     def target(runtime, declared=None):
         return TargetPlan("model:m", "model", "1", 1, {}, runtime, [], resources=declared or {})

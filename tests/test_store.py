@@ -76,8 +76,8 @@ def test_manifest_escaping_the_artifact_is_rejected(project):
 def test_every_kind_of_unsafe_manifest_path_is_refused_locally_and_from_a_remote():
     """One rule (store.safe_path) for a local entry and for a remote's: a path that is not a string is
     refused too, not an AttributeError."""
-    from forgebuild.cache.documents import FileItem, Untrusted, parse
-    from forgebuild.cache.store import validate_manifest
+    from forgebuild.store.documents import FileItem, Untrusted, parse
+    from forgebuild.store.local import validate_manifest
     from forgebuild.errors import StoreError
 
     ok = {"path": "a/b.txt", "digest": "0" * 64, "size": 1}
@@ -155,7 +155,7 @@ def test_stat_cache_rehashes_files_too_recent_to_trust(tmp_path):
 
 def test_the_same_store_code_runs_over_an_fsspec_filesystem(tmp_path):
     """The seam a remote cache will use: fsspec's memory:// filesystem, no local folder."""
-    from forgebuild.cache.store import Store
+    from forgebuild.store.local import Store
 
     store = Store("memory://forge-test-store")
     out = tmp_path / "out"

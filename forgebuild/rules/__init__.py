@@ -36,7 +36,7 @@ fills in the default of a hook a module leaves out. In short:
 - optional ``requires(params) -> {module: extra}``: the modules ``build`` imports,
   each with the forgebuild extra that installs it. Before a build starts, a
   module that is not installed stops it with the ``pip install`` line
-  (forgebuild/preflight.py; found with importlib.util.find_spec, never imported).
+  (forgebuild/engine/preflight.py; found with importlib.util.find_spec, never imported).
 - optional ``check_inputs(params, files) -> [(key path, message)]``: checks that
   read the files the target names, run before a build starts (never at a cache
   hit); ``files`` maps an input key to its (project-relative, absolute) paths.
@@ -58,7 +58,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, Field
 
-from ..errors import ForgeError
+from forgebuild.errors import ForgeError
 
 GROUP = "forgebuild.rules"
 # Used when forgebuild runs from a source tree that was never pip-installed,

@@ -44,9 +44,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .. import limits
-from ..plan import classify
-from . import runtime
+from forgebuild import limits
+from forgebuild.planning.plan import classify
+from forgebuild.rules import runtime
 
 version = "1"
 
@@ -280,8 +280,8 @@ class Unit:
 
 
 def source_units(ctx) -> list[Unit]:
-    from ..hashing import file_digest
-    from ..records import FORMATS
+    from forgebuild.hashing import file_digest
+    from forgebuild.rules.rows import FORMATS
 
     p = ctx.params
     units = []
@@ -334,7 +334,7 @@ def process_unit(ctx, unit: Unit) -> tuple[str, str, bool]:
 
     Runs in a pool process too, where exceptions do not pickle well: a data error comes back as a value.
     """
-    from ..records import DataError
+    from forgebuild.rules.rows import DataError
 
     produced = []
 
@@ -421,7 +421,7 @@ def curate_unit(folder: str, unit: Unit, p: Params) -> None:
 
 
 def read_unit(unit: Unit, p: Params) -> tuple[list[str], dict]:
-    from ..records import looks_binary
+    from forgebuild.rules.rows import looks_binary
 
     report = {"binary": False, "replacements": 0}
     if unit.fmt == "corpus":
@@ -442,7 +442,7 @@ def read_unit(unit: Unit, p: Params) -> tuple[list[str], dict]:
 
 def decode_counted(data: bytes, path: str, policy: str) -> tuple[str, int]:
     """The text, and how many U+FFFD the policy put in; under "error", a DataError naming the byte offset."""
-    from ..records import decode
+    from forgebuild.rules.rows import decode
 
     try:
         return data.decode("utf-8"), 0
@@ -455,7 +455,7 @@ SURROGATE = re.compile(r"[\ud800-\udfff]")
 
 
 def record_texts(unit: Unit, p: Params, report: dict) -> list[str]:
-    from ..records import DataError, field, read_records
+    from forgebuild.rules.rows import DataError, field, read_records
 
     texts = []
     for number, row in read_records(unit.path, p.encoding_errors, surrogates=True):  # replaced below, by policy
@@ -486,7 +486,7 @@ def clean_text(text: str, p: Params, pii_counts: dict) -> str:
 
 def describe(text: str, p: Params, meta: dict) -> None:
     """The facts the global step filters and deduplicates on, so changing a threshold reprocesses nothing."""
-    from ..hashing import bytes_digest
+    from forgebuild.hashing import bytes_digest
 
     data = text.encode("utf-8")
     meta["id"].append(bytes_digest(data))
@@ -852,7 +852,7 @@ def _row_groups(texts: list[str]):
 def write_source_shards(ctx, units, folders, metas, docs, held) -> dict:
     """Group kept documents by (split, shard); each shard is a memo keyed by its rows, so an unchanged
     shard is copied from the cache instead of read and encoded again. Returns shards per split."""
-    from ..hashing import bytes_digest
+    from forgebuild.hashing import bytes_digest
 
     groups: dict[tuple[str, int], list[tuple[int, int]]] = {}
     for (u, i), is_held in zip(docs, held):

@@ -30,11 +30,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .. import limits
-from ..errors import did_you_mean
-from ..records import json_kind as _kind
-from ..records import parse_json
-from . import runtime
+from forgebuild import limits
+from forgebuild.errors import did_you_mean
+from forgebuild.rules.rows import json_kind as _kind
+from forgebuild.rules.rows import parse_json
+from forgebuild.rules import runtime
 
 version = "1"
 
@@ -284,7 +284,7 @@ def _target_files(address: str, folder: str, extensions: tuple) -> list[SourceFi
 
 
 def _rows(ctx, f: SourceFile):
-    from ..records import DataError, format_of, read_records
+    from forgebuild.rules.rows import DataError, format_of, read_records
 
     try:
         kind = format_of(f.path)
@@ -304,7 +304,7 @@ def _rows(ctx, f: SourceFile):
 
 def _jsonl_rows(f: SourceFile):
     """Like records.read_records, but a bad line is a bad row, so invalid = "drop" can drop it."""
-    from ..records import decode, jsonl_rows
+    from forgebuild.rules.rows import decode, jsonl_rows
 
     with open(f.path, "rb") as fh:
         text = decode(fh.read(), f.label)
@@ -608,7 +608,7 @@ def _strings(value):
 
 def _benchmark_index(ctx) -> tuple[dict, list[str]]:
     """n-gram -> names of the benchmarks that contain it, and every benchmark's name."""
-    from ..records import DataError, read_text
+    from forgebuild.rules.rows import DataError, read_text
 
     p = ctx.params
     index: dict[tuple, set] = {}
@@ -639,7 +639,7 @@ def too_long_ngram(ngram: int, benchmark: str, longest: int) -> str:
 def check_inputs(params: Params, files: dict) -> list[tuple[str, str]]:
     """A benchmark whose every text is shorter than `ngram` words can match no row (ngram = 13
     against 6-word prompts removed 0 of 41 exact copies): an error before the build starts."""
-    from ..records import read_records, read_text
+    from forgebuild.rules.rows import read_records, read_text
 
     problems = []
     for rel, path in files.get("decontaminate", []):

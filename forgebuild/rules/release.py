@@ -26,7 +26,7 @@ import uuid
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..plan import ADDRESS
+from forgebuild.planning.plan import ADDRESS
 
 version = "1"
 
@@ -109,7 +109,7 @@ def read_json(path: str) -> dict:
 
 
 def file_digests(folder: str) -> dict:
-    from ..hashing import file_digest, walk_files
+    from forgebuild.hashing import file_digest, walk_files
 
     return {rel: file_digest(path) for rel, path, _ in walk_files(folder)}
 
@@ -219,7 +219,7 @@ def earlier_format_release(dest: str) -> bool:
     try:
         manifest = read_json(os.path.join(dest, "release.json"))
         listed = set(manifest["files"]) | {"release.json"}
-        from ..hashing import walk_files
+        from forgebuild.hashing import walk_files
 
         return {"model", "digest", "gates", "files"} <= manifest.keys() and listed == {r for r, _, _ in walk_files(dest)}
     except (OSError, ValueError, KeyError, TypeError, AttributeError):

@@ -21,8 +21,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..errors import closest, did_you_mean
-from . import runtime
+from forgebuild.errors import closest, did_you_mean
+from forgebuild.rules import runtime
 
 version = "1"
 # build() only launches the user's command, which is already its own process.

@@ -26,9 +26,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .. import limits
-from ..plan import ADDRESS
-from . import runtime
+from forgebuild import limits
+from forgebuild.planning.plan import ADDRESS
+from forgebuild.rules import runtime
 
 version = "1"
 

@@ -33,9 +33,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .. import limits
-from . import runtime
-from .tokenizer import corpus_parts, encode, log_metrics, reference_problems, text_batches, use_threads, write_json
+from forgebuild import limits
+from forgebuild.rules import runtime
+from forgebuild.rules.tokenizer import corpus_parts, encode, log_metrics, reference_problems, text_batches, use_threads, write_json
 
 version = "1"
 

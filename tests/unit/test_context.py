@@ -13,11 +13,11 @@ import sys
 
 import pytest
 
-from forgebuild import worker
-from forgebuild.cache.store import Store
-from forgebuild.context import BuildContext
-from forgebuild.keys import action_key
-from forgebuild.workspace import Workspace
+from forgebuild.engine import worker
+from forgebuild.store.local import Store
+from forgebuild.engine.context import BuildContext
+from forgebuild.planning.keys import action_key
+from forgebuild.store.workspace import Workspace
 from unitlab import lab  # noqa: F401  (a fixture)
 
 RULE = '''

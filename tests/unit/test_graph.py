@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from forgebuild import graph
+from forgebuild.planning import graph
 from forgebuild.errors import ForgefileError
 from unitlab import lab  # noqa: F401  (a fixture)
 

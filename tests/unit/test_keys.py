@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from forgebuild import keys
+from forgebuild.planning import keys
 from forgebuild.hashing import StatCache
 from unitlab import lab  # noqa: F401  (a fixture)
 
@@ -145,8 +145,8 @@ def test_explain_rule_version_format_and_moves():
 # ------------------------------------------------------------------ decide
 
 def decisions(lab, target="run:count", force=False):
-    from forgebuild.cache.store import Store
-    from forgebuild.workspace import Workspace
+    from forgebuild.store.local import Store
+    from forgebuild.store.workspace import Workspace
 
     plan = lab.plan()
     ws = Workspace(lab.root)
@@ -173,7 +173,7 @@ def test_decide_missing_fresh_stale_and_early_cutoff(lab):
 
 
 def test_early_cutoff_keeps_a_dependents_key(lab):
-    from forgebuild.workspace import Workspace
+    from forgebuild.store.workspace import Workspace
 
     lab.write("data/raw.txt", "hello\n")
     lab.write("Forgefile.toml", FORGEFILE)
@@ -188,7 +188,7 @@ def test_early_cutoff_keeps_a_dependents_key(lab):
 
 
 def test_decide_forced_evicted_and_cached_from_an_earlier_build(lab):
-    from forgebuild.cache.store import Store
+    from forgebuild.store.local import Store
 
     lab.write("data/raw.txt", "hello\n")
     lab.write("Forgefile.toml", FORGEFILE)

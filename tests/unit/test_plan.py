@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from forgebuild import plan as planlib
+from forgebuild.planning import plan as planlib
 from forgebuild.errors import ForgefileError
 from unitlab import lab  # noqa: F401  (a fixture)
 

@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from forgebuild import provenance
-from forgebuild.cache.store import Store
+from forgebuild.store import provenance
+from forgebuild.store.local import Store
 from forgebuild.hashing import bytes_digest
-from forgebuild.workspace import Workspace
+from forgebuild.store.workspace import Workspace
 from unitlab import lab  # noqa: F401  (a fixture)
 
 FORGEFILE = """

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from forgebuild.errors import ForgefileError
-from forgebuild.recipes.common import Deps
+from forgebuild.rules.model.common import Deps
 from forgebuild.rules.model import RECIPES, recipe_module
 from unitlab import lab  # noqa: F401  (a fixture)
 

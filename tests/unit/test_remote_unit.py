@@ -1,4 +1,4 @@
-"""cache/remote.py in process, over a local folder and fsspec's memory://: a real build pushed by one
+"""store/remote.py in process, over a local folder and fsspec's memory://: a real build pushed by one
 workspace and fetched by another, and what a fetch refuses (untrusted signer, a tampered blob, a
 statement for other inputs). A refused entry never enters the reader's store, nor a blob that fails its digest."""
 from __future__ import annotations
@@ -9,12 +9,12 @@ import uuid
 
 import pytest
 
-from forgebuild import signing
-from forgebuild.cache.documents import Untrusted
-from forgebuild.cache.remote import Remote
-from forgebuild.cache.store import Store
+from forgebuild.store import signing
+from forgebuild.store.documents import Untrusted
+from forgebuild.store.remote import Remote
+from forgebuild.store.local import Store
 from forgebuild.hashing import bytes_digest
-from forgebuild.workspace import Workspace
+from forgebuild.store.workspace import Workspace
 from unitlab import lab  # noqa: F401  (a fixture)
 
 FORGEFILE = """

@@ -8,7 +8,7 @@ import types
 from pydantic import BaseModel, ConfigDict
 
 from forgebuild.rules import RuleHooks, hooks, load_rule, runtime
-from forgebuild.runners import resources
+from forgebuild.engine.backends import resources
 from unitlab import lab  # noqa: F401  (a fixture)
 
 
@@ -96,7 +96,7 @@ def test_forge_launch_reaches_the_model_targets_that_set_none(lab):
 
 
 def test_join_reads_a_stage_through_its_rule(tmp_path):
-    from forgebuild.recipes.launch import write_launch_file
+    from forgebuild.rules.model.launch import write_launch_file
 
     model, run = hooks(load_rule("model")), hooks(load_rule("run"))
     assert model.join_launch(str(tmp_path)) is None and run.join_launch(str(tmp_path)) is None  # nothing runs
@@ -107,7 +107,7 @@ def test_join_reads_a_stage_through_its_rule(tmp_path):
     assert launch == {**plan, "target": "model:base"} and run.join_launch(str(tmp_path)) is None
     assert model.join_argv(launch, 1)[2:] == [
         "torch.distributed.run", "--nproc_per_node=3", "--nnodes=2", "--node_rank=1", "--master_addr=10.0.0.1",
-        "--master_port=29123", "-m", "forgebuild.worker", "/w/a.1/context.json"]
+        "--master_port=29123", "-m", "forgebuild.engine.worker", "/w/a.1/context.json"]
 
 
 def test_param_shapes_name_every_model_a_table_may_take():

@@ -7,9 +7,9 @@ import stat
 
 import pytest
 
-from forgebuild.cache.store import Store
+from forgebuild.store.local import Store
 from forgebuild.errors import StoreError
-from forgebuild.workspace import Workspace
+from forgebuild.store.workspace import Workspace
 
 
 def stored(tmp_path, files: dict[str, str], executable=()) -> tuple[Workspace, Store, dict]:

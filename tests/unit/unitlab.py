@@ -27,7 +27,7 @@ class Lab:
         return path
 
     def plan(self, forgefile: str | None = None):
-        from forgebuild import forgefile as ff
+        from forgebuild.planning import forgefile as ff
 
         if forgefile is not None:
             self.write("Forgefile.toml", forgefile)

@@ -1,1 +1,0 @@
-"""The cache: the content-addressed store (store.py) and its garbage collection (gc.py)."""

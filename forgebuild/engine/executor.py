@@ -1,0 +1,524 @@
+"""Build the stale targets of a closure: in dependency order, in parallel where independent.
+
+For each target whose dependencies are done, the scheduler computes its action
+key from their *output* digests; a hit in the action cache is reused, a miss is
+built by a worker thread:
+
+    lock the key -> check the cache again -> fresh scratch output folder ->
+    rule.build (a child process unless the rule only launches a command) ->
+    hash and ingest the output -> action-cache entry -> build record ->
+    materialise at the stable path
+
+Nothing enters the cache unless the build succeeded, and every store write is
+atomic, so a killed build leaves no half artifact. A failure skips the
+target's dependents; without keep_going no new build starts after it.
+"""
+from __future__ import annotations
+
+import fcntl
+import heapq
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+
+from forgebuild import __version__
+from forgebuild.engine.context import MARKER, SAFE_PATH, BuildContext, kill_leftovers, kill_running, log_tail, marker, run_logged
+from forgebuild.errors import BadInput, ForgeError, RuleFailed, StoreError
+from forgebuild.engine.guard import InputGuard
+from forgebuild.hashing import bytes_digest, file_digest
+from forgebuild.planning.keys import Decision, action_key, explain, material
+from forgebuild.planning.plan import Plan, TargetPlan, resolve_sources
+from forgebuild.rules import parse_params
+from forgebuild.store.workspace import remove_tree
+
+
+@dataclass
+class Result:
+    target: str
+    action: str  # "built" | "cached" | "skipped" | "failed"
+    key: str | None = None
+    digest: str | None = None
+    reason: str = ""
+    seconds: float = 0.0
+    exit_code: int = 0  # of a failure: 2 when the stage found its input data bad, else 1
+
+    def as_dict(self) -> dict:
+        return {"target": self.target, "action": self.action, "key": self.key, "digest": self.digest,
+                "reason": self.reason, "seconds": round(self.seconds, 3)}
+
+
+def merge(identity: dict, runtime: dict) -> dict:
+    out = dict(identity)
+    for k, v in runtime.items():
+        out[k] = merge(out.get(k, {}), v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+class KeyLock:
+    """An exclusive lock per action key, across processes (flock on a file in the store)."""
+
+    def __init__(self, store, key: str):
+        self.path = os.path.join(store.root, "locks", f"{key}.lock")
+        self.fd = None
+
+    def acquire(self, on_wait=None) -> None:
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait:
+                on_wait()
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+class Executor:
+    def __init__(self, plan: Plan, workspace, store, stat_cache, reporter, load_rules, jobs=1, keep_going=False,
+                 force=False, remote=None, runner=None):
+        """`load_rules()` gives {kind: rule module}; called only when a rule builds in this process
+        (the run rule), since importing every rule costs ~0.1 s that isolated builds never need."""
+        self.plan, self.ws, self.store, self.stat_cache = plan, workspace, store, stat_cache
+        self.report, self.load_rules = reporter, load_rules
+        self.jobs, self.keep_going, self.force = max(1, jobs), keep_going, force
+        self.remote = remote  # a shared cache: read on a local miss, written after a build
+        self.runner = runner  # None: build processes are children of this one; else Ray or Slurm
+        self._git_commit = False
+
+    @property
+    def git_commit(self) -> str | None:
+        if self._git_commit is False:
+            self._git_commit = git_commit(self.plan.root)
+        return self._git_commit
+
+    # ---------------------------------------------------------------- scheduling
+
+    def run(self, addresses, decisions: dict[str, Decision]) -> list[Result]:
+        """Each target starts once its dependencies are settled; linear in the graph's size."""
+        closure = self.plan.closure(addresses)
+        position = {a: i for i, a in enumerate(closure)}
+        waiting = {a: len(self.plan.targets[a].deps) for a in closure}
+        readers: dict[str, list[str]] = {a: [] for a in closure}
+        for address in closure:
+            for dep in self.plan.targets[address].deps:
+                readers[dep].append(address)
+        ready = [(position[a], a) for a in closure if waiting[a] == 0]  # build order breaks ties
+        heapq.heapify(ready)
+        results: dict[str, Result] = {}
+        running: dict = {}
+        stopped_by = None
+
+        def settle(address: str, result: Result) -> None:
+            results[address] = result
+            for reader in readers[address]:
+                waiting[reader] -= 1
+                if waiting[reader] == 0:
+                    heapq.heappush(ready, (position[reader], reader))
+
+        with ThreadPoolExecutor(self.jobs) as pool:
+            try:
+                while ready or running:
+                    while ready and len(running) < self.jobs:
+                        _, address = heapq.heappop(ready)
+                        bad = [d for d in self.plan.targets[address].deps if results[d].action in ("failed", "skipped")]
+                        if bad or stopped_by:
+                            reason = f"dependency {bad[0]} {results[bad[0]].action}" if bad else f"build stopped after {stopped_by} failed"
+                            settle(address, self._emit_result(Result(address, "skipped", reason=reason)))
+                            continue
+                        hit = self._try_cache(address, results, decisions.get(address))
+                        if isinstance(hit, Result):
+                            settle(address, hit)
+                        else:
+                            running[pool.submit(self._build, address, *hit)] = address
+                    if not running:
+                        continue
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        address = running.pop(future)
+                        result = future.result()
+                        settle(address, result)
+                        if result.action == "failed" and not self.keep_going and stopped_by is None:
+                            stopped_by = address
+            except BaseException:
+                kill_running()
+                raise
+        return [results[a] for a in closure]
+
+    def _emit_result(self, result: Result) -> Result:
+        self.report(dict(event=result.action, **result.as_dict()))
+        return result
+
+    def _try_cache(self, address: str, results, decision: Decision | None):
+        """A Result if the action cache has the target, else (key, material, reason) to build."""
+        target = self.plan.targets[address]
+        dep_digests = {d: results[d].digest for d in target.deps}
+        mat = material(self.plan, target, self.stat_cache, dep_digests)
+        key = action_key(mat)
+        if not self.force:
+            entry = self.store.get_action(key, address)
+            if entry is not None:
+                return self._cached(address, key, entry, mat, "up to date")
+            entry = self._fetch(key, address, mat)
+            if entry is not None:
+                return self._cached(address, key, entry, mat, f"fetched from {self.remote.url}")
+        reason = "forced (-B)" if self.force else None
+        if reason is None and decision is not None and decision.key == key:
+            reason = "; ".join(decision.reasons)
+        if reason is None:
+            last = self.ws.last_build(address)
+            reason = "; ".join(explain(last.get("material") if last else None, mat))
+        return key, mat, reason
+
+    def _fetch(self, key: str, address: str, mat: dict) -> dict | None:
+        if self.remote is None:
+            return None
+        from forgebuild.store.remote import RemoteUnreachable
+
+        try:
+            return self.remote.fetch(key, address, self.store, mat)
+        except RemoteUnreachable:
+            raise
+        except StoreError as e:  # a corrupt or tampered remote entry: say so, build here
+            self.report({"event": "warning", "target": address, "message": f"{e}; building locally"})
+            return None
+
+    def _push(self, address: str, key: str, entry: dict) -> None:
+        if self.remote is None:
+            return
+        try:
+            self.remote.push(key, entry, self.store)
+        except StoreError as e:
+            self.report({"event": "warning", "target": address, "message": f"push failed: {e}"})
+
+    def _cached(self, address: str, key: str, entry: dict, mat: dict, reason: str) -> Result:
+        self.ws.materialise(address, entry, self.store)
+        self._remember(address, key, entry["digest"], mat, None, "cached")
+        if "verdict" in entry:  # a kept failure (a failed gate): the same answer, without re-running
+            return self._verdict(address, key, entry, 0.0)
+        return self._emit_result(Result(address, "cached", key, entry["digest"], reason))
+
+    def _verdict(self, address: str, key: str, entry: dict, seconds: float) -> Result:
+        result = Result(address, "failed", key, entry["digest"], entry["verdict"], seconds, 1)
+        self.report({"event": "failed", **result.as_dict(), "verdict": True, "log_tail": "",
+                     "log": self.ws.log_path(address)})
+        return result
+
+    def _remember(self, address, key, digest, mat, record_id, action) -> None:
+        if action == "cached" and (self.ws.last_build(address) or {}).get("key") == key:
+            return  # nothing new to say: the history records changes, not every no-op
+        self.ws.record_build(address, {"key": key, "digest": digest, "material": mat, "record": record_id})
+        self.ws.append_log({"target": address, "action": action, "key": key, "digest": digest, "record": record_id})
+
+    # ---------------------------------------------------------------- building
+
+    def _build(self, address: str, key: str, mat: dict, reason: str) -> Result:
+        started = time.time()
+        lock = KeyLock(self.store, key)
+        lock.acquire(on_wait=lambda: self.report({"event": "waiting", "target": address, "key": key,
+                                                  "reason": "another build of the same key is running"}))
+        try:
+            if not self.force:
+                entry = self.store.get_action(key, address)
+                if entry is not None:  # another process built it while we waited
+                    return self._cached(address, key, entry, mat, "built by another process")
+            return self._build_locked(address, key, mat, reason)
+        except RuleFailed as e:
+            return self._failed(address, key, e.message, e.log_tail, started, e.exit_code)
+        except ForgeError as e:
+            return self._failed(address, key, str(e), "", started)
+        except Exception as e:  # a rule's bug or a full disk must not take the other builds down
+            with open(self.ws.log_path(address), "a", encoding="utf-8") as f:
+                traceback.print_exc(file=f)
+            return self._failed(address, key, f"{type(e).__name__}: {e}", "", started)
+        finally:
+            lock.release()
+
+    def _failed(self, address: str, key: str, message: str, tail: str, started: float, exit_code=1) -> Result:
+        tail = tail or log_tail(self.ws.log_path(address))
+        result = Result(address, "failed", key, None, message, time.time() - started, exit_code)
+        self.report({"event": "failed", **result.as_dict(), "log_tail": tail, "log": self.ws.log_path(address)})
+        return result
+
+    def _build_locked(self, address: str, key: str, mat: dict, reason: str) -> Result:
+        if getattr(self.runner, "worker_files", "shared") == "remote":  # no folder of this workspace reaches the worker
+            return self._build_on_worker(address, key, mat, reason)
+        target = self.plan.targets[address]
+        self.report({"event": "start", "target": address, "key": key, "reason": reason})
+        started = time.time()
+        leftovers = self.ws.leftover_scratch(key)
+        if leftovers:  # an earlier attempt was killed: stop what it left running, drop what it wrote
+            kill_leftovers(marker(key, self.ws.dir))
+            for folder in leftovers:
+                remove_tree(folder)
+        scratch = self.ws.scratch(key)
+        out = os.path.join(scratch, "out")
+        os.makedirs(out)
+        work = self.ws.work(key)
+        os.makedirs(work, exist_ok=True)
+        log = self._new_log(address, key, reason)
+        dep_digests = {a: d for entries in mat["inputs"].values() for kind, a, d in entries if kind == "target"}
+        sources = self._context_sources(target, dep_digests)
+        ctx = BuildContext(
+            target=address, kind=target.kind, key=key, inputs=self._context_inputs(sources), sources=sources,
+            out=out, work=work,
+            seed=mat["seed"], project_dir=self.plan.root, log_path=log,
+            raw_params=merge(target.params, target.runtime), version=target.version,
+            digests={rel: d for entries in mat["inputs"].values() for kind, rel, d in entries if kind == "file"},
+            dep_digests=dep_digests,
+            store_root=self.store.root, workspace_dir=self.ws.dir,
+        )
+        guard = InputGuard(self.plan.root, self.ws, self.store, mat)
+        try:
+            self._run_rule(ctx, scratch, target)
+        finally:  # a failed stage's damage is repaired all the same, and named first
+            guard.watch_handed(os.path.join(scratch, "handed.jsonl"))
+            damage = guard.check()
+            if damage:
+                raise RuleFailed(address, damage, log_tail(log))
+        seconds = time.time() - started
+        entry, record = self._store_build(target, key, mat, scratch, started, seconds, log)
+        self._push(address, key, entry)
+        self.ws.materialise(address, entry, self.store)
+        self._remember(address, key, entry["digest"], mat, entry["record"], "built")
+        remove_tree(scratch)
+        remove_tree(work)  # checkpoints are only for resuming this key, which is now done
+        if "verdict" in entry:
+            return self._verdict(address, key, entry, seconds)
+        built = Result(address, "built", key, entry["digest"], reason, seconds)
+        self.report({"event": "built", **built.as_dict(), **({"metrics": record["metrics"]} if "metrics" in record else {})})
+        return built
+
+    def _run_rule(self, ctx: BuildContext, scratch: str, target: TargetPlan) -> None:
+        if target.isolate or self.runner is not None:
+            self._build_in_child(ctx, scratch, target)
+            return
+        rule = self.load_rules()[target.kind]
+        ctx.params = parse_params(rule, ctx.raw_params)
+        try:
+            rule.build(ctx)
+        except RuleFailed as e:  # type(e): a BadInput keeps its exit code 2, as from a worker
+            raise type(e)(ctx.target, e.message, log_tail(ctx.log_path)) from None
+
+    def _store_build(self, target: TargetPlan, key, mat, scratch, started, seconds, log) -> tuple[dict, dict]:
+        """Output, log, record, statement, then the action-cache entry: (entry, record). Whatever this build
+        added to the store goes again if a write fails before the entry (a full disk): nothing orphaned."""
+        added: list[str] = []  # new blobs
+        record_id = None
+        try:
+            entry = self._ingest(target.address, key, os.path.join(scratch, "out"), added)
+            memos = os.path.join(scratch, "memos.txt")
+            if os.path.exists(memos):
+                entry["memos"] = sorted(set(open(memos, encoding="utf-8").read().split()))
+            record = self._record(target, key, mat, entry, started, seconds, log, added)
+            record["sources_text"] = self._code_texts(mat)
+            metrics = os.path.join(scratch, "metrics.json")
+            if os.path.exists(metrics):
+                with open(metrics, encoding="utf-8") as f:
+                    record["metrics"] = json.load(f)
+            verdict = os.path.join(scratch, "verdict.txt")
+            if os.path.exists(verdict):
+                entry["verdict"] = record["verdict"] = open(verdict, encoding="utf-8").read()
+            record_id = entry["record"] = self.store.put_record(record)
+            entry["provenance"] = self._statement(scratch, target.address, key, mat, entry, record, added)
+            self.store.put_action(key, entry)  # last: the entry is the commit point of the build
+        except BaseException:
+            self._unstore(added, record_id)
+            raise
+        return entry, record
+
+    def _unstore(self, blobs: list[str], record_id: str | None) -> None:
+        for digest in blobs:
+            try:
+                self.store.remove_blob(digest)
+            except OSError:
+                pass
+        if record_id:
+            try:
+                self.store.remove_record(record_id)
+            except OSError:
+                pass
+
+    def _code_texts(self, mat: dict) -> dict:
+        """The text of the code a build read (reward functions, scorers, scripts): an audit diff shows
+        how it changed, long after the files did. Python files under 256 KB that an input names on
+        its own (a glob of code is data: corpus:repo would copy the project's sources into every
+        record), and only the bytes the key hashed."""
+        texts = {}
+        for entries in mat["inputs"].values():
+            files = [e for e in entries if e[0] == "file"]
+            if len(files) != 1 or not files[0][1].endswith(".py"):
+                continue
+            _, rel, digest = files[0]
+            path = os.path.join(self.plan.root, rel)
+            try:
+                if os.path.getsize(path) >= 262144:
+                    continue
+                with open(path, "rb") as f:
+                    data = f.read()
+                if bytes_digest(data) == digest:  # not a file edited since it was hashed
+                    texts[rel] = data.decode("utf-8")
+            except (OSError, UnicodeDecodeError):
+                continue
+        return texts
+
+    def _statement(self, scratch: str, address: str, key: str, mat: dict, entry: dict, record: dict,
+                   added: list) -> str:
+        """The artifact's provenance statement, stored as a blob; its digest."""
+        from forgebuild.store import provenance
+
+        path = os.path.join(scratch, "provenance.json")
+        with open(path, "wb") as f:
+            f.write(provenance.encode(provenance.statement(address, key, mat, entry, record)))
+        digest = file_digest(path)
+        if self.store.put_file(path, digest):
+            added.append(digest)
+        return digest
+
+    def _context_sources(self, target: TargetPlan, digests: dict[str, str]) -> dict[str, list[dict]]:
+        """Each input as the Forgefile wrote it, with what it resolved to.
+
+        Key path -> [{"spec", "kind": "target" | "glob" | "path", "path", "files"}]:
+        for a target, "path" is its artifact folder and "address"/"digest" name it;
+        for a glob or a path (file or folder), "files" are the project-relative files.
+        """
+        found: dict[str, list[dict]] = {}
+        for spec in target.inputs:
+            item = {"spec": spec.spec, "kind": spec.kind}
+            if spec.kind == "target":
+                item.update(path=self.ws.display(self.ws.artifact_dir(digests[spec.spec])), address=spec.spec,
+                            digest=digests[spec.spec], files=[])
+            elif spec.kind == "external":
+                item.update(path=os.path.join(self.plan.root, os.path.expanduser(spec.spec)), files=[])
+            else:
+                files = [rel for rel, _ in resolve_sources(self.plan, target, spec)]
+                item.update(path=os.path.normpath(spec.spec), files=files)
+            found.setdefault(spec.key, []).append(item)
+        return found
+
+    @staticmethod
+    def _context_inputs(sources: dict[str, list[dict]]) -> dict:
+        """Input paths as commands see them: one string for a single file, folder or target;
+        a list for a glob or a list of specs."""
+        found = {}
+        for key, items in sources.items():
+            paths = [p for i in items for p in (i["files"] if i["kind"] == "glob" else [i["path"]])]
+            plural = len(items) > 1 or items[0]["kind"] == "glob"
+            found[key] = paths if plural else paths[0]
+        return found
+
+    def _build_in_child(self, ctx: BuildContext, scratch: str, target: TargetPlan) -> None:
+        ctx_file = os.path.join(scratch, "context.json")
+        with open(ctx_file, "w", encoding="utf-8") as f:
+            f.write(ctx.to_json())
+        argv = [sys.executable, "-m", "forgebuild.engine.worker", ctx_file]
+        if self.runner is None:
+            code = run_logged(argv, ctx.log_path, ctx.project_dir, env={**os.environ, **SAFE_PATH},
+                              key=marker(ctx.key, ctx.workspace_dir))
+        else:
+            from forgebuild.engine.backends import resources
+
+            env = {**os.environ, **SAFE_PATH, MARKER: marker(ctx.key, ctx.workspace_dir)}
+            code = self.runner.run(argv, ctx.log_path, ctx.project_dir, env, resources(target))
+        if code != 0:
+            failure = os.path.join(scratch, "failure.txt")
+            message = open(failure, encoding="utf-8").read() if os.path.exists(failure) else (
+                f"build process exited with code {code}" if code > 0 else f"build process killed by signal {-code}")
+            if message.startswith("bad input: "):
+                raise BadInput(ctx.target, message[len("bad input: "):], log_tail(ctx.log_path))
+            raise RuleFailed(ctx.target, message, log_tail(ctx.log_path))
+
+    def _new_log(self, address: str, key: str, reason: str) -> str:
+        """The stage log of this attempt, begun with what builds and why (a worker's lines follow it)."""
+        log = self.ws.log_path(address)
+        os.makedirs(os.path.dirname(log), exist_ok=True)
+        with open(log, "w", encoding="utf-8") as f:
+            f.write(f"# forgebuild {address} key {key} ({reason})\n")
+        return log
+
+    def _build_on_worker(self, address: str, key: str, mat: dict, reason: str) -> Result:
+        """--worker-files remote: the target builds in a worker's own copy of the project. Its dependencies go to
+        the remote first; its artifact comes back from there, checked like any fetch (digests, provenance)."""
+        from forgebuild.engine.backends import resources
+
+        self.report({"event": "start", "target": address, "key": key, "reason": reason})
+        started = time.time()
+        log = self._new_log(address, key, reason)
+        for entries in mat["inputs"].values():
+            for kind, dep, digest in entries:
+                if kind == "target":
+                    self._hand_over(address, dep, digest)
+        outcome = self.runner.build(address, key, resources(self.plan.targets[address]), log)
+        event = outcome.settled(address, key, log)  # the worker's failure raises here, as a local one would
+        try:
+            entry = self.remote.fetch(key, address, self.store, mat, also_trust=outcome.signer)
+        except StoreError as e:
+            raise RuleFailed(address, f"built on a worker, but its artifact cannot be fetched: {e}") from None
+        if entry is None:
+            raise RuleFailed(address, f"built on a worker, but {self.remote.url} has no entry for key {key}")
+        self.remote.push(key, entry, self.store)  # signed again with this workspace's key, which others trust
+        worker = {"executor": self.runner.name, "host": outcome.host, "remote": self.remote.url,
+                  "seconds": event.get("seconds")}
+        record = self.store.get_record(entry["record"]) if entry.get("record") else None
+        if record is not None:  # the worker wrote the record; this workspace's copy says where it ran
+            self.store.put_record_as({**record, "worker": worker})
+        self.ws.materialise(address, entry, self.store)
+        self._remember(address, key, entry["digest"], mat, entry.get("record"), "built")
+        seconds = time.time() - started
+        if "verdict" in entry:
+            return self._verdict(address, key, entry, seconds)
+        built = Result(address, "built", key, entry["digest"], reason, seconds)
+        self.report({"event": "built", **built.as_dict(), "worker": worker,
+                     **({"metrics": event["metrics"]} if "metrics" in event else {})})
+        return built
+
+    def _hand_over(self, address: str, dep: str, digest: str) -> None:
+        """A dependency's entry onto the remote, for the worker to fetch: the workspace's last build of it is
+        the one this run settled (a push sends only what the remote lacks)."""
+        last = self.ws.last_build(dep) or {}
+        entry = self.store.get_action(last["key"], dep) if last.get("digest") == digest else None
+        if entry is None:
+            raise RuleFailed(address, f"dependency {dep} ({digest}) is not in the local cache to hand to the worker")
+        self.remote.push(last["key"], entry, self.store)
+
+    def _ingest(self, address: str, key: str, out: str, added: list) -> dict:
+        try:
+            manifest = self.store.ingest_tree(out, added)
+        except ValueError as e:
+            raise RuleFailed(address, f"output {e}") from None
+        return {**manifest, "target": address, "key": key}
+
+    def _record(self, target: TargetPlan, key, mat, entry, started, seconds, log, added: list) -> dict:
+        log_digest = file_digest(log)
+        if self.store.copy_in(log, log_digest):  # staged in the store's tmp/: a full disk leaves no part behind
+            added.append(log_digest)
+        return {
+            "target": target.address, "key": key, "digest": entry["digest"], "material": mat,
+            "runtime": target.runtime, "files": len(entry["files"]),
+            "bytes": sum(f["size"] for f in entry["files"]), "log": log_digest,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "seconds": round(seconds, 3),
+            "host": socket.gethostname(), "platform": platform.platform(), "python": platform.python_version(),
+            "forgebuild": __version__, "forgefile": os.path.basename(self.plan.forgefile),
+            "git_commit": self.git_commit,
+        }
+
+
+def git_commit(folder: str) -> str | None:
+    """The project's git commit, recorded (never keyed) for provenance."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+

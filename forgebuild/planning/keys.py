@@ -1,0 +1,196 @@
+"""Action keys, and the reasons a target is fresh or must be rebuilt.
+
+Action key = BLAKE3-256 of the canonical JSON of: rule name and version, the
+identity params (defaults filled in, runtime-only fields left out), the target's
+seed, the digests of its source files (by project-relative path), and the
+*output* digests of its dependencies. Using output digests gives early cutoff:
+a dependency rebuilt to byte-identical output leaves its dependents' keys as
+they were. Nothing machine-specific (absolute paths, hostnames, times, the
+cache's location) enters a key.
+
+Standard library, blake3 and xxhash only: this module is on the no-op fast path. Seeds stay
+xxh3: they need spread, not collision resistance, and changing them would change every model.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+import xxhash
+
+from forgebuild.hashing import StatCache, bytes_digest
+from forgebuild.planning.plan import Plan, TargetPlan, resolve_sources
+
+KEY_FORMAT = 2  # 2: BLAKE3-256 digests (1: xxh3-128)
+
+
+def canonical(obj) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def derive_seed(project_seed: int, address: str) -> int:
+    """A target's own seed: stable across machines, different for every target."""
+    return xxhash.xxh3_64_intdigest(f"{project_seed}\0{address}".encode()) % (2**31 - 1)
+
+
+def material(plan: Plan, target: TargetPlan, stat_cache: StatCache, dep_digests: dict[str, str]) -> dict:
+    """Everything that determines what the target produces, as plain data."""
+    inputs: dict[str, list] = {}
+    for spec in target.inputs:
+        entries = inputs.setdefault(spec.key, [])
+        if spec.kind == "target":
+            entries.append(["target", spec.spec, dep_digests[spec.spec]])
+        else:
+            for rel, path in resolve_sources(plan, target, spec):
+                entries.append(["file", rel, stat_cache.digest(path)])
+    return {
+        "format": KEY_FORMAT,
+        "rule": target.kind,
+        "version": target.version,
+        "params": target.params,
+        "seed": derive_seed(plan.settings.get("seed", 0), target.address),
+        "inputs": inputs,
+        "env": {"vars": {name: os.environ.get(name) for name in target.env_vars}, "libraries": target.libraries},
+    }
+
+
+def action_key(mat: dict) -> str:
+    return bytes_digest(canonical(mat).encode())
+
+
+# ------------------------------------------------------------------ reasons
+
+def _flatten(value, prefix=""):
+    if isinstance(value, dict) and value:
+        out = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: value}
+
+
+def _show(value) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def explain(old: dict | None, new: dict) -> list[str]:
+    """Concrete reasons why `new` differs from the material of the last build."""
+    if old is None:
+        return ["never built"]
+    reasons = []
+    if old.get("format") != new["format"]:
+        reasons.append(f"key format {old.get('format')} -> {new['format']}")
+    if old.get("rule") != new["rule"] or old.get("version") != new["version"]:
+        reasons.append(f"rule {old.get('rule')} version {old.get('version')} -> {new['version']}")
+    before, after = _flatten(old.get("params", {})), _flatten(new["params"])
+    for name in sorted(before.keys() | after.keys()):
+        if name not in after:
+            reasons.append(f"param {name} removed (was {_show(before[name])})")
+        elif name not in before:
+            reasons.append(f"param {name} added (= {_show(after[name])})")
+        elif before[name] != after[name]:
+            reasons.append(f"param {name} {_show(before[name])} -> {_show(after[name])}")
+    if old.get("seed") != new["seed"]:
+        reasons.append(f"seed {old.get('seed')} -> {new['seed']}")
+    reasons += _input_reasons(old.get("inputs", {}), new["inputs"])
+    for section, what in (("vars", "environment"), ("libraries", "library")):
+        before, after = old.get("env", {}).get(section, {}), new["env"][section]
+        for name in sorted(before.keys() | after.keys()):
+            if before.get(name) != after.get(name):
+                reasons.append(f"{what} {name} {_show(before.get(name))} -> {_show(after.get(name))}")
+    return list(dict.fromkeys(reasons)) or ["key changed"]  # one file named by two inputs is one reason
+
+
+def _input_reasons(old: dict, new: dict) -> list[str]:
+    """Per input file or dependency: removed, added, changed, or moved to another key (an eval's
+    `models` reordered is each model moved, not every model removed and added again)."""
+    before, after = _by_name(old), _by_name(new)
+    reasons = []
+    for kind, name in sorted(before.keys() | after.keys()):
+        what = "dependency" if kind == "target" else "input"
+        if (kind, name) not in after:
+            reasons.append(f"{what} {name} removed")
+        elif (kind, name) not in before:
+            reasons.append(f"{what} {name} added")
+        elif before[kind, name][1] != after[kind, name][1]:
+            reasons.append(f"dependency {name} rebuilt with new output" if kind == "target" else f"input {name} changed")
+        elif before[kind, name][0] != after[kind, name][0]:
+            keys = lambda found: ", ".join(found[kind, name][0])
+            reasons.append(f"{what} {name} moved: {keys(before)} -> {keys(after)}")
+    return reasons
+
+
+def _by_name(inputs: dict) -> dict[tuple, tuple[list, str]]:
+    """(kind, name) -> (the Forgefile keys that name it, its digest)."""
+    found: dict[tuple, tuple[list, str]] = {}
+    for key in sorted(inputs):
+        for kind, name, digest in inputs[key]:
+            found.setdefault((kind, name), ([], digest))[0].append(key)
+    return found
+
+
+# ------------------------------------------------------------------ decisions
+
+@dataclass
+class Decision:
+    address: str
+    state: str  # "fresh" | "stale" | "missing"
+    reasons: list[str]
+    key: str | None = None
+    digest: str | None = None  # output digest when fresh
+    material: dict | None = field(default=None, repr=False)
+
+
+def decide(plan: Plan, addresses, stat_cache: StatCache, lookup, last_build, force=False) -> dict[str, Decision]:
+    """State of each target in the closure of `addresses`, without building anything.
+
+    `lookup(key)` returns a cached action entry or None; `last_build(address)`
+    returns the state of that target's last build or None. A target whose
+    dependency is not fresh cannot be keyed yet: with early cutoff, whether it
+    rebuilds depends on what its dependency will produce.
+    """
+    decisions: dict[str, Decision] = {}
+    for address in plan.closure(addresses):
+        target = plan.targets[address]
+        waiting = [d for d in target.deps if decisions[d].state != "fresh"]
+        last = last_build(address)
+        if waiting:
+            why = [f"dependency {d} is {decisions[d].state}" for d in waiting]
+            if last is None:
+                decisions[address] = Decision(address, "missing", ["never built", *why])
+            else:
+                decisions[address] = Decision(address, "stale", why + _own_changes(plan, target, stat_cache, decisions, last_build, last))
+            continue
+        mat = material(plan, target, stat_cache, {d: decisions[d].digest for d in target.deps})
+        key = action_key(mat)
+        entry = None if force else lookup(key, address)
+        if entry is not None:
+            why = ["up to date"] if last and last.get("key") == key else ["output cached from an earlier build"]
+            if "verdict" in entry:  # kept, but a failure (a failed gate): never the no-op path
+                why.append(f"failed: {entry['verdict']}")
+            decisions[address] = Decision(address, "fresh", why, key, entry["digest"], mat)
+        elif force:
+            decisions[address] = Decision(address, "stale" if last else "missing", ["forced (-B)"], key, None, mat)
+        elif last is None:
+            decisions[address] = Decision(address, "missing", ["never built"], key, None, mat)
+        elif last.get("key") == key:
+            decisions[address] = Decision(address, "stale", ["output no longer in the cache"], key, None, mat)
+        else:
+            decisions[address] = Decision(address, "stale", explain(last.get("material"), mat), key, None, mat)
+    return decisions
+
+
+def _own_changes(plan, target, stat_cache, decisions, last_build, last) -> list[str]:
+    """What changed in the target itself, judged against its dependencies' last outputs.
+
+    The target's key is unknown until its stale dependencies are rebuilt, but its
+    own params and sources can already be compared with its last build.
+    """
+    digests = {}
+    for dep in target.deps:
+        digests[dep] = decisions[dep].digest or (last_build(dep) or {}).get("digest")
+        if digests[dep] is None:
+            return []
+    mat = material(plan, target, stat_cache, digests)
+    return [r for r in explain(last.get("material"), mat) if not r.startswith("dependency ") and r != "key changed"]

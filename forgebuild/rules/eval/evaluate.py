@@ -1,0 +1,319 @@
+"""The eval rule's build: every model x benchmark scored (each a cached memo), then intervals,
+comparisons, gates and the reports. Imported inside the build process only."""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import torch  # this module runs inside an eval's build process only
+
+from forgebuild.rules.eval.gate import OPS, parse_gate
+
+# Lower is better for these: a comparison's "better" direction and the report's reading depend on it.
+LOWER_IS_BETTER = ("perplexity", "loss")
+
+
+def evaluate(ctx) -> None:
+    from forgebuild.rules.model import training
+
+    prepare(ctx)
+    p = ctx.params
+    per_model = {}
+    for address in p.models:
+        per_model[address] = {bench.name: scored(ctx, address, bench) for bench in p.benchmarks}
+    report = assemble(ctx, per_model)
+    for address, benches in per_model.items():
+        for name, folder in benches.items():
+            ctx.place(os.path.join(folder, "samples.jsonl"), sample_path(address, name))
+    training.write_json(os.path.join(ctx.out, "report.json"), report)
+    from forgebuild.rules.eval.report import write_reports
+
+    write_reports(ctx.out, report, {a: training_log(ctx.inputs_of(a)) for a in p.models})
+    ctx.metrics({f"{a} {m}": r["value"] for a, results in report["results"].items() for m, r in results.items()})
+    failed = [g for g in report["gates"] if not g["passed"]]
+    if failed:
+        ctx.log(gate_table(report["gates"]))
+        ctx.verdict(f"{len(failed)} of {len(report['gates'])} gates failed\n{gate_table(report['gates'])}")
+
+
+def prepare(ctx) -> None:
+    from forgebuild.rules.model import training
+
+    training.prepare(ctx)
+    inputs = {}
+    for i, address in enumerate(ctx.params.models):
+        inputs[address] = ctx.inputs[f"models.{i}"]
+    ctx.inputs_of = inputs.get
+
+
+def sample_path(address: str, bench: str) -> str:
+    return f"samples/{address.replace(':', '-')}/{bench}.jsonl"
+
+
+def training_log(folder: str) -> list[dict]:
+    path = os.path.join(folder, "training_log.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# ------------------------------------------------------------------ one model x one benchmark
+
+def scored(ctx, address: str, bench) -> str:
+    """The folder of a memo holding scores.json (per-example values per metric) and samples.jsonl."""
+    import importlib.metadata as md
+
+    p = ctx.params
+    index = p.benchmarks.index(bench)
+    material = {
+        "model": ctx.dep_digests[address],
+        "benchmark": bench.model_dump(mode="json"),
+        "files": {rel: d for rel, d in sorted(ctx.digests.items()) if rel in source_files(ctx, index)},
+        "corpus": ctx.dep_digests.get(bench.corpus),
+        "generation": p.generation.model_dump(mode="json"), "limit": bench.limit or p.limit, "seed": ctx.seed,
+        "libraries": {n: md.version(n) for n in ("torch", "transformers") + (("lm_eval",) if bench.kind == "lm-eval" else ())},
+    }
+    return ctx.memo(f"{bench.kind} {bench.name} {address}", material,
+                    lambda folder: run_benchmark(ctx, address, bench, index, folder))
+
+
+def source_files(ctx, index: int) -> set[str]:
+    files = set()
+    for key, items in ctx.sources.items():
+        if key.startswith(f"benchmarks.{index}."):
+            for item in items:
+                files.update(item["files"])
+    return files
+
+
+def run_benchmark(ctx, address: str, bench, index: int, folder: str) -> None:
+    ctx.log(f"evaluating {address} on {bench.name} ({bench.kind})")
+    limit = bench.limit or ctx.params.limit
+    if bench.kind == "lm-eval":
+        scores, samples = lm_eval_scores(ctx, address, bench, index, limit)
+    else:
+        model, tokenizer = load(ctx, address)
+        run = {"generate": generation_scores, "choice": choice_scores, "perplexity": perplexity_scores}[bench.kind]
+        scores, samples = run(ctx, model, tokenizer, bench, index, limit)
+    with open(os.path.join(folder, "scores.json"), "w", encoding="utf-8") as f:
+        json.dump(scores, f, sort_keys=True)
+    with open(os.path.join(folder, "samples.jsonl"), "w", encoding="utf-8") as f:
+        for row in samples:
+            f.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+def load(ctx, address: str):
+    import torch
+
+    from forgebuild.rules.model import training
+
+    model = training.load_model(ctx, ctx.inputs_of(address), address)
+    if training.is_moe(model.config):  # no router loss under generate(): see training.inference_config
+        model.config.output_router_logits = False
+    if not training.on_cpu(ctx):
+        model = model.to("cuda")
+    model.eval()
+    torch.manual_seed(ctx.seed)
+    return model, training.load_tokenizer(ctx.inputs_of(address))
+
+
+def bench_file(ctx, index: int, key: str) -> str:
+    return os.path.join(ctx.project_dir, ctx.inputs[f"benchmarks.{index}.{key}"])
+
+
+def read(ctx, bench, index: int, kind: str, limit):
+    from forgebuild.rules.eval.scoring import BenchmarkError, read_rows
+
+    try:
+        rows = read_rows(bench_file(ctx, index, "data"), kind, label=bench.data, prompt_field=bench.prompt_field,
+                         answer_field=bench.answer_field, choices_field=bench.choices_field)
+    except BenchmarkError as e:
+        raise ctx.bad_input(str(e)) from None
+    return rows[:limit] if limit else rows
+
+
+def generation_scores(ctx, model, tokenizer, bench, index, limit):
+    from forgebuild.rules.eval.scoring import generate, score_output
+
+    rows = read(ctx, bench, index, "generate", limit)
+    g = ctx.params.generation
+    prompts = [r["prompt"] for r in rows]
+    with torch.no_grad():
+        outputs = generate(model, tokenizer, prompts, max_new_tokens=g.max_new_tokens, stop=tuple(g.stop),
+                           batch_size=ctx.params.batch_size, temperature=g.temperature, seed=ctx.seed)
+    scores = {m: [score_output(o, r["answer"], m, pattern=bench.pattern, tolerance=bench.tolerance)
+                  for o, r in zip(outputs, rows)] for m in bench.metrics}
+    for ref in bench.scorers:
+        scores[ref.rsplit(":", 1)[-1]] = code_scores(ctx, ref, prompts, outputs, rows)
+    samples = [{"line": r["line"], "prompt": r["prompt"], "output": o, "reference": r["answer"],
+                "scores": {m: s[i] for m, s in scores.items()}} for i, (o, r) in enumerate(zip(outputs, rows))]
+    return scores, samples
+
+
+def code_scores(ctx, reference: str, prompts, outputs, rows) -> list[float]:
+    from forgebuild.rules.model.reward_functions import RewardError, load_code
+
+    try:
+        found = load_code(reference, ctx.project_dir, log=ctx.log)(prompts=prompts, completions=outputs,
+                                                                    answer=[r["answer"] for r in rows])
+    except RewardError as e:
+        raise ctx.failure(str(e).replace("reward ", "scorer ", 1)) from None
+    return [math.nan if v is None else float(v) for v in found]
+
+
+def choice_scores(ctx, model, tokenizer, bench, index, limit):
+    from forgebuild.rules.eval.scoring import choice_scores as score
+
+    rows = read(ctx, bench, index, "choice", limit)
+    with torch.no_grad():
+        found = score(model, tokenizer, rows, batch_size=ctx.params.batch_size)
+    scores = {"accuracy": [f["correct"] for f in found], "accuracy_norm": [f["correct_norm"] for f in found]}
+    samples = [{"line": r["line"], "prompt": r["prompt"], "output": r["choices"][f["pred"]],
+                "reference": r["choices"][r["answer"]], "loglikelihoods": f["loglikelihoods"],
+                "scores": {"accuracy": f["correct"], "accuracy_norm": f["correct_norm"]}} for r, f in zip(rows, found)]
+    return scores, samples
+
+
+def perplexity_scores(ctx, model, tokenizer, bench, index, limit):
+    from forgebuild.rules.eval.scoring import perplexity
+
+    texts = holdout_texts(ctx, bench, index)
+    if not texts:
+        raise ctx.bad_input(f"{bench.corpus} has no holdout documents to measure perplexity on")
+    with torch.no_grad():
+        docs = perplexity(model, tokenizer, texts, seq_len=bench.seq_len, batch_size=ctx.params.batch_size,
+                          max_documents=limit)
+    scores = {"nll": [d["nll"] for d in docs], "tokens": [d["tokens"] for d in docs]}
+    samples = [{"document": i, "tokens": d["tokens"], "nll": d["nll"],
+                "scores": {"loss": d["nll"] / max(d["tokens"], 1)}} for i, d in enumerate(docs)]
+    return scores, samples
+
+
+def holdout_texts(ctx, bench, index) -> list[str]:
+    import pyarrow.parquet as pq
+
+    folder = os.path.join(ctx.inputs[f"benchmarks.{index}.corpus"], "holdout")
+    texts = []
+    for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else []:
+        if name.endswith(".parquet"):
+            texts += pq.read_table(os.path.join(folder, name), columns=["text"]).column("text").to_pylist()
+    return texts
+
+
+def lm_eval_scores(ctx, address, bench, index, limit):
+    from forgebuild.rules.eval.harness import HarnessError, run_tasks
+
+    try:
+        found = run_tasks(ctx.inputs_of(address), bench_file(ctx, index, "path"), bench.tasks, limit,
+                          ctx.params.batch_size, ctx.seed, log=ctx.log)
+    except HarnessError as e:
+        raise ctx.bad_input(f"benchmark {bench.name}: {e}") from None
+    samples = [{"task": task, **row} for task, rows in sorted(found["samples"].items()) for row in rows]
+    # Means of per-example scores (acc, exact_match) are bootstrapped like every other metric; lm-eval's
+    # other aggregations (perplexity from log-likelihood pairs, bleu) have no per-example mean to resample.
+    scores = {metric: values for metric, values in found["per_example"].items()
+              if found["metrics"][metric]["aggregation"] == "mean"}
+    skipped = sorted(set(found["per_example"]) - set(scores))
+    if skipped:
+        ctx.log(f"benchmark {bench.name}: not reported (not a mean of per-example scores): {', '.join(skipped)}")
+    return scores, samples
+
+
+# ------------------------------------------------------------------ the report
+
+def assemble(ctx, per_model: dict) -> dict:
+    p = ctx.params
+    results, values = {}, {}
+    for address, benches in per_model.items():
+        results[address], values[address] = {}, {}
+        for bench in p.benchmarks:
+            with open(os.path.join(benches[bench.name], "scores.json"), encoding="utf-8") as f:
+                found = json.load(f)
+            for metric, (stat, per_example) in statistics(bench, found, p.bootstrap, ctx.seed).items():
+                results[address][f"{bench.name}.{metric}"] = stat
+                values[address][f"{bench.name}.{metric}"] = per_example
+    produced = sorted({m for r in results.values() for m in r})
+    report = {
+        "title": ctx.target, "models": list(p.models),
+        "model_digests": {a: ctx.dep_digests[a] for a in p.models},
+        "benchmarks": [{"name": b.name, "kind": b.kind,
+                        "examples": max((r[m]["n"] for r in results.values() for m in r
+                                         if m.startswith(b.name + ".")), default=0),
+                        "metrics": [m.split(".", 1)[1] for m in produced if m.startswith(b.name + ".")]}
+                       for b in p.benchmarks],
+        "results": results,
+        "comparisons": comparisons(p.models, values, p.bootstrap, ctx.seed),
+        "gates": gates(ctx, results, produced),
+        "generation": p.generation.model_dump(mode="json"),
+        "samples": {a: {b.name: sample_path(a, b.name) for b in p.benchmarks} for a in p.models},
+    }
+    report["passed"] = all(g["passed"] for g in report["gates"])
+    return report
+
+
+def statistics(bench, found: dict, samples: int, seed: int) -> dict:
+    """metric -> (value with its 95% interval, per-example values for paired comparisons)."""
+    from forgebuild.rules.eval.scoring import bootstrap_mean, bootstrap_ratio
+
+    if bench.kind == "perplexity":
+        nll, tokens = found["nll"], found["tokens"]
+        losses = [n / max(t, 1) for n, t in zip(nll, tokens)]
+        # compared through each document's loss only: a difference of perplexities is no mean of
+        # per-document differences
+        return {"perplexity": (bootstrap_ratio(nll, tokens, samples, seed, transform=math.exp), None),
+                "loss": (bootstrap_ratio(nll, tokens, samples, seed), losses)}
+    out = {}
+    for metric, per_example in sorted(found.items()):
+        kept = [v for v in per_example if v is not None and not (isinstance(v, float) and math.isnan(v))]
+        out[metric] = (bootstrap_mean(kept, samples, seed), per_example)
+    return out
+
+
+def comparisons(models: list[str], values: dict, samples: int, seed: int) -> list[dict]:
+    """Each model against the first, on the same examples (a paired bootstrap)."""
+    from forgebuild.rules.eval.scoring import paired_difference
+
+    found = []
+    baseline = models[0]
+    for other in models[1:]:
+        for metric in sorted(values[baseline]):
+            a, b = values[baseline][metric], values[other].get(metric)
+            if a is None or b is None or len(a) != len(b) or not a:
+                continue
+            pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None
+                     and not (isinstance(x, float) and math.isnan(x)) and not (isinstance(y, float) and math.isnan(y))]
+            if not pairs:
+                continue
+            diff = paired_difference([x for x, _ in pairs], [y for _, y in pairs], samples, seed)
+            found.append({"metric": metric, "a": baseline, "b": other, **diff,
+                          "lower_is_better": metric.rsplit(".", 1)[-1] in LOWER_IS_BETTER})
+    return found
+
+
+def gates(ctx, results: dict, produced: list[str]) -> list[dict]:
+    p = ctx.params
+    judged = p.gate_models or [p.models[-1]]
+    found = []
+    for metric, condition in sorted(p.gate.items()):
+        if metric not in produced:  # an lm-eval metric, known only now that its tasks have run
+            raise ctx.bad_input(f"gate '{metric}': the eval produces no such metric; it produces "
+                                f"{', '.join(produced)}")
+        op, threshold = parse_gate(condition)
+        for address in judged:
+            stat = results[address][metric]
+            value = stat["value"]
+            passed = value is not None and OPS[op](value, threshold)
+            found.append({"metric": metric, "model": address, "op": op, "threshold": threshold, "value": value,
+                          "low": stat.get("low"), "high": stat.get("high"), "passed": passed})
+    return found
+
+
+def gate_table(rows: list[dict]) -> str:
+    lines = [f"{'gate':<28}{'model':<24}{'threshold':<14}{'measured [95% interval]':<32}result"]
+    for g in rows:
+        measured = "none" if g["value"] is None else f"{g['value']:.4g} [{g['low']:.4g}, {g['high']:.4g}]"
+        lines.append(f"{g['metric']:<28}{g['model']:<24}{g['op'] + ' ' + format(g['threshold'], 'g'):<14}"
+                     f"{measured:<32}{'pass' if g['passed'] else 'FAIL'}")
+    return "\n".join(lines)

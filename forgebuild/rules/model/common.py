@@ -1,0 +1,146 @@
+"""The parameters every training recipe shares, and the checks on them. Torch-free:
+the planner imports this module to validate a Forgefile."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from forgebuild import limits
+from forgebuild.planning.plan import ADDRESS
+from forgebuild.rules import runtime
+
+Schedule = Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr", "inverse_sqrt"]
+
+
+class Train(BaseModel):
+    """How long and how fast: `train = { lr = 1e-3, steps = 200, batch_size = 8 }`."""
+    model_config = ConfigDict(extra="forbid")
+    lr: float = Field(1e-3, gt=0, description="peak learning rate")
+    steps: int | None = Field(None, ge=1, le=limits.STEPS, description="optimizer steps; when unset, `epochs` (or a pretrain's `budget_tokens`) decide")
+    epochs: float = Field(1.0, gt=0, description="passes over the data when `steps` is unset")
+    batch_size: int = Field(8, ge=1, le=limits.BATCH, description="sequences per micro-batch, over all processes (see `launch`)")
+    grad_accum: int = Field(1, ge=1, le=limits.BATCH, description="micro-batches per optimizer step")
+    schedule: Schedule = Field("cosine", description="learning-rate schedule after warmup")
+    warmup_steps: int = Field(0, ge=0, le=limits.STEPS, description="steps of linear warmup from 0 to `lr`")
+    min_lr_rate: float = Field(0.1, ge=0, le=1, description="cosine_with_min_lr: the floor as a fraction of `lr`")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping norm (0 turns clipping off)")
+    eval_every: int | None = Field(None, ge=1, le=limits.STEPS, description="holdout loss every N steps (recipes with holdout data)")
+    precision: Literal["fp32", "tf32", "bf16"] = Field(
+        "fp32", description="arithmetic of the matrix products: fp32 (IEEE float32), tf32 (float32 tensors on "
+                            "CUDA tensor cores, 10-bit mantissa products; on a CPU it trains exactly as fp32), bf16 "
+                            "(mixed precision: bfloat16 autocast, float32 master weights, saved in float32). It "
+                            "changes the numbers, so it is in the key")
+
+
+class Lora(BaseModel):
+    """`lora = { r = 16, alpha = 32, dropout = 0.05, target_modules = "all-linear", merge = true }`"""
+    model_config = ConfigDict(extra="forbid")
+    r: int = Field(8, ge=1, le=limits.WIDTH, description="adapter rank")
+    alpha: float = Field(16, gt=0, description="scaling numerator: the update is scaled by alpha / r")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter's input")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        "all-linear", description="module names to adapt (e.g. [\"q_proj\", \"v_proj\"]) or \"all-linear\"")
+    merge: bool = Field(True, description="true: emit merged full weights; false: emit the adapter folder only")
+
+
+class Launch(BaseModel):
+    """`launch = { processes = 2 }`: one training stage on several processes (torchrun, DDP), on one
+    machine or, with `nodes`, several (see forgebuild/rules/model/launch.py)."""
+    model_config = ConfigDict(extra="forbid")
+    processes: int = Field(1, ge=1, le=limits.THREADS, description="processes on each machine (GPUs, or CPU processes with gloo)")
+    nodes: int = Field(1, ge=1, le=limits.NODES, description="machines: this one (node 0) and nodes - 1 that run `forgebuild join`")
+    master_addr: str | None = Field(
+        None, description="nodes > 1: the address the other nodes reach node 0 at; unset: MASTER_ADDR, or the "
+                          "first host of SLURM_JOB_NODELIST")
+    master_port: int | None = Field(
+        None, ge=1, le=65535, description="nodes > 1: node 0's rendezvous port; unset: MASTER_PORT, or a port "
+                                          "derived from the action key (20000-39999)")
+    backend: Literal["torchrun", "deepspeed"] = Field(
+        "torchrun", description="torchrun: DistributedDataParallel; deepspeed: DeepSpeed ZeRO through the HF Trainer "
+                                "(launched by torchrun too)")
+    zero: Literal[1, 2, 3] = Field(2, description="deepspeed: the ZeRO stage (1: optimizer states sharded, "
+                                                  "2: gradients too, 3: parameters too)")
+    offload: Literal["none", "cpu"] = Field("none", description="deepspeed: keep the optimizer states in CPU memory")
+
+
+class Recipe(BaseModel):
+    """Runtime settings every recipe has; none of them enters the action key."""
+    model_config = ConfigDict(extra="forbid")
+    launch: Launch | None = runtime(None, description=(
+        "several processes for this stage (torchrun); the global batch (train.batch_size x grad_accum) stays "
+        "the same, each process takes batch_size / processes. Not in the key"))
+    threads: int = runtime(0, ge=0, le=limits.THREADS, description="CPU threads for torch; 0 means every core. Not in the key")
+    device: Literal["auto", "cpu", "cuda"] = runtime(
+        "auto", description="where to train: auto takes a GPU when there is one. Not in the key")
+    dataloader_workers: int = runtime(0, ge=0, le=limits.THREADS, description="data loading processes. Not in the key")
+    log_every: int = runtime(10, ge=1, le=limits.STEPS, description="steps between progress lines in the stage log. Not in the key")
+    checkpoint_every: int = runtime(
+        50, ge=1, le=limits.STEPS, description="steps between checkpoints (a killed build resumes from the last). Not in the key")
+
+
+def reference_problems(params: BaseModel, keys) -> list[tuple[str, str]]:
+    problems = []
+    for key in keys:
+        value = getattr(params, key, None)
+        if value is not None and not ADDRESS.match(value):
+            problems.append((key, f"'{value}' is not a target reference: write KIND:NAME, e.g. 'model:base'"))
+    return problems
+
+
+def kind_problems(params: BaseModel, deps: dict, expected: dict) -> list[tuple[str, str]]:
+    """`expected` maps a key to the kind its target must be: base -> model, data -> dataset."""
+    problems = []
+    for key, kind in expected.items():
+        address = getattr(params, key, None)
+        if address in deps and deps[address]["kind"] != kind:
+            problems.append((key, f"{address} is a {deps[address]['kind']} target; '{key}' takes a {kind} target"))
+    return problems
+
+
+def dataset_format_problem(params: BaseModel, deps: dict, key: str, allowed: tuple, recipe: str):
+    """A dataset target whose declared format this recipe cannot train on (format "auto" is checked at build)."""
+    address = getattr(params, key, None)
+    dep = deps.get(address)
+    if dep is None or dep["kind"] != "dataset":
+        return None
+    declared = getattr(dep["params"], "format", "auto")
+    if declared != "auto" and declared not in allowed:
+        return (key, f"{address} is a '{declared}' dataset; recipe \"{recipe}\" trains on "
+                     f"{' or '.join(repr(a) for a in allowed)} data")
+    return None
+
+
+def adapter_base_problem(params: BaseModel, deps: dict, key: str = "base"):
+    """A model that emits only a LoRA adapter cannot be trained on further or imported by a recipe."""
+    address = getattr(params, key, None)
+    dep = deps.get(address)
+    lora = getattr(dep["params"], "lora", None) if dep and dep["kind"] == "model" else None
+    if lora is not None and not lora.merge:
+        return (key, f"{address} emits a LoRA adapter only (lora.merge = false); set merge = true there "
+                     f"to build on its weights")
+    return None
+
+
+@dataclass(frozen=True)
+class Deps:
+    """What a recipe's target references must be, as data: `Deps({"base": "model", "data": ("dataset",
+    FORMATS)})`. A key names a kind, or a (kind, formats) pair for a dataset the recipe trains on; each
+    `checks` function is a check no declaration can say (a reward model's recipe, FIM tokens)."""
+    kinds: dict[str, str | tuple[str, tuple[str, ...]]]
+    checks: tuple[Callable[[BaseModel, dict], list[tuple[str, str]]], ...] = ()
+
+    def problems(self, params: BaseModel, deps: dict) -> list[tuple[str, str]]:
+        """Wrong kinds first, then wrong formats, then adapter-only models, then the checks."""
+        kinds = {key: kind if isinstance(kind, str) else kind[0] for key, kind in self.kinds.items()}
+        problems = kind_problems(params, deps, kinds)
+        found = [dataset_format_problem(params, deps, key, kind[1], params.recipe)
+                 for key, kind in self.kinds.items() if not isinstance(kind, str)]
+        # every model a recipe reads, it reads the weights of: an adapter-only one has none
+        found += [adapter_base_problem(params, deps, key) for key, kind in kinds.items() if kind == "model"]
+        problems += [problem for problem in found if problem]
+        for check in self.checks:
+            problems += check(params, deps)
+        return problems
