@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import xxhash
 
 from forgebuild.hashing import StatCache, bytes_digest
+from forgebuild.planning.change import diff, reasons
 from forgebuild.planning.plan import Plan, TargetPlan, resolve_sources
 
 KEY_FORMAT = 2  # 2: BLAKE3-256 digests (1: xxh3-128)
@@ -61,73 +62,11 @@ def action_key(mat: dict) -> str:
 
 # ------------------------------------------------------------------ reasons
 
-def _flatten(value, prefix=""):
-    if isinstance(value, dict) and value:
-        out = {}
-        for k, v in value.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: value}
-
-
-def _show(value) -> str:
-    return json.dumps(value, ensure_ascii=False)
-
-
 def explain(old: dict | None, new: dict) -> list[str]:
     """Concrete reasons why `new` differs from the material of the last build."""
     if old is None:
         return ["never built"]
-    reasons = []
-    if old.get("format") != new["format"]:
-        reasons.append(f"key format {old.get('format')} -> {new['format']}")
-    if old.get("rule") != new["rule"] or old.get("version") != new["version"]:
-        reasons.append(f"rule {old.get('rule')} version {old.get('version')} -> {new['version']}")
-    before, after = _flatten(old.get("params", {})), _flatten(new["params"])
-    for name in sorted(before.keys() | after.keys()):
-        if name not in after:
-            reasons.append(f"param {name} removed (was {_show(before[name])})")
-        elif name not in before:
-            reasons.append(f"param {name} added (= {_show(after[name])})")
-        elif before[name] != after[name]:
-            reasons.append(f"param {name} {_show(before[name])} -> {_show(after[name])}")
-    if old.get("seed") != new["seed"]:
-        reasons.append(f"seed {old.get('seed')} -> {new['seed']}")
-    reasons += _input_reasons(old.get("inputs", {}), new["inputs"])
-    for section, what in (("vars", "environment"), ("libraries", "library")):
-        before, after = old.get("env", {}).get(section, {}), new["env"][section]
-        for name in sorted(before.keys() | after.keys()):
-            if before.get(name) != after.get(name):
-                reasons.append(f"{what} {name} {_show(before.get(name))} -> {_show(after.get(name))}")
-    return list(dict.fromkeys(reasons)) or ["key changed"]  # one file named by two inputs is one reason
-
-
-def _input_reasons(old: dict, new: dict) -> list[str]:
-    """Per input file or dependency: removed, added, changed, or moved to another key (an eval's
-    `models` reordered is each model moved, not every model removed and added again)."""
-    before, after = _by_name(old), _by_name(new)
-    reasons = []
-    for kind, name in sorted(before.keys() | after.keys()):
-        what = "dependency" if kind == "target" else "input"
-        if (kind, name) not in after:
-            reasons.append(f"{what} {name} removed")
-        elif (kind, name) not in before:
-            reasons.append(f"{what} {name} added")
-        elif before[kind, name][1] != after[kind, name][1]:
-            reasons.append(f"dependency {name} rebuilt with new output" if kind == "target" else f"input {name} changed")
-        elif before[kind, name][0] != after[kind, name][0]:
-            keys = lambda found: ", ".join(found[kind, name][0])
-            reasons.append(f"{what} {name} moved: {keys(before)} -> {keys(after)}")
-    return reasons
-
-
-def _by_name(inputs: dict) -> dict[tuple, tuple[list, str]]:
-    """(kind, name) -> (the Forgefile keys that name it, its digest)."""
-    found: dict[tuple, tuple[list, str]] = {}
-    for key in sorted(inputs):
-        for kind, name, digest in inputs[key]:
-            found.setdefault((kind, name), ([], digest))[0].append(key)
-    return found
+    return reasons(diff(old, new)) or ["key changed"]
 
 
 # ------------------------------------------------------------------ decisions
@@ -193,4 +132,6 @@ def _own_changes(plan, target, stat_cache, decisions, last_build, last) -> list[
         if digests[dep] is None:
             return []
     mat = material(plan, target, stat_cache, digests)
-    return [r for r in explain(last.get("material"), mat) if not r.startswith("dependency ") and r != "key changed"]
+    if last.get("material") is None:
+        return ["never built"]
+    return reasons([c for c in diff(last["material"], mat) if c.kind != "dependency"])
