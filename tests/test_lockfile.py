@@ -327,7 +327,7 @@ def test_release_targets_publish_into_the_scratch_folder_when_verifying():
     from forgebuild.cli.lockfile import _sandboxed
     from forgebuild.planning.plan import Plan, TargetPlan
 
-    release = TargetPlan("release:prod", "release", "1", None, {"model": "model:m", "to": "s3://bucket/prod"}, {}, [])
+    release = TargetPlan("release:prod", "release", "1", None, {"model": "model:m", "to": "s3://bucket/prod"}, [], [])
     plan = Plan("/p/Forgefile.toml", {}, {"release:prod": release}, ["release:prod"])
     sandboxed = _sandboxed(plan, "/p/.forge/scratch/verify-x")
     assert sandboxed.targets["release:prod"].params["to"] == ".forge/scratch/verify-x/release/prod"

@@ -50,7 +50,7 @@ def test_resources_are_declared_or_derived():
     from forgebuild.engine.backends import ray_options, resources
 
     def target(runtime, declared=None):
-        return TargetPlan("model:m", "model", "1", 1, {}, runtime, [], resources=declared or {})
+        return TargetPlan("model:m", "model", "1", 1, runtime, list(runtime), [], resources=declared or {})
 
     assert resources(target({"threads": 4})) == {"cpus": 4, "gpus": 0}
     assert resources(target({"threads": 2, "launch": {"processes": 3}})) == {"cpus": 6, "gpus": 0}

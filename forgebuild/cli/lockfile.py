@@ -482,7 +482,7 @@ def _sandboxed(plan, scratch: str):
     for address, target in plan.targets.items():
         if target.kind == "release" and "to" in target.params:
             to = os.path.relpath(os.path.join(scratch, "release", address.split(":", 1)[1]), plan.root)
-            targets[address] = dataclasses.replace(target, params={**target.params, "to": to})
+            targets[address] = dataclasses.replace(target, values={**target.values, "to": to})
     return dataclasses.replace(plan, targets=targets)
 
 

@@ -54,13 +54,6 @@ class Result:
                 "reason": self.reason, "seconds": round(self.seconds, 3)}
 
 
-def merge(identity: dict, runtime: dict) -> dict:
-    out = dict(identity)
-    for k, v in runtime.items():
-        out[k] = merge(out.get(k, {}), v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 class KeyLock:
     """An exclusive lock per action key, across processes (flock on a file in the store)."""
 
@@ -274,7 +267,7 @@ class Executor:
             target=address, kind=target.kind, key=key, inputs=self._context_inputs(sources), sources=sources,
             out=out, work=work,
             seed=mat["seed"], project_dir=self.plan.root, log_path=log,
-            raw_params=merge(target.params, target.runtime), version=target.version,
+            raw_params=target.values, version=target.version,
             digests={rel: d for entries in mat["inputs"].values() for kind, rel, d in entries if kind == "file"},
             dep_digests=dep_digests,
             store_root=self.store.root, workspace_dir=self.ws.dir,

@@ -31,11 +31,10 @@ def check(plan, rules, decisions: dict, packages: bool = True) -> None:
     """Raise MissingPackages or ForgefileError for the targets of `decisions` that will build.
     `packages`: whether stages import here (not so for Ray tasks and Slurm jobs: their machines'
     packages are theirs, and this one may only coordinate)."""
-    from forgebuild.engine.executor import merge
     from forgebuild.rules import parse_params
 
     building = [a for a, d in decisions.items() if d.state != "fresh"]
-    parsed = {a: parse_params(rules[plan.targets[a].kind], merge(plan.targets[a].params, plan.targets[a].runtime))
+    parsed = {a: parse_params(rules[plan.targets[a].kind], plan.targets[a].values)
               for a in building}
     missing = missing_modules(plan, rules, parsed) if packages else {}
     if missing:

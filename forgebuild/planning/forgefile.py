@@ -406,6 +406,8 @@ def load(path: str, rules=None) -> Plan:
         except ValidationError as e:
             problems += _merged(unusable, validation_problems(e, ForgeSettings, forge_raw, where_forge))
 
+    found, defaults = _forge_defaults(settings, rules, name, locate)
+    problems += found
     targets: dict[str, TargetPlan] = {}
     declared = set()  # every address written, valid or not: no false "no target" for an invalid one
     used_rules = {}
@@ -429,14 +431,14 @@ def load(path: str, rules=None) -> Plan:
             if not NAME.match(target_name):
                 problems.append(problem_at((kind, target_name), f"bad target name '{target_name}': use letters, digits, '_', '-', '.'", address))
                 continue
-            target, found, checked = _validate_target(rule, kind, target_name, body, problem_at, locate)
+            target, found, checked = _validate_target(rule, kind, target_name, body, problem_at, locate,
+                                                      defaults.get(kind, {}))
             problems += found
             if target is not None:
                 targets[address] = target
                 validated[address] = checked
 
     problems += _reference_problems(targets, declared, settings, rules, name, locate)
-    problems += _forge_defaults(settings, targets, rules, name, locate)
     problems += _dependency_problems(targets, validated)
     # Cycles and missing files are looked for among the valid targets even when others
     # have problems: every error is reported in one pass.
@@ -478,8 +480,8 @@ def value_problems(value, path: list, where) -> list[Problem]:
     return []
 
 
-def _validate_target(rule, kind, target_name, body, problem_at, locate):
-    from forgebuild.rules import hooks, params_class, rule_version, split_params
+def _validate_target(rule, kind, target_name, body, problem_at, locate, defaults: dict):
+    from forgebuild.rules import hooks, params_class, plain_params, rule_version
 
     address = f"{kind}:{target_name}"
 
@@ -495,6 +497,9 @@ def _validate_target(rule, kind, target_name, body, problem_at, locate):
         found = validation_problems(e, Resources, resources, lambda p, m: where(("resources", *p), m))
         return None, _merged(unusable, found), None
     model = params_class(rule, body)
+    # [forge] defaults, already validated, for the params this table has (an imported model has no
+    # launch); a target's own value wins
+    body = {**{k: v for k, v in defaults.items() if k in model.model_fields}, **body}
     try:
         params = model.model_validate(body)
     except ValidationError as e:
@@ -519,10 +524,10 @@ def _validate_target(rule, kind, target_name, body, problem_at, locate):
             problems.append(where(key.split("."), "an empty path: name a file or folder"))
             continue
         inputs.append(InputSpec(key, spec, "external", locate.line((kind, target_name, *key.split(".")))))
-    identity, runtime_values = split_params(params)
+    values, runtime_keys = plain_params(params)
     line = locate.line((kind, target_name))
     declared = hooks(rule).environment(params)
-    target = TargetPlan(address, kind, rule_version(rule, params), line, identity, runtime_values, inputs,
+    target = TargetPlan(address, kind, rule_version(rule, params), line, values, runtime_keys, inputs,
                         hooks(rule).isolate, sorted(declared.get("vars", [])),
                         _versions(declared.get("libraries", [])), resources)
     return target, problems, (rule, params, where)
@@ -570,28 +575,25 @@ def _versions(names) -> dict[str, str | None]:
     return found
 
 
-def _forge_defaults(settings, targets, rules, name, locate) -> list[Problem]:
-    """[forge] keys a rule takes as the default of a runtime param (the model rule: `launch`): each
-    validated by the rule's model, then given to every target of that rule that sets none itself."""
+def _forge_defaults(settings, rules, name, locate) -> tuple[list[Problem], dict[str, dict]]:
+    """[forge] keys a rule takes as the default of a param (the model rule: `launch`), each validated
+    by the rule's model: (problems, {kind: {key: value}}). A target of that kind that sets none gets
+    the value before it is validated itself, so planning never writes into a validated target."""
     from forgebuild.rules import hooks
 
-    problems = []
+    problems, defaults = [], {}
     raw = settings.model_dump()
     for kind, rule in rules.items():
         for key, model in hooks(rule).forge_defaults().items():
             if not raw.get(key):
                 continue
             try:
-                value = model.model_validate(raw[key]).model_dump(mode="json")
+                defaults.setdefault(kind, {})[key] = model.model_validate(raw[key]).model_dump(mode="json")
             except ValidationError as e:
                 where = lambda p, msg, key=key: Problem(name, locate.line(("forge", key, *p)), msg, "[forge]",
                                                         key_text((key, *p)))
                 problems += validation_problems(e, model, raw[key], where)
-                continue
-            for target in targets.values():
-                if target.kind == kind and key in target.runtime and target.runtime[key] is None:
-                    target.runtime[key] = value
-    return problems
+    return problems, defaults
 
 
 def _reference_problems(targets, declared, settings, rules, name, locate) -> list[Problem]:

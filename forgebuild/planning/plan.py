@@ -21,7 +21,7 @@ from forgebuild.errors import Problem
 
 ADDRESS = re.compile(r"^([a-z][a-z0-9_-]*):([A-Za-z0-9_][A-Za-z0-9_.-]*)$")
 GLOB_CHARS = re.compile(r"[*?\[]")
-PLAN_FORMAT = 2
+PLAN_FORMAT = 3
 
 
 @dataclass
@@ -38,8 +38,8 @@ class TargetPlan:
     kind: str
     version: str
     line: int | None
-    params: dict  # identity params: these enter the action key
-    runtime: dict  # runtime-only params: these never do
+    values: dict  # every param as the build gets it, defaults filled in (rules.plain_params)
+    runtime_keys: list[str]  # dotted paths of the runtime params in `values`: never in the action key
     inputs: list[InputSpec]
     isolate: bool = True
     # declared environment: variables whose values enter the key (read at decision
@@ -50,8 +50,36 @@ class TargetPlan:
     resources: dict = field(default_factory=dict)  # asked of a Ray task / Slurm job: runtime only
 
     @cached_property
+    def params(self) -> dict:
+        """The identity params: `values` without the runtime ones; these enter the action key."""
+        return _without(self.values, {tuple(k.split(".")) for k in self.runtime_keys})
+
+    @cached_property
+    def runtime(self) -> dict:
+        """The runtime params alone, nested as in `values` (a table only where it holds one)."""
+        found: dict = {}
+        for key in self.runtime_keys:
+            *tables, name = key.split(".")
+            source, into = self.values, found
+            for table in tables:
+                source, into = source[table], into.setdefault(table, {})
+            into[name] = source[name]
+        return found
+
+    @cached_property
     def deps(self) -> list[str]:
         return sorted({i.spec for i in self.inputs if i.kind == "target"})
+
+
+def _without(values: dict, paths: set[tuple], prefix: tuple = ()) -> dict:
+    out = {}
+    for name, value in values.items():
+        here = (*prefix, name)
+        if here in paths:
+            continue
+        nested = isinstance(value, dict) and any(p[:len(here)] == here for p in paths)
+        out[name] = _without(value, paths, here) if nested else value
+    return out
 
 
 @dataclass

@@ -236,21 +236,20 @@ def rule_version(rule, params: BaseModel) -> str:
     return hooks(rule).version_of(params)
 
 
-def split_params(params: BaseModel) -> tuple[dict, dict]:
-    """(identity params, runtime params) as plain JSON-able dicts, defaults filled in."""
-    identity, runtime_values = {}, {}
+def plain_params(params: BaseModel) -> tuple[dict, list[str]]:
+    """Every param as a plain JSON-able value, defaults filled in (what the build gets), and the
+    dotted paths of the runtime ones (what the action key leaves out: `plan.TargetPlan.params`)."""
+    values, runtime_keys = {}, []
     for name, field in type(params).model_fields.items():
         value = getattr(params, name)
-        if is_runtime(field):
-            runtime_values[name] = _plain(value)
-        elif isinstance(value, BaseModel):
-            inner, inner_runtime = split_params(value)
-            identity[name] = inner
-            if inner_runtime:
-                runtime_values[name] = inner_runtime
+        if isinstance(value, BaseModel) and not is_runtime(field):
+            values[name], inner = plain_params(value)
+            runtime_keys += [f"{name}.{key}" for key in inner]
         else:
-            identity[name] = _plain(value)
-    return identity, runtime_values
+            values[name] = _plain(value)
+            if is_runtime(field):
+                runtime_keys.append(name)
+    return values, runtime_keys
 
 
 def _plain(value):
