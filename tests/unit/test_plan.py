@@ -103,3 +103,48 @@ def test_forgefile_digest_covers_the_bytes_and_forgebuilds_version():
     one = planlib.forgefile_digest(b"[run.a]\n")
     assert planlib.forgefile_digest(b"[run.a]\n") == one and planlib.forgefile_digest(b"[run.b]\n") != one
     assert len(one) == 64
+
+
+def test_a_target_keeps_every_param_once_and_views_identity_and_runtime():
+    """One dict travels to the build (`values`); the action key sees it without the runtime paths."""
+    values = {"cmd": "true", "threads": 2, "train": {"lr": 0.1, "log_every": 5, "quiet": True}, "launch": {"n": 1}}
+    target = planlib.TargetPlan("run:t", "run", "1", 1, values, ["threads", "train.log_every", "train.quiet", "launch"], [])
+    assert target.params == {"cmd": "true", "train": {"lr": 0.1}}
+    assert target.runtime == {"threads": 2, "train": {"log_every": 5, "quiet": True}, "launch": {"n": 1}}
+    assert target.values == values  # the views copy; the dict the build gets is untouched
+    assert planlib.TargetPlan("run:u", "run", "1", 1, {"a": {"b": 1}}, [], []).runtime == {}
+
+
+def test_the_model_rules_params_split_as_before(lab):
+    """A real recipe: runtime fields (threads, device, launch, train.log_every) stay out of the key,
+    and a [forge] launch reaches a target that sets none, validated with it."""
+    lab.write("Forgefile.toml", """
+[forge]
+launch = { processes = 2 }
+
+[model.m]
+recipe = "pretrain"
+tokens = "tokens:t"
+tokenizer = "tokenizer:k"
+arch = { family = "llama", hidden = 16, layers = 1, heads = 2 }
+train = { lr = 0.01, steps = 3 }
+threads = 1
+
+[tokens.t]
+corpus = "corpus:c"
+tokenizer = "tokenizer:k"
+seq_len = 32
+
+[tokenizer.k]
+corpus = "corpus:c"
+vocab_size = 300
+
+[corpus.c]
+sources = ["data"]
+""")
+    lab.write("data/a.txt", "hello")
+    target = lab.plan().targets["model:m"]
+    assert target.values["train"]["lr"] == 0.01 and target.params["train"]["lr"] == 0.01
+    assert "threads" not in target.params and target.runtime["threads"] == 1
+    assert "launch" not in target.params and target.runtime["launch"]["processes"] == 2
+    assert target.values["launch"] == target.runtime["launch"]
