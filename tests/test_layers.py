@@ -44,9 +44,7 @@ BUILD_ONLY = {"rules.eval.evaluate", "rules.eval.harness", "rules.eval.report", 
 ML_STACK = {"torch", "transformers", "trl", "peft", "accelerate", "deepspeed", "datasets", "lm_eval",
             "matplotlib", "safetensors", "tokenizers", "ray", "submitit"}
 
-EXCEPTIONS = {
-    ("store.remote", "planning.keys"): "the `cache` verb in the store",
-}
+EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 
 def module_name(path: pathlib.Path) -> str:

@@ -1,0 +1,71 @@
+"""`forgebuild [TARGET...]` (the `build` verb), and `lock` and `verify`, which hold builds to a lock file."""
+from __future__ import annotations
+
+from forgebuild.cli.session import Session
+
+
+def cmd_build(args, session: Session, report) -> int:
+    worker_files = args.worker_files or session.plan.settings.get("worker_files") or "shared"
+    if worker_files == "remote" and args.executor != "local":  # bad usage exits 2 before anything runs, even a no-op
+        from forgebuild.engine.backends import check_remote_files
+
+        check_remote_files(args.executor, session.remote)
+    addresses = session.resolve(args.targets, use_default=True)
+    decisions = session.decide(addresses, force=args.force)
+    if args.frozen:
+        from forgebuild.cli.lock import frozen_problems
+
+        if frozen_problems(args, session, decisions, report):
+            return 1
+    if args.dry_run:
+        entries = []
+        for d in decisions.values():
+            action = "cached" if d.state == "fresh" else "would-build"
+            entries.append({"target": d.address, "action": action, "key": d.key, "digest": d.digest,
+                            "reason": "; ".join(d.reasons), "seconds": 0.0})
+            if action != "cached" and not args.json:
+                print(f"would build {d.address}  ({'; '.join(d.reasons)})")
+        report({"event": "summary", "ok": True, "dry_run": True, "targets": entries})
+        return 0
+    ws = session.workspace
+    if all(d.state == "fresh" and d.reasons == ["up to date"] and ws.is_materialised(a, d.digest)
+           for a, d in decisions.items()):
+        # The no-op fast path: nothing to build, nothing to link; no heavy import was needed.
+        targets = [{"target": a, "action": "cached", "key": d.key, "digest": d.digest, "reason": "up to date",
+                    "seconds": 0.0} for a, d in decisions.items()]
+        report({"event": "summary", "ok": True, "targets": targets})
+        return 0
+    from forgebuild.engine import preflight
+
+    # a missing package or a bad file: exit 2 now, not after minutes of work
+    preflight.check(session.plan, session.rules, decisions, packages=args.executor == "local")
+    from forgebuild.engine.executor import Executor
+
+    jobs = args.jobs or session.plan.settings.get("jobs") or 1
+    from forgebuild.engine.backends import make_runner
+
+    executor = Executor(session.plan, ws, session.store, session.stat_cache, report, lambda: session.rules,
+                        jobs=jobs, keep_going=args.keep_going, force=args.force, remote=session.remote,
+                        runner=make_runner(args.executor, ws.dir, worker_files, session.remote, session.plan.forgefile,
+                                           session.store.root))
+    results = executor.run(addresses, decisions)
+    ok = all(r.action in ("built", "cached") for r in results)
+    if ok and args.frozen:  # a dependency rebuilt to another output changes its readers' keys only now
+        from forgebuild.cli.lock import frozen_results
+
+        ok = not frozen_results(args, session, results, report)
+    report({"event": "summary", "ok": ok, "targets": [r.as_dict() for r in results]})
+    failures = [r.exit_code or 1 for r in results if r.action == "failed"]
+    return max(failures, default=0 if ok else 1)  # 2 when a stage found its input data bad
+
+
+def cmd_lock(args, session, report) -> int:
+    from forgebuild.cli.lock import cmd_lock as run
+
+    return run(args, session, report)
+
+
+def cmd_verify(args, session, report) -> int:
+    from forgebuild.cli.verify import cmd_verify as run
+
+    return run(args, session, report)

@@ -1,0 +1,85 @@
+"""The entry point: parse the arguments, load the project, run the verb, report errors (exit codes in
+forgebuild/cli/__init__.py)."""
+from __future__ import annotations
+
+import os
+import sys
+
+from forgebuild.cli.arguments import parse_args
+from forgebuild.cli.build import cmd_build, cmd_lock, cmd_verify
+from forgebuild.cli.cache import cmd_cache
+from forgebuild.cli.inspect import cmd_diff, cmd_explain, cmd_graph, cmd_log, cmd_path, cmd_schema, cmd_show, cmd_status
+from forgebuild.cli.join import cmd_join
+from forgebuild.cli.keys import cmd_keys
+from forgebuild.cli.session import Session
+from forgebuild.cli.tidy import cmd_clean, cmd_gc
+from forgebuild.errors import ForgefileError, ForgeError
+
+
+COMMANDS = {"build": cmd_build, "status": cmd_status, "explain": cmd_explain, "graph": cmd_graph,
+            "path": cmd_path, "show": cmd_show, "log": cmd_log, "clean": cmd_clean, "gc": cmd_gc,
+            "schema": cmd_schema, "lock": cmd_lock, "verify": cmd_verify, "diff": cmd_diff, "cache": cmd_cache,
+            "join": cmd_join, "keys": cmd_keys}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    from forgebuild.cli.reporter import make_reporter
+
+    report = Summarised(make_reporter(args.json, args.verbose, args.quiet,
+                                      building=args.verb == "build" and not getattr(args, "dry_run", False)))
+    session = None
+    try:
+        session = Session(args, report) if args.verb != "schema" else None
+        if session is not None:  # its warning, if any, before the summary: JSON's last line stays the summary
+            report.before_summary = session.close
+        code = COMMANDS[args.verb](args, session, report)
+        if args.json and not report.summarised:  # every verb's JSON ends with a summary object
+            report({"event": "summary", "ok": code == 0})
+        return code
+    except BrokenPipeError:  # `forgebuild log | head`: the reader left; say nothing more
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except ForgeError as e:
+        report.close()
+        _report_error(e, args, report)
+        return e.exit_code
+    except KeyboardInterrupt:
+        report.close()
+        print("forgebuild: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if session is not None:
+            session.close()
+        report.close()
+
+
+class Summarised:
+    """Passes events on, noting whether a summary went out."""
+
+    def __init__(self, reporter):
+        self.reporter, self.summarised = reporter, False
+        self.before_summary = None
+
+    def __call__(self, event: dict) -> None:
+        if event["event"] == "summary" and self.before_summary is not None:
+            self.before_summary, run = None, self.before_summary
+            run()
+        self.summarised |= event["event"] == "summary"
+        self.reporter(event)
+
+    def close(self) -> None:
+        self.reporter.close()
+
+
+def _report_error(e: ForgeError, args, report) -> None:
+    if isinstance(e, ForgefileError):
+        text = "\n".join(str(p) for p in e.problems)
+    else:
+        text = f"forgebuild: {e}"
+    print(text, file=sys.stderr)
+    if args.json:
+        problems = [p.__dict__ for p in getattr(e, "problems", [])]
+        report({"event": "error", "exit_code": e.exit_code, "message": str(e), "problems": problems})
+        report({"event": "summary", "ok": False, "error": str(e), "targets": []})
