@@ -26,7 +26,7 @@ def cmd_clean(args, session: Session, report) -> int:
 def cmd_gc(args, session: Session, report) -> int:
     from forgebuild.store.gc import collect
 
-    stats = collect(session, dry_run=args.dry_run, grace=args.grace)
+    stats = collect(session.store, session.workspace, _kept(session), dry_run=args.dry_run, grace=args.grace)
     if args.json:
         report({"event": "summary", "ok": True, **stats})
     else:
@@ -35,3 +35,16 @@ def cmd_gc(args, session: Session, report) -> int:
               f"{stats['folders']} folders; kept {stats['kept_actions']} entries")
     return 0
 
+
+def _kept(session: Session) -> dict[str, str]:
+    """Each current target's action key to keep: the one the Forgefile resolves to now when the target is
+    fresh (so `clean`, which forgets the last builds, does not make everything garbage), else its last
+    build's."""
+    decisions = session.decide(list(session.plan.order))
+    keep = {}
+    for address in session.plan.targets:
+        d = decisions[address]
+        key = d.key if d.state == "fresh" else (session.workspace.last_build(address) or {}).get("key")
+        if key:
+            keep[address] = key
+    return keep

@@ -1,9 +1,9 @@
-"""Garbage collection: keep what the current Forgefile's targets last built, drop the rest.
+"""Garbage collection over plain data: keep the action-cache entries it is given, drop the rest.
 
-Kept: the action-cache entry of each current target (the one it resolves to now
-when fresh, else its last build's), the blobs
-its manifest and build record name, and its materialised artifact. Everything
-else in the local store and workspace goes, except objects touched less than
+The caller says which entry to keep for each current target (`keep`: address -> action key).
+Kept with each entry: the cached sub-steps (memos) it names, the blobs its manifest, provenance
+and build record name, its materialised artifact, and the work folder of its target's last
+build. Everything else in the local store and workspace goes, except objects touched less than
 `grace` seconds ago: they may belong to a build running right now.
 """
 from __future__ import annotations
@@ -21,32 +21,35 @@ def _young(path: str, now: float, grace: float) -> bool:
         return True
 
 
-def collect(session, dry_run=False, grace=3600.0) -> dict:
-    store, ws, now = session.store, session.workspace, time.time()
-    keep_keys, keep_digests, keep_blobs = set(), set(), set()
-    decisions = session.decide(list(session.plan.order))
-    for address in session.plan.targets:
-        # The key the Forgefile resolves to now when the target is fresh (so `clean`, which
-        # forgets the last builds, does not make everything garbage), else its last build's.
-        last = ws.last_build(address) or {}
-        key = decisions[address].key if decisions[address].state == "fresh" else last.get("key")
-        entry = store.get_action(key, address) if key else None
+def _reached(store, workspace, keep: dict[str, str]) -> tuple[set[str], set[str], set[str]]:
+    """The action keys, artifact digests and blobs the kept entries reach."""
+    keys, digests, blobs = set(), set(), set()
+    for address, key in keep.items():
+        entry = store.get_action(key, address)
         if entry is None:
             continue
-        keep_keys.add(key)
-        keep_digests.add(entry["digest"])
-        keep_blobs.update(f["digest"] for f in entry["files"])
+        keys.add(key)
+        digests.add(entry["digest"])
+        blobs.update(f["digest"] for f in entry["files"])
         if entry.get("provenance"):
-            keep_blobs.add(entry["provenance"])
+            blobs.add(entry["provenance"])
         for memo_key in entry.get("memos", []):  # cached sub-steps the build used
             memo = store.get_action(memo_key, address)
             if memo is not None:
-                keep_keys.add(memo_key)
-                keep_digests.add(memo["digest"])
-                keep_blobs.update(f["digest"] for f in memo["files"])
+                keys.add(memo_key)
+                digests.add(memo["digest"])
+                blobs.update(f["digest"] for f in memo["files"])
+        last = workspace.last_build(address) or {}
         record = store.get_record(entry.get("record") or last.get("record") or "")
         if record and record.get("log"):
-            keep_blobs.add(record["log"])
+            blobs.add(record["log"])
+    return keys, digests, blobs
+
+
+def collect(store, workspace, keep: dict[str, str], dry_run=False, grace=3600.0) -> dict:
+    """Remove what `keep` does not reach (nothing when `dry_run`); the counts of what went."""
+    now = time.time()
+    keep_keys, keep_digests, keep_blobs = _reached(store, workspace, keep)
     stats = {"actions": 0, "blobs": 0, "bytes": 0, "folders": 0, "kept_actions": len(keep_keys)}
     for key in list(store.action_keys()):
         if key not in keep_keys and not _young(store.action_path(key), now, grace):
@@ -60,12 +63,12 @@ def collect(session, dry_run=False, grace=3600.0) -> dict:
             stats["bytes"] += os.path.getsize(path)
             if not dry_run:
                 store.remove_blob(digest)
-    current_keys = {(ws.last_build(a) or {}).get("key") for a in session.plan.targets}
-    for folder, keep in (("artifacts", keep_digests), ("work", current_keys), ("scratch", set()), ("tmp", set())):
-        base = ws.path(folder) if folder != "tmp" else os.path.join(store.root, "tmp")
+    last_keys = {(workspace.last_build(a) or {}).get("key") for a in keep}
+    for folder, kept in (("artifacts", keep_digests), ("work", last_keys), ("scratch", set()), ("tmp", set())):
+        base = workspace.path(folder) if folder != "tmp" else os.path.join(store.root, "tmp")
         for name in sorted(os.listdir(base)) if os.path.isdir(base) else []:
             full = os.path.join(base, name)
-            if name not in keep and not _young(full, now, grace):
+            if name not in kept and not _young(full, now, grace):
                 stats["folders"] += 1
                 if not dry_run:
                     remove_tree(full)
