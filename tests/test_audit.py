@@ -230,7 +230,7 @@ def test_weight_diff_per_tensor_and_layer_in_chunks(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from forgebuild.cli.audit import weight_diff
+    from forgebuild.cli.tensors import weight_diff
 
     torch.manual_seed(0)
     old = {"model.embed_tokens.weight": torch.randn(10, 4),
@@ -341,7 +341,7 @@ import json
 def peak():  # this process's own high-water mark (ru_maxrss would include the parent's, after fork)
     return int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1])
 import numpy
-from forgebuild.cli.audit import weight_diff
+from forgebuild.cli.tensors import weight_diff
 before = peak()
 w = weight_diff([{str(tmp_path / "a.safetensors")!r}], [{str(tmp_path / "b.safetensors")!r}])
 print(json.dumps({{"grew_kb": peak() - before, "diff": w["tensors"][0]["diff_l2"]}}))
@@ -353,7 +353,8 @@ print(json.dumps({{"grew_kb": peak() - before, "diff": w["tensors"][0]["diff_l2"
 
 
 def test_eval_metrics_with_intervals():
-    from forgebuild.cli.audit import render_text, report_changes
+    from forgebuild.cli.diff_changes import report_changes
+    from forgebuild.cli.diff_render import render_text
 
     old = {"results": {"model:sft": {"arith.exact_match": {"value": 0.41, "low": 0.3, "high": 0.52, "n": 50},
                                      "holdout.perplexity": {"value": 210.0, "low": 200.0, "high": 220.0, "n": 9}}},

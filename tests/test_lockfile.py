@@ -324,7 +324,7 @@ def test_verify_rebuild_reports_a_stage_that_fails_to_rebuild(project):
 
 
 def test_release_targets_publish_into_the_scratch_folder_when_verifying():
-    from forgebuild.cli.lockfile import _sandboxed
+    from forgebuild.cli.verify import _sandboxed
     from forgebuild.planning.plan import Plan, TargetPlan
 
     release = TargetPlan("release:prod", "release", "1", None, {"model": "model:m", "to": "s3://bucket/prod"}, [], [])
@@ -340,7 +340,8 @@ def test_compare_safetensors_reports_each_tensor(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from forgebuild.cli.lockfile import compare_manifests, compare_safetensors, file_lines
+    from forgebuild.cli.tensors import compare_safetensors
+    from forgebuild.cli.verify import compare_manifests, file_lines
 
     base = {"same": torch.arange(6, dtype=torch.float32).reshape(2, 3), "nudged": torch.ones(4),
             "grown": torch.zeros(2, 2), "gone": torch.zeros(1), "half": torch.ones(3, dtype=torch.bfloat16),
@@ -406,7 +407,7 @@ def test_frozen_results_catch_a_stage_that_rebuilt_to_another_output(pipeline, c
 
     from forgebuild.cli import Session
     from forgebuild.engine.executor import Result
-    from forgebuild.cli.lockfile import frozen_results
+    from forgebuild.cli.lock import frozen_results
 
     pipeline.run("lock")
     status = _status(pipeline)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
 
 
 @dataclass(frozen=True)
@@ -27,8 +26,8 @@ class Change:
     kind: str
     name: str
     change: str
-    old: Any = None
-    new: Any = None
+    old: object = None
+    new: object = None
 
     def text(self) -> str:
         """The line `forgebuild explain` prints for this change."""
