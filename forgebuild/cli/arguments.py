@@ -12,6 +12,52 @@ TAKES_VALUE = {"-f", "--file", "-j", "--jobs", "--format", "--limit", "--grace",
 
 
 def argument_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="forgebuild", description="make for language models")
+    parser.add_argument("--version", action="version", version=f"forgebuild {__version__}")
+    sub = parser.add_subparsers(dest="verb", metavar="VERB")
+    common = _common_flags()
+
+    def verb(name: str, help: str, targets: str | None = None) -> argparse.ArgumentParser:
+        """A verb with the common flags and, when `targets` (its nargs), TARGET arguments."""
+        found = sub.add_parser(name, parents=[common], help=help)
+        if targets:
+            found.add_argument("targets", nargs=targets, metavar="TARGET")
+        return found
+
+    _build_flags(verb("build", "build targets (the default verb)", "*"))
+    verb("status", "every target: fresh / stale / missing, and why", "*")
+    verb("explain", "why a target would rebuild", "+")
+    g = verb("graph", "the target graph", "*")
+    g.add_argument("--format", choices=("text", "dot", "mermaid"), default="text")
+    g.add_argument("--states", action="store_true", help="mark each target fresh / stale / missing")
+    verb("path", "where a target's artifact is", "+")
+    verb("show", "a target's build record (provenance)", "+")
+    verb("log", "build history", "*").add_argument("--limit", type=int, default=50,
+                                                   help="at most this many entries (default 50)")
+    verb("clean", "remove materialised outputs and scratch; keep the cache").add_argument(
+        "--cache", action="store_true", help="also empty the local cache")
+    gc = verb("gc", "drop cache entries no current target uses")
+    gc.add_argument("-n", "--dry-run", action="store_true", help="say what would be removed")
+    gc.add_argument("--grace", type=float, default=3600.0,
+                    help="keep objects written less than this many seconds ago (default 3600): they may belong to a running build")
+    verb("schema", "JSON Schema of the Forgefile")
+    verb("lock", "write Forgefile.lock: every target's key, digest, toolchain", "*").add_argument(
+        "--lock", default=None, metavar="FILE", help="where (default: Forgefile.lock beside the Forgefile)")
+    verb("verify", "re-hash the cache, or rebuild and compare digests", "*").add_argument(
+        "--rebuild", action="store_true", help="rebuild the closure ignoring caches and compare digests")
+    df = verb("diff", "what differs between two builds, and why")
+    df.add_argument("a", metavar="A", help="a build record id, TARGET@N (from `log`), or a lock file")
+    df.add_argument("b", metavar="B", help="the same, for the other side")
+    df.add_argument("--format", choices=("text", "markdown"), default="text")
+    ca = verb("cache", "the shared remote cache: push or pull targets")
+    ca.add_argument("action", choices=("push", "pull"))
+    ca.add_argument("targets", nargs="*", metavar="TARGET")
+    verb("keys", "make (once) and show this workspace's signing key for the remote")
+    _join_flags(verb("join", "on another node: take part in the multi-node stages of a build", "*"))
+    return parser
+
+
+def _common_flags() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("-f", "--file", default=None, help="the Forgefile (default: ./Forgefile.toml)")
     common.add_argument("--json", action="store_true", help="JSON Lines on stdout, a summary object last")
@@ -22,13 +68,10 @@ def argument_parser() -> argparse.ArgumentParser:
     common.add_argument("--no-push", action="store_true", help="read from the remote, never write to it")
     common.add_argument("--require-remote", action="store_true",
                         help="fail (exit 2) instead of going on locally when the remote cannot be reached")
+    return common
 
-    parser = argparse.ArgumentParser(prog="forgebuild", description="make for language models")
-    parser.add_argument("--version", action="version", version=f"forgebuild {__version__}")
-    sub = parser.add_subparsers(dest="verb", metavar="VERB")
 
-    b = sub.add_parser("build", parents=[common], help="build targets (the default verb)")
-    b.add_argument("targets", nargs="*", metavar="TARGET")
+def _build_flags(b: argparse.ArgumentParser) -> None:
     b.add_argument("-j", "--jobs", type=int, default=None, help="stages to run in parallel")
     b.add_argument("-n", "--dry-run", action="store_true", help="say what would be built, build nothing")
     b.add_argument("-k", "--keep-going", action="store_true", help="after a failure, go on with independent targets")
@@ -44,50 +87,13 @@ def argument_parser() -> argparse.ArgumentParser:
                    help="fail (exit 1) when any target's key differs from Forgefile.lock, naming what changed")
     b.add_argument("--lock", default=None, metavar="FILE", help="the lock file (default: Forgefile.lock beside the Forgefile)")
 
-    s = sub.add_parser("status", parents=[common], help="every target: fresh / stale / missing, and why")
-    s.add_argument("targets", nargs="*", metavar="TARGET")
-    e = sub.add_parser("explain", parents=[common], help="why a target would rebuild")
-    e.add_argument("targets", nargs="+", metavar="TARGET")
-    g = sub.add_parser("graph", parents=[common], help="the target graph")
-    g.add_argument("targets", nargs="*", metavar="TARGET")
-    g.add_argument("--format", choices=("text", "dot", "mermaid"), default="text")
-    g.add_argument("--states", action="store_true", help="mark each target fresh / stale / missing")
-    p = sub.add_parser("path", parents=[common], help="where a target's artifact is")
-    p.add_argument("targets", nargs="+", metavar="TARGET")
-    sh = sub.add_parser("show", parents=[common], help="a target's build record (provenance)")
-    sh.add_argument("targets", nargs="+", metavar="TARGET")
-    lg = sub.add_parser("log", parents=[common], help="build history")
-    lg.add_argument("targets", nargs="*", metavar="TARGET")
-    lg.add_argument("--limit", type=int, default=50, help="at most this many entries (default 50)")
-    c = sub.add_parser("clean", parents=[common], help="remove materialised outputs and scratch; keep the cache")
-    c.add_argument("--cache", action="store_true", help="also empty the local cache")
-    gc = sub.add_parser("gc", parents=[common], help="drop cache entries no current target uses")
-    gc.add_argument("-n", "--dry-run", action="store_true", help="say what would be removed")
-    gc.add_argument("--grace", type=float, default=3600.0,
-                    help="keep objects written less than this many seconds ago (default 3600): they may belong to a running build")
-    sub.add_parser("schema", parents=[common], help="JSON Schema of the Forgefile")
-    lk = sub.add_parser("lock", parents=[common], help="write Forgefile.lock: every target's key, digest, toolchain")
-    lk.add_argument("targets", nargs="*", metavar="TARGET")
-    lk.add_argument("--lock", default=None, metavar="FILE", help="where (default: Forgefile.lock beside the Forgefile)")
-    vf = sub.add_parser("verify", parents=[common], help="re-hash the cache, or rebuild and compare digests")
-    vf.add_argument("targets", nargs="*", metavar="TARGET")
-    vf.add_argument("--rebuild", action="store_true", help="rebuild the closure ignoring caches and compare digests")
-    df = sub.add_parser("diff", parents=[common], help="what differs between two builds, and why")
-    df.add_argument("a", metavar="A", help="a build record id, TARGET@N (from `log`), or a lock file")
-    df.add_argument("b", metavar="B", help="the same, for the other side")
-    df.add_argument("--format", choices=("text", "markdown"), default="text")
-    ca = sub.add_parser("cache", parents=[common], help="the shared remote cache: push or pull targets")
-    ca.add_argument("action", choices=("push", "pull"))
-    ca.add_argument("targets", nargs="*", metavar="TARGET")
-    sub.add_parser("keys", parents=[common], help="make (once) and show this workspace's signing key for the remote")
-    jn = sub.add_parser("join", parents=[common], help="on another node: take part in the multi-node stages of a build")
-    jn.add_argument("targets", nargs="*", metavar="TARGET")
+
+def _join_flags(jn: argparse.ArgumentParser) -> None:
     jn.add_argument("--node-rank", type=int, default=None,
                     help="this node's rank (default: NODE_RANK or SLURM_NODEID); rank 0 builds")
     jn.add_argument("--wait", type=float, default=None, metavar="SECONDS",
                     help="give up after waiting this long for a stage to join (default: wait for node 0)")
     jn.add_argument("-k", "--keep-going", action="store_true", help="after a failed stage, wait for the next")
-    return parser
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
