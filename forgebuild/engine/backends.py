@@ -2,7 +2,8 @@
 project's files (`--worker-files shared|remote`, `[forge] worker_files`).
 
 shared (the default): every runner runs the same command, `python -m forgebuild.engine.worker CONTEXT.json`,
-with paths on this machine's filesystem and the stage log as its output, and returns its exit status;
+through the one launcher (`launcher.run_logged`), with paths on this machine's filesystem and the stage
+log as its output, and returns its exit status;
 the executor does everything else (ingest, cache, records, the remote cache) as for a local build, so
 a failure on a worker reads like a local one: the log tail, nothing cached, dependents skipped. The
 project and .forge must be visible where the command runs: one machine, or a shared filesystem.
@@ -37,6 +38,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 
+from forgebuild.engine.launcher import SAFE_PATH, log_tail, run_logged
 from forgebuild.errors import BadInput, RuleFailed, UsageError
 
 WORKER_FILES = ("shared", "remote")
@@ -66,13 +68,6 @@ def ray_options(needs: dict) -> dict:
     return options
 
 
-def run_command(argv: list[str], log_path: str, cwd: str, env: dict) -> int:
-    """The worker side: the command with its output appended to the stage log."""
-    with open(log_path, "ab") as log:
-        return subprocess.run(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                              stderr=subprocess.STDOUT).returncode
-
-
 # ------------------------------------------------------------------ shared: the project's own folders
 
 class RayRunner:
@@ -85,13 +80,13 @@ class RayRunner:
         if not ray.is_initialized():
             ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True, include_dashboard=False,
                      log_to_driver=False, configure_logging=False)
-        self.task = ray.remote(run_command)
+        self.task = ray.remote(run_logged)
         self.ray = ray
 
-    def run(self, argv, log_path, cwd, env, needs: dict) -> int:
+    def run(self, argv, log_path, cwd, env, needs: dict, key: str) -> int:
         with open(log_path, "a", encoding="utf-8") as f:
             f.write(f"# runner: ray task ({described(needs)})\n")
-        ref = self.task.options(**ray_options(needs)).remote(argv, log_path, cwd, env)
+        ref = self.task.options(**ray_options(needs)).remote(argv, log_path, cwd, env, key=key)
         return self.ray.get(ref)
 
 
@@ -105,14 +100,14 @@ class SlurmRunner:
         self.submitit = submitit
         self.folder = os.path.join(workspace_dir, "submitit")
 
-    def run(self, argv, log_path, cwd, env, needs: dict) -> int:
+    def run(self, argv, log_path, cwd, env, needs: dict, key: str) -> int:
         executor = self.submitit.AutoExecutor(folder=self.folder)
         memory = {"mem_gb": needs["memory_gb"]} if "memory_gb" in needs else {}
         executor.update_parameters(cpus_per_task=needs["cpus"], gpus_per_node=needs["gpus"], timeout_min=24 * 60,
                                    **memory)
         with open(log_path, "a", encoding="utf-8") as f:
             f.write(f"# runner: {executor.cluster} job ({described(needs)})\n")
-        job = executor.submit(run_command, argv, log_path, cwd, env)
+        job = executor.submit(run_logged, argv, log_path, cwd, env, key=key)
         return job.result()
 
 
@@ -169,8 +164,6 @@ def build_in_copy(args: list[str], address: str, trusted: str = "") -> dict:
     copy = os.path.join(folder, "project")
     try:
         shutil.copytree(os.getcwd(), copy, symlinks=True)
-        from forgebuild.engine.context import SAFE_PATH
-
         # The worker trusts the head's key (the dependencies it pushed); the head trusts the worker's
         # fresh key, which comes back over Ray's own channel (`signer`), for the entry it asked for.
         proc = subprocess.run([sys.executable, *args], cwd=copy, stdin=subprocess.DEVNULL, capture_output=True,
@@ -220,8 +213,6 @@ class WorkerOutcome:
     def settled(self, address: str, key: str, log_path: str) -> dict:
         """The worker's `built` or `cached` event for the target (or a kept failure, a failed gate, whose
         artifact is on the remote too); any other outcome raises the failure a local build would."""
-        from forgebuild.engine.context import log_tail  # loaded already: only the executor asks
-
         mine = [e for e in self.events if e.get("target") == address and e.get("event") in ("built", "cached", "failed")]
         if not mine:
             errors = [e.get("message") for e in self.events if e.get("event") == "error"]

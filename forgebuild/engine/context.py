@@ -3,137 +3,10 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import threading
 from dataclasses import asdict, dataclass, field
 
+from forgebuild.engine.launcher import marker, run_logged
 from forgebuild.errors import BadInput, RuleFailed
-
-# Commands started by builds of this process, so an interrupt can stop them all.
-RUNNING: set[subprocess.Popen] = set()
-_running_lock = threading.Lock()
-
-
-if sys.platform.startswith("linux"):
-    import ctypes
-
-    # Looked up before any fork: the child of a threaded parent must not import.
-    _prctl = ctypes.CDLL(None).prctl
-else:  # pragma: no cover
-    _prctl = None
-PR_SET_PDEATHSIG = 1
-
-
-def _child_setup() -> None:
-    """In the forked child: own process group (for timeouts), and die with forgebuild.
-
-    Without the death signal, a SIGKILLed forgebuild would leave its command
-    running and writing into a scratch folder the next run is about to reuse.
-    """
-    os.setpgid(0, 0)
-    if _prctl is not None:
-        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except OSError:
-        pass  # no process left in it: the usual case
-
-
-def kill_running() -> None:
-    with _running_lock:
-        for proc in RUNNING:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except OSError:
-                pass
-
-
-MARKER = "FORGE_ACTION_KEY"
-
-# Build workers start in the project folder, which `python -m` would put first on sys.path: a project's
-# own pydantic.py, torch.py or datasets/ would shadow the library inside the worker. Safe-path mode keeps
-# it off, and torchrun's processes inherit the variable (Python 3.11+; 3.10 ignores it).
-SAFE_PATH = {"PYTHONSAFEPATH": "1"}
-
-
-LOG_TAIL_LINES = 20
-
-
-def log_tail(path: str, lines: int = LOG_TAIL_LINES) -> str:
-    """The end of a stage log, for a failure's report: the runners, join and the executor all show it."""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 16384))
-            text = f.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def marker(key: str, workspace_dir: str) -> str:
-    """The value that tags a build's processes: the key alone would also match a build of the
-    same key in another project on this machine (two checkouts building the same base)."""
-    return f"{key}@{os.path.realpath(workspace_dir)}"
-
-
-def kill_leftovers(key: str) -> int:
-    """Kill processes that a killed earlier build of this key left running.
-
-    The death signal reaches only a build's direct child; its children (a shell's
-    commands, a launcher's workers) would go on writing into the persistent work
-    folder the next attempt resumes from. Every build process carries the key and
-    workspace (see `marker`) in its environment, so they can be found in /proc (Linux). Only called while
-    holding the key's lock, so no live build of this key is among them.
-    """
-    needle = f"{MARKER}={key}".encode()
-    killed = 0
-    for pid in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                environ = f.read().split(b"\0")
-        except OSError:
-            continue
-        if needle in environ:
-            try:
-                os.kill(int(pid), signal.SIGKILL)
-                killed += 1
-            except OSError:
-                pass
-    return killed
-
-
-def run_logged(argv, log_path: str, cwd: str, env=None, shell=False, timeout=None, key=None) -> int:
-    """Run a command with stdout and stderr appended to the log; return its exit status."""
-    if key:
-        env = {**(os.environ if env is None else env), MARKER: key}
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(argv, shell=shell, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
-                                stdout=log, stderr=subprocess.STDOUT, preexec_fn=_child_setup)
-        with _running_lock:
-            RUNNING.add(proc)
-        try:
-            code = proc.wait(timeout=timeout)
-            # The stage is over when its command exits: what it left running in its process group (a
-            # background `&`) could go on writing into {out}, whose files are about to become blobs.
-            _kill_group(proc.pid)
-            return code
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            log.write(f"forgebuild: killed after {timeout:g} s (timeout)\n".encode())
-            return -signal.SIGKILL
-        finally:
-            with _running_lock:
-                RUNNING.discard(proc)
-
 
 @dataclass
 class BuildContext:
@@ -167,6 +40,7 @@ class BuildContext:
         return BadInput(self.target, message)
 
     def run_command(self, argv, shell=False, env=None, timeout=None) -> int:
+        """The launcher's `run_logged`, in the project folder, output to the stage log, tagged with the build."""
         return run_logged(argv, self.log_path, self.project_dir, env=env, shell=shell, timeout=timeout,
                           key=marker(self.key, self.workspace_dir))
 

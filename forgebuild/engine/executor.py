@@ -29,7 +29,8 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 from forgebuild import __version__
-from forgebuild.engine.context import MARKER, SAFE_PATH, BuildContext, kill_leftovers, kill_running, log_tail, marker, run_logged
+from forgebuild.engine.context import BuildContext
+from forgebuild.engine.launcher import SAFE_PATH, kill_leftovers, kill_running, log_tail, marker, run_logged
 from forgebuild.errors import BadInput, ForgeError, RuleFailed, StoreError
 from forgebuild.engine.guard import InputGuard
 from forgebuild.hashing import bytes_digest, file_digest
@@ -416,14 +417,13 @@ class Executor:
         with open(ctx_file, "w", encoding="utf-8") as f:
             f.write(ctx.to_json())
         argv = [sys.executable, "-m", "forgebuild.engine.worker", ctx_file]
+        env, tag = {**os.environ, **SAFE_PATH}, marker(ctx.key, ctx.workspace_dir)
         if self.runner is None:
-            code = run_logged(argv, ctx.log_path, ctx.project_dir, env={**os.environ, **SAFE_PATH},
-                              key=marker(ctx.key, ctx.workspace_dir))
+            code = run_logged(argv, ctx.log_path, ctx.project_dir, env=env, key=tag)
         else:
             from forgebuild.engine.backends import resources
 
-            env = {**os.environ, **SAFE_PATH, MARKER: marker(ctx.key, ctx.workspace_dir)}
-            code = self.runner.run(argv, ctx.log_path, ctx.project_dir, env, resources(target))
+            code = self.runner.run(argv, ctx.log_path, ctx.project_dir, env, resources(target), tag)
         if code != 0:
             failure = os.path.join(scratch, "failure.txt")
             message = open(failure, encoding="utf-8").read() if os.path.exists(failure) else (

@@ -9,7 +9,8 @@ goes on to the next multi-node stage of TARGET's closure until all of them are b
 join knows of a stage it asks the stage's rule (hooks `nodes`, `join_launch`, `join_argv`).
 
 Nothing is cached here: node 0 (rank 0) writes the artifact and the cache entry. Each
-joined stage's output goes to the stage log's sibling `NAME.node<RANK>.log`.
+joined stage's torchrun starts through the one launcher (`launcher.run_logged`), its output to
+the stage log's sibling `NAME.node<RANK>.log`.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import glob
 import os
 import time
 
-from forgebuild.engine.context import SAFE_PATH, log_tail
+from forgebuild.engine.launcher import SAFE_PATH, log_tail, run_logged
 from forgebuild.errors import UsageError
 
 POLL_SECONDS = 1.0  # a launch.json appears once per stage; node 0's torchrun waits for the others anyway
@@ -91,7 +92,6 @@ def next_launch(session, pending: list[str], seen: set[str]) -> dict | None:
 
 def join_stage(session, launch: dict, rank: int, report) -> int:
     from forgebuild.rules import hooks
-    from forgebuild.engine.backends import run_command
 
     address = launch["target"]
     report({"event": "start", "target": address, "key": launch["key"],
@@ -103,7 +103,7 @@ def join_stage(session, launch: dict, rank: int, report) -> int:
         "TORCH_EXTENSIONS_DIR", os.path.join(session.workspace.dir, f"torch_extensions.node{rank}"))}
     with open(log, "w", encoding="utf-8") as f:
         f.write(f"# forgebuild join {address} key {launch['key']} as node {rank}: {' '.join(argv[2:])}\n")
-    code = run_command(argv, log, session.plan.root, env)
+    code = run_logged(argv, log, session.plan.root, env)
     seconds = time.time() - started
     if code == 0:
         report({"event": "built", "target": address, "key": launch["key"], "seconds": seconds,
