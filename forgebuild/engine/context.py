@@ -1,12 +1,14 @@
 """What a rule's build() gets: resolved inputs, validated params, folders, seed, a log."""
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 
 from forgebuild.engine.launcher import marker, run_logged
+from forgebuild.engine.scratch import (MEMO_DIR, Lines, add_metrics, read_context, read_failure, write_context,
+                                       write_verdict)
 from forgebuild.errors import BadInput, RuleFailed
+
 
 @dataclass
 class BuildContext:
@@ -39,6 +41,11 @@ class BuildContext:
         """For data the user must fix (name the file, line and field): the build exits 2."""
         return BadInput(self.target, message)
 
+    @property
+    def scratch_dir(self) -> str:
+        """The folder of this attempt's messages to the executor (scratch.py), the output's parent."""
+        return os.path.dirname(self.out)
+
     def run_command(self, argv, shell=False, env=None, timeout=None) -> int:
         """The launcher's `run_logged`, in the project folder, output to the stage log, tagged with the build."""
         return run_logged(argv, self.log_path, self.project_dir, env=env, shell=shell, timeout=timeout,
@@ -64,7 +71,7 @@ class BuildContext:
                 return None
             # Under the scratch folder, removed with it when the build ends: one rmdir per
             # step costs ~2.5 ms on this disk, seconds for a thousand-file corpus.
-            folder = os.path.join(os.path.dirname(self.out), "memo", key)
+            folder = os.path.join(self.scratch_dir, MEMO_DIR, key)
             if os.path.exists(folder):
                 from forgebuild.store.workspace import remove_tree
 
@@ -73,7 +80,7 @@ class BuildContext:
             produce(folder)
             entry = {**store.ingest_tree(folder), "target": self.target, "key": key, "memo": name}
             store.put_action(key, entry)
-        self._scratch_log("memos.txt").write(key + "\n")  # the build's cache entry lists them, so gc keeps them
+        self._lines().memo(key)  # the build's cache entry lists them, so gc keeps them
         folder = ws.artifact(entry, store, self.target)
         self._hand_over(key, name, entry, folder)
         return folder
@@ -81,20 +88,16 @@ class BuildContext:
     def _hand_over(self, key: str, name: str, entry: dict, folder: str) -> None:
         """Note each file of a step's result as the rule gets it (a hardlink of a blob): the executor
         checks after the stage that none changed (guard.py)."""
-        log = self._scratch_log("handed.jsonl")
+        lines = self._lines()
         for item in entry["files"]:
             st = os.stat(os.path.join(folder, *item["path"].split("/")))
-            log.write(json.dumps([key, name, entry["digest"], item["path"], item["digest"],
-                                  [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]]) + "\n")
+            lines.handed(key, name, entry["digest"], item["path"], item["digest"],
+                         [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
 
-    def _scratch_log(self, name: str):
-        """A file beside the output, opened once per process (a pool's workers append too), line-buffered."""
-        logs = getattr(self, "_logs", None)
-        if logs is None or logs[0] != os.getpid():
-            logs = self._logs = (os.getpid(), {})
-        if name not in logs[1]:
-            logs[1][name] = open(os.path.join(os.path.dirname(self.out), name), "a", encoding="utf-8", buffering=1)
-        return logs[1][name]
+    def _lines(self) -> Lines:
+        if getattr(self, "_appends", None) is None:
+            self._appends = Lines(self.scratch_dir)
+        return self._appends
 
     def place(self, cached_file: str, rel: str) -> None:
         """Put a file from a memo folder or an input into the output at `rel`: a reflink where the
@@ -110,7 +113,7 @@ class BuildContext:
     def __getstate__(self):
         """For a rule's process pool: an open log handle does not cross processes."""
         state = dict(self.__dict__)
-        state.pop("_logs", None)
+        state.pop("_appends", None)
         return state
 
     def _store_and_workspace(self):
@@ -125,8 +128,7 @@ class BuildContext:
         """Fail the build, but keep the artifact: it is stored and cached like any other, and the
         target reports this failure (exit 1) whenever it is asked for, without rebuilding. For an
         eval whose gates fail: the report is the evidence, and re-evaluating would say the same."""
-        with open(os.path.join(os.path.dirname(self.out), "verdict.txt"), "w", encoding="utf-8") as f:
-            f.write(message)
+        write_verdict(self.scratch_dir, message)
 
     def metrics(self, values: dict) -> None:
         """Measurements of this build (tokens/s, losses, scores) for its build record.
@@ -135,20 +137,20 @@ class BuildContext:
         every build. The record keeps them; `show`, `log --json` and the
         `built` event report them. Later calls update earlier keys.
         """
-        path = os.path.join(os.path.dirname(self.out), "metrics.json")
-        found = {}
-        if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                found = json.load(f)
-        found.update(values)
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(found, f, sort_keys=True)
+        add_metrics(self.scratch_dir, values)
 
-    def to_json(self) -> str:
-        data = asdict(self)
-        data.pop("params")
-        return json.dumps(data)
+    def process_failure(self) -> str | None:
+        """What a build process of this context wrote as its failure, as the worker prints it: a
+        launcher's processes run the worker again, in this scratch folder. None if none did."""
+        found = read_failure(self.scratch_dir)
+        return None if found is None else str(found)
+
+    def save(self) -> str:
+        """context.json for a worker, in the scratch folder; its path."""
+        fields = asdict(self)
+        fields.pop("params")
+        return write_context(self.scratch_dir, fields)
 
     @classmethod
-    def from_json(cls, text: str) -> "BuildContext":
-        return cls(**json.loads(text))
+    def load(cls, path: str) -> "BuildContext":
+        return cls(**read_context(path))

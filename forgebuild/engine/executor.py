@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import fcntl
 import heapq
-import json
 import os
 import platform
 import socket
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 from forgebuild import __version__
 from forgebuild.engine.context import BuildContext
 from forgebuild.engine.launcher import SAFE_PATH, kill_leftovers, kill_running, log_tail, marker, run_logged
+from forgebuild.engine.scratch import HANDED, OUT, Failure, read_failure, read_memos, read_metrics, read_verdict
 from forgebuild.errors import BadInput, ForgeError, RuleFailed, StoreError
 from forgebuild.engine.guard import InputGuard
 from forgebuild.hashing import bytes_digest, file_digest
@@ -257,7 +257,7 @@ class Executor:
             for folder in leftovers:
                 remove_tree(folder)
         scratch = self.ws.scratch(key)
-        out = os.path.join(scratch, "out")
+        out = os.path.join(scratch, OUT)
         os.makedirs(out)
         work = self.ws.work(key)
         os.makedirs(work, exist_ok=True)
@@ -275,9 +275,9 @@ class Executor:
         )
         guard = InputGuard(self.plan.root, self.ws, self.store, mat)
         try:
-            self._run_rule(ctx, scratch, target)
+            self._run_rule(ctx, target)
         finally:  # a failed stage's damage is repaired all the same, and named first
-            guard.watch_handed(os.path.join(scratch, "handed.jsonl"))
+            guard.watch_handed(os.path.join(scratch, HANDED))
             damage = guard.check()
             if damage:
                 raise RuleFailed(address, damage, log_tail(log))
@@ -294,9 +294,9 @@ class Executor:
         self.report({"event": "built", **built.as_dict(), **({"metrics": record["metrics"]} if "metrics" in record else {})})
         return built
 
-    def _run_rule(self, ctx: BuildContext, scratch: str, target: TargetPlan) -> None:
+    def _run_rule(self, ctx: BuildContext, target: TargetPlan) -> None:
         if target.isolate or self.runner is not None:
-            self._build_in_child(ctx, scratch, target)
+            self._build_in_child(ctx, target)
             return
         rule = self.load_rules()[target.kind]
         ctx.params = parse_params(rule, ctx.raw_params)
@@ -311,19 +311,18 @@ class Executor:
         added: list[str] = []  # new blobs
         record_id = None
         try:
-            entry = self._ingest(target.address, key, os.path.join(scratch, "out"), added)
-            memos = os.path.join(scratch, "memos.txt")
-            if os.path.exists(memos):
-                entry["memos"] = sorted(set(open(memos, encoding="utf-8").read().split()))
+            entry = self._ingest(target.address, key, os.path.join(scratch, OUT), added)
+            memos = read_memos(scratch)
+            if memos is not None:
+                entry["memos"] = memos
             record = self._record(target, key, mat, entry, started, seconds, log, added)
             record["sources_text"] = self._code_texts(mat)
-            metrics = os.path.join(scratch, "metrics.json")
-            if os.path.exists(metrics):
-                with open(metrics, encoding="utf-8") as f:
-                    record["metrics"] = json.load(f)
-            verdict = os.path.join(scratch, "verdict.txt")
-            if os.path.exists(verdict):
-                entry["verdict"] = record["verdict"] = open(verdict, encoding="utf-8").read()
+            metrics = read_metrics(scratch)
+            if metrics is not None:
+                record["metrics"] = metrics
+            verdict = read_verdict(scratch)
+            if verdict is not None:
+                entry["verdict"] = record["verdict"] = verdict
             record_id = entry["record"] = self.store.put_record(record)
             entry["provenance"] = self._statement(scratch, target.address, key, mat, entry, record, added)
             self.store.put_action(key, entry)  # last: the entry is the commit point of the build
@@ -412,11 +411,8 @@ class Executor:
             found[key] = paths if plural else paths[0]
         return found
 
-    def _build_in_child(self, ctx: BuildContext, scratch: str, target: TargetPlan) -> None:
-        ctx_file = os.path.join(scratch, "context.json")
-        with open(ctx_file, "w", encoding="utf-8") as f:
-            f.write(ctx.to_json())
-        argv = [sys.executable, "-m", "forgebuild.engine.worker", ctx_file]
+    def _build_in_child(self, ctx: BuildContext, target: TargetPlan) -> None:
+        argv = [sys.executable, "-m", "forgebuild.engine.worker", ctx.save()]
         env, tag = {**os.environ, **SAFE_PATH}, marker(ctx.key, ctx.workspace_dir)
         if self.runner is None:
             code = run_logged(argv, ctx.log_path, ctx.project_dir, env=env, key=tag)
@@ -425,12 +421,10 @@ class Executor:
 
             code = self.runner.run(argv, ctx.log_path, ctx.project_dir, env, resources(target), tag)
         if code != 0:
-            failure = os.path.join(scratch, "failure.txt")
-            message = open(failure, encoding="utf-8").read() if os.path.exists(failure) else (
+            failure = read_failure(ctx.scratch_dir) or Failure(
                 f"build process exited with code {code}" if code > 0 else f"build process killed by signal {-code}")
-            if message.startswith("bad input: "):
-                raise BadInput(ctx.target, message[len("bad input: "):], log_tail(ctx.log_path))
-            raise RuleFailed(ctx.target, message, log_tail(ctx.log_path))
+            kind = BadInput if failure.bad_input else RuleFailed
+            raise kind(ctx.target, failure.message, log_tail(ctx.log_path))
 
     def _new_log(self, address: str, key: str, reason: str) -> str:
         """The stage log of this attempt, begun with what builds and why (a worker's lines follow it)."""

@@ -1,7 +1,7 @@
 """Runs one rule's build() in a child process: `python -m forgebuild.engine.worker CONTEXT.json`.
 
 Heavy libraries (torch, transformers, trl) are imported here, never in the
-planner. A failure's one-line message goes to failure.txt beside the context
+planner. A failure goes to the scratch folder beside the context (scratch.Failure)
 for the parent to show; a traceback goes to the stage's log.
 """
 from __future__ import annotations
@@ -13,11 +13,12 @@ import traceback
 
 # `python -m` puts the working directory, the project folder, first on sys.path: its own pydantic.py
 # or torch.py would shadow the library. The executor starts workers in safe-path mode
-# (context.SAFE_PATH); Python 3.10 has none, so the entry goes here, before anything else is imported.
+# (launcher.SAFE_PATH); Python 3.10 has none, so the entry goes here, before anything else is imported.
 if sys.path and sys.path[0] and os.path.realpath(sys.path[0]) == os.path.realpath(os.getcwd()):
     del sys.path[0]
 
 from forgebuild.engine.context import BuildContext  # noqa: E402
+from forgebuild.engine.scratch import Failure, write_failure  # noqa: E402
 from forgebuild.errors import Delegated, RuleFailed  # noqa: E402
 from forgebuild.rules import load_rule, parse_params  # noqa: E402
 
@@ -25,9 +26,7 @@ from forgebuild.rules import load_rule, parse_params  # noqa: E402
 def main(context_file: str) -> int:
     os.environ.setdefault("FORGE_STAGE_STARTED", str(time.time()))  # recipes measure their time before the first step
     os.environ["FORGE_CONTEXT_FILE"] = os.path.abspath(context_file)  # a launcher (torchrun) runs this file again
-    with open(context_file, encoding="utf-8") as f:
-        ctx = BuildContext.from_json(f.read())
-    failure_file = os.path.join(os.path.dirname(context_file), "failure.txt")
+    ctx = BuildContext.load(context_file)
     try:
         rule = load_rule(ctx.kind)
         ctx.params = parse_params(rule, ctx.raw_params)
@@ -37,15 +36,14 @@ def main(context_file: str) -> int:
     except Delegated:  # torchrun ran the build in its own processes, and it succeeded
         return 0
     except RuleFailed as e:
-        message = ("bad input: " if e.exit_code == 2 else "") + e.message
+        failure = Failure(e.message, bad_input=e.exit_code == 2)
     except BaseException as e:  # the rule's own bug: keep the traceback for the log
         traceback.print_exc()
-        message = f"build raised {type(e).__name__}: {e}"
+        failure = Failure(f"build raised {type(e).__name__}: {e}")
     else:
         return 0
-    with open(failure_file, "w", encoding="utf-8") as f:
-        f.write(message)
-    print(f"forgebuild: {ctx.target}: {message}", file=sys.stderr)
+    write_failure(ctx.scratch_dir, failure)
+    print(f"forgebuild: {ctx.target}: {failure}", file=sys.stderr)
     return 1
 
 

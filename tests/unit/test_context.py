@@ -1,10 +1,10 @@
 """The scratch-file protocol between a build and its parent, in process: what a rule's build writes
-beside its output (memos.txt, handed.jsonl, metrics.json, verdict.txt; the worker's failure.txt) and
+beside its output (engine/scratch.py: memos, handed files, metrics, verdict; the worker's failure) and
 what the executor makes of it (the cache entry's memos and verdict, the record's metrics, exit codes).
 
 The rule is a real plugin: a module and an entry point (a .dist-info folder) on sys.path, as
 `pip install` would leave them. `scratch` builds in this process; `scratchiso` in a worker process,
-the one path here that starts a child (the protocol's failure.txt is only read from a child)."""
+the one path here that starts a child (the protocol's failure is only read from a child)."""
 from __future__ import annotations
 
 import json
@@ -14,6 +14,7 @@ import sys
 import pytest
 
 from forgebuild.engine import worker
+from forgebuild.engine.scratch import HANDED, MEMOS, Failure, read_failure, read_metrics, read_verdict
 from forgebuild.store.local import Store
 from forgebuild.engine.context import BuildContext
 from forgebuild.planning.keys import action_key
@@ -141,27 +142,26 @@ def context(lab, scratch, do: str) -> str:
                        work=str(scratch / "work"), seed=1, project_dir=lab.root, log_path=str(scratch / "log"),
                        raw_params={"do": do}, version="1", store_root=os.path.join(lab.root, ".forge"),
                        workspace_dir=os.path.join(lab.root, ".forge"))
-    path = scratch / "context.json"
-    path.write_text(ctx.to_json())
-    assert BuildContext.from_json(path.read_text()) == ctx
-    return str(path)
+    path = ctx.save()
+    assert path == str(scratch / "context.json") and BuildContext.load(path) == ctx
+    return path
 
 
-@pytest.mark.parametrize("do, failure", [
-    ("ok", None),
-    ("bad", "bad input: data/x.jsonl:3: field 'text' is missing"),
-    ("fail", "it broke"),
-    ("bug", "build raised ValueError: oops"),
+@pytest.mark.parametrize("do, failure, printed", [
+    ("ok", None, None),
+    ("bad", Failure("data/x.jsonl:3: field 'text' is missing", bad_input=True),
+     "bad input: data/x.jsonl:3: field 'text' is missing"),
+    ("fail", Failure("it broke"), "it broke"),
+    ("bug", Failure("build raised ValueError: oops"), "build raised ValueError: oops"),
 ])
-def test_the_worker_writes_what_its_parent_reads(lab, plugin, tmp_path, do, failure, capsys):
+def test_the_worker_writes_what_its_parent_reads(lab, plugin, tmp_path, do, failure, printed, capsys):
     scratch = tmp_path / "scratch" / f"k.{do}"
     assert worker.main(context(lab, scratch, do)) == (0 if failure is None else 1)
-    found = (scratch / "failure.txt").read_text() if (scratch / "failure.txt").exists() else None
-    assert found == failure
-    assert json.loads((scratch / "metrics.json").read_text()) == {"loss": 0.5, "tokens": 10}
-    assert (scratch / "memos.txt").read_text() == MEMO_KEY + "\n"
-    handed = [json.loads(line) for line in (scratch / "handed.jsonl").read_text().splitlines()]
+    assert read_failure(str(scratch)) == failure
+    assert read_metrics(str(scratch)) == {"loss": 0.5, "tokens": 10}
+    assert (scratch / MEMOS).read_text() == MEMO_KEY + "\n"
+    handed = [json.loads(line) for line in (scratch / HANDED).read_text().splitlines()]
     assert [(h[0], h[1], h[3]) for h in handed] == [(MEMO_KEY, "step", "m.txt")]
-    assert (scratch / "verdict.txt").exists() is False
+    assert read_verdict(str(scratch)) is None
     if failure:
-        assert capsys.readouterr().err.splitlines()[-1] == f"forgebuild: scratch:{do}: {failure}"
+        assert capsys.readouterr().err.splitlines()[-1] == f"forgebuild: scratch:{do}: {printed}"

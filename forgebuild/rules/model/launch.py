@@ -145,8 +145,7 @@ def delegate(ctx) -> None:
     finally:
         if launch_file and os.path.exists(launch_file):
             os.remove(launch_file)
-    if code != 0:
-        failure = os.path.join(os.path.dirname(context_file), "failure.txt")
-        reason = open(failure, encoding="utf-8").read() if os.path.exists(failure) else f"exit code {code}"
+    if code != 0:  # each process ran the worker again, which wrote its failure where the context tells
+        reason = ctx.process_failure() or f"exit code {code}"
         raise ctx.failure(f"distributed training failed ({n} processes{where}): {reason}")
     raise Delegated()
