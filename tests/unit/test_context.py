@@ -165,3 +165,35 @@ def test_the_worker_writes_what_its_parent_reads(lab, plugin, tmp_path, do, fail
     assert read_verdict(str(scratch)) is None
     if failure:
         assert capsys.readouterr().err.splitlines()[-1] == f"forgebuild: scratch:{do}: {printed}"
+
+
+@pytest.mark.parametrize("written, reason", [
+    (Failure("data/x.jsonl:3: field 'text' is missing", bad_input=True),
+     "bad input: data/x.jsonl:3: field 'text' is missing"),
+    (None, "exit code 1"),
+])
+def test_a_launch_names_the_failure_its_processes_wrote(lab, tmp_path, monkeypatch, written, reason):
+    """model/launch.delegate: each torchrun process runs the worker again, which writes its failure into
+    the scratch folder; the launch reads it through its context (a rule reads no scratch file)."""
+    from types import SimpleNamespace
+
+    from forgebuild.engine.scratch import write_failure
+    from forgebuild.errors import RuleFailed
+    from forgebuild.rules.model.common import Launch
+    from forgebuild.rules.model.launch import delegate
+
+    path = context(lab, tmp_path / "scratch" / "k.1", "ok")
+    ctx = BuildContext.load(path)
+    ctx.params = SimpleNamespace(launch=Launch(processes=2), train=SimpleNamespace(batch_size=4))
+    monkeypatch.setenv("FORGE_CONTEXT_FILE", path)
+
+    def torchrun(argv, env=None):  # what its processes leave behind
+        if written:
+            write_failure(ctx.scratch_dir, written)
+        return 1
+
+    monkeypatch.setattr(ctx, "run_command", torchrun)
+    with pytest.raises(RuleFailed) as failed:
+        delegate(ctx)
+    assert failed.value.message == f"distributed training failed (2 processes): {reason}"
+    assert failed.value.exit_code == 1
