@@ -52,7 +52,7 @@ class TargetPlan:
     @cached_property
     def params(self) -> dict:
         """The identity params: `values` without the runtime ones; these enter the action key."""
-        return _without(self.values, {tuple(k.split(".")) for k in self.runtime_keys})
+        return without_runtime(self.values, self.runtime_keys)
 
     @cached_property
     def runtime(self) -> dict:
@@ -69,6 +69,11 @@ class TargetPlan:
     @cached_property
     def deps(self) -> list[str]:
         return sorted({i.spec for i in self.inputs if i.kind == "target"})
+
+
+def without_runtime(values: dict, runtime_keys: list[str]) -> dict:
+    """`values` without the params at the dotted paths `runtime_keys`, tables kept in order."""
+    return _without(values, {tuple(k.split(".")) for k in runtime_keys})
 
 
 def _without(values: dict, paths: set[tuple], prefix: tuple = ()) -> dict:

@@ -252,6 +252,13 @@ def plain_params(params: BaseModel) -> tuple[dict, list[str]]:
     return values, runtime_keys
 
 
+def identity_params(params: BaseModel) -> dict:
+    """The params that enter the action key, as plain values (a model's training_config.json)."""
+    from forgebuild.planning.plan import without_runtime
+
+    return without_runtime(*plain_params(params))
+
+
 def _plain(value):
     if isinstance(value, BaseModel):
         return value.model_dump(mode="json")

@@ -27,7 +27,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 from transformers import TrainerCallback  # noqa: E402
 
-from forgebuild.rules import split_params  # noqa: E402
+from forgebuild.rules import identity_params  # noqa: E402
 
 COMPLETE = "forge-complete"  # written into a checkpoint folder once the trainer has saved all of it
 CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -303,7 +303,7 @@ def save(ctx, model, tokenizer, trainer=None, config: dict | None = None, metric
         model.save_pretrained(ctx.out, safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}))
     tokenizer.save_pretrained(ctx.out)
     rows = training_log(trainer) if trainer is not None else []
-    identity, _ = split_params(ctx.params)
+    identity = identity_params(ctx.params)
     resolved = {"target": ctx.target, "recipe": ctx.params.recipe, "seed": ctx.seed, "params": identity,
                 "inputs": dict(sorted(ctx.dep_digests.items())), "versions": library_versions(), **(config or {})}
     write_json(os.path.join(ctx.out, "training_config.json"), resolved)
