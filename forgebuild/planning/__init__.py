@@ -1,10 +1,11 @@
 """Planning: what to build and why, decided without running anything.
 
 Parse and validate the Forgefile (``forgefile``), resolve its references and inputs into a plan
-(``plan``), order it (``graph``), hash every target's inputs into an action key and decide what
-is stale, with the reason from one structured diff (``keys``), and describe the Forgefile's schema
-(``schema``). The plan is cached in ``.forge/plan.json``, so a no-op run imports only ``plan`` and
-``keys`` of this layer.
+(``plan``), order it (``graph``), hash every target's inputs into an action key and decide what is
+stale (``keys``), with the reason from one structured diff of two key materials (``change``: the
+same ``Change`` objects explain, ``lock --frozen`` and ``diff`` word), and describe the Forgefile's
+schema (``schema``). The plan is cached in ``.forge/plan.json``, so a no-op run imports only
+``plan``, ``keys`` and ``change`` of this layer.
 
 May import: the base (``errors``, ``limits``, ``hashing``), the store (``store``), and the rule
 registry with the rules' validation modules (``rules``, at module level only: Params, inputs,
