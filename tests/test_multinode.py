@@ -13,7 +13,8 @@ import tinylab
 from conftest import ENV, Project
 
 from forgebuild.rules.model.common import Launch
-from forgebuild.rules.model.launch import LaunchError, first_host, master_addr, master_port, node_rank
+from forgebuild.engine.join import node_rank
+from forgebuild.rules.model.launch import LaunchError, first_host, master_addr, master_port
 
 # As tests/test_distributed.py: another summation order, not another step. Measured here: every
 # per-step loss of two 1-process nodes within 9.5e-7 of the single-process run's.

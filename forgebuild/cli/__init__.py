@@ -1,6 +1,6 @@
 """The command line: `forgebuild [TARGET...]` builds; other verbs inspect and tidy.
 
-The layer on top: it may import anything. One module per verb group (`build`, `inspect`, `tidy`,
+The layer on top: it may import anything. One module per verb group (`build`, `query`, `tidy`,
 `cache`, `keys`, `join`, `lock`, `verify`, `diff`; `diff` draws on `diff_resolve`, `diff_changes`,
 `diff_render` and `tensors`, `lock` and `verify` on `integrity`), the arguments
 (`arguments`), the loaded project (`session`), the entry point (`entry`) and the reporter.

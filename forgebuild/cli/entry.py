@@ -8,7 +8,7 @@ import sys
 from forgebuild.cli.arguments import parse_args
 from forgebuild.cli.build import cmd_build, cmd_lock, cmd_verify
 from forgebuild.cli.cache import cmd_cache
-from forgebuild.cli.inspect import cmd_diff, cmd_explain, cmd_graph, cmd_log, cmd_path, cmd_schema, cmd_show, cmd_status
+from forgebuild.cli.query import cmd_diff, cmd_explain, cmd_graph, cmd_log, cmd_path, cmd_schema, cmd_show, cmd_status
 from forgebuild.cli.join import cmd_join
 from forgebuild.cli.keys import cmd_keys
 from forgebuild.cli.session import Session

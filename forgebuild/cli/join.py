@@ -9,8 +9,7 @@ from forgebuild.cli.build import cmd_build
 
 
 def cmd_join(args, session, report) -> int:
-    from forgebuild.engine.join import cmd_join as run
-    from forgebuild.rules.model.launch import node_rank
+    from forgebuild.engine.join import cmd_join as run, node_rank
 
     build_defaults = vars(argument_parser().parse_args(["build"]))  # node 0 builds: the build verb's defaults
     args = argparse.Namespace(**{**build_defaults, **vars(args)})

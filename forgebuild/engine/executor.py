@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from forgebuild import __version__
 from forgebuild.engine.context import BuildContext
 from forgebuild.engine.launcher import SAFE_PATH, kill_leftovers, kill_running, log_tail, marker, run_logged
-from forgebuild.engine.scratch import HANDED, OUT, Failure, read_failure, read_memos, read_metrics, read_verdict
+from forgebuild.engine.scratch import OUT, Failure, read_failure, read_memos, read_metrics, read_verdict
 from forgebuild.errors import BadInput, ForgeError, RuleFailed, StoreError
 from forgebuild.engine.guard import InputGuard
 from forgebuild.hashing import bytes_digest, file_digest
@@ -277,7 +277,7 @@ class Executor:
         try:
             self._run_rule(ctx, target)
         finally:  # a failed stage's damage is repaired all the same, and named first
-            guard.watch_handed(os.path.join(scratch, HANDED))
+            guard.watch_handed(scratch)
             damage = guard.check()
             if damage:
                 raise RuleFailed(address, damage, log_tail(log))

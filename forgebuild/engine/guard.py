@@ -16,10 +16,10 @@ Standard library and the store only.
 """
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 
+from forgebuild.engine.scratch import read_handed
 from forgebuild.hashing import file_digest
 from forgebuild.store.workspace import remove_tree
 
@@ -67,14 +67,9 @@ class InputGuard:
             path = os.path.join(folder, *item["path"].split("/"))
             self.files.append(Watched(path, item["path"], item["digest"], address, _stat(path)))
 
-    def watch_handed(self, path: str) -> None:
+    def watch_handed(self, scratch_folder: str) -> None:
         """The cached sub-steps' results the stage was handed, with their stat at the time (see context.memo)."""
-        try:
-            with open(path, encoding="utf-8") as f:
-                lines = [json.loads(line) for line in f if line.strip()]
-        except OSError:
-            return
-        for key, name, digest, rel, expected, stat in lines:
+        for key, name, digest, rel, expected, stat in read_handed(scratch_folder):
             self.owners[f"memo {key}"] = (key, digest, f"the result of its cached step {name}",
                                           "the damaged result was dropped from the cache and is made again on the "
                                           "next build")

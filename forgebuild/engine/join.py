@@ -24,6 +24,16 @@ from forgebuild.errors import UsageError
 POLL_SECONDS = 1.0  # a launch.json appears once per stage; node 0's torchrun waits for the others anyway
 
 
+def node_rank(given: int | None, env=os.environ) -> int:
+    """This machine's node rank: `--node-rank`, else the launcher's or Slurm's variable, else 0."""
+    if given is not None:
+        return given
+    for name in ("NODE_RANK", "SLURM_NODEID"):
+        if env.get(name, "").isdigit():
+            return int(env[name])
+    return 0
+
+
 def stage_nodes(session, address: str) -> int:
     """Machines a stage spans, as its rule says (hook `nodes`: the model rule's `launch.nodes`)."""
     from forgebuild.rules import hooks

@@ -101,6 +101,15 @@ def read_memos(folder: str) -> list[str] | None:
         return None
 
 
+def read_handed(folder: str) -> list[tuple]:
+    """What `Lines.handed` wrote: (memo key, step name, result digest, file path, file digest, stat) per file."""
+    try:
+        with open(os.path.join(folder, HANDED), encoding="utf-8") as f:
+            return [tuple(json.loads(line)) for line in f if line.strip()]
+    except OSError:
+        return []
+
+
 class Lines:
     """A build's side of memos.txt and handed.jsonl: each file opened once per process (a rule's pool
     workers append too), line-buffered, so every write is one whole line."""

@@ -46,6 +46,15 @@ fills in the default of a hook a module leaves out. In short:
   what the engine needs to place a stage (a Ray or Slurm worker's size, the machines it spans,
   how another node joins it) and the ``[forge]`` keys that default a runtime param (the
   ``model`` rule's ``launch``), so the engine never reads a rule's fields.
+
+The rules layer: this registry (which planning uses to validate) and one module per rule: ``run``,
+the data rules (``corpus``, ``dataset``, ``tokenizer``, ``tokens``, ``release``, with ``rows`` to
+read data rows), ``model/`` (the rule in its ``__init__``, a module per recipe) and ``eval/`` (the
+rule and its harness). A rule module may import the base, planning's ``plan`` (addresses) and
+other rule modules; never the engine, the store or the command line (a build gets what it needs
+through its ``ctx``). At module level it imports no ML stack: planning imports it to validate.
+Build-only modules (model's ``training``, ``packed``, ``offset_dpo``; eval's ``evaluate``,
+``harness``, ``report``, ``scoring``) are imported inside ``build`` and may import torch at the top.
 """
 from __future__ import annotations
 

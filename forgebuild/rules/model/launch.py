@@ -64,15 +64,6 @@ def master_port(launch, key: str, env=os.environ) -> int:
     return 20000 + int(key[:8], 16) % 20000
 
 
-def node_rank(given: int | None, env=os.environ) -> int:
-    if given is not None:
-        return given
-    for name in ("NODE_RANK", "SLURM_NODEID"):
-        if env.get(name, "").isdigit():
-            return int(env[name])
-    return 0
-
-
 def free_port() -> int:
     with socket.socket() as s:  # a free port for a one-machine rendezvous: two launches never collide
         s.bind(("127.0.0.1", 0))
