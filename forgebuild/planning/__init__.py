@@ -5,7 +5,7 @@ Parse and validate the Forgefile (``forgefile``), resolve its references and inp
 stale (``keys``), with the reason from one structured diff of two key materials (``change``: the
 same ``Change`` objects explain, ``lock --frozen`` and ``diff`` word), and describe the Forgefile's
 schema (``schema``). The plan is cached in ``.forge/plan.json``, so a no-op run imports only
-``plan``, ``keys`` and ``change`` of this layer.
+``plan`` and ``keys`` of this layer (``change`` once something changed).
 
 May import: the base (``errors``, ``limits``, ``hashing``), the store (``store``), and the rule
 registry with the rules' validation modules (``rules``, at module level only: Params, inputs,

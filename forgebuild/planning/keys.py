@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 import xxhash
 
 from forgebuild.hashing import StatCache, bytes_digest
-from forgebuild.planning.change import diff, reasons
 from forgebuild.planning.plan import Plan, TargetPlan, resolve_sources
 
 KEY_FORMAT = 2  # 2: BLAKE3-256 digests (1: xxh3-128)
@@ -66,6 +65,8 @@ def explain(old: dict | None, new: dict) -> list[str]:
     """Concrete reasons why `new` differs from the material of the last build."""
     if old is None:
         return ["never built"]
+    from forgebuild.planning.change import diff, reasons  # only when something changed: off the no-op path
+
     return reasons(diff(old, new)) or ["key changed"]
 
 
@@ -134,4 +135,6 @@ def _own_changes(plan, target, stat_cache, decisions, last_build, last) -> list[
     mat = material(plan, target, stat_cache, digests)
     if last.get("material") is None:
         return ["never built"]
+    from forgebuild.planning.change import diff, reasons
+
     return reasons([c for c in diff(last["material"], mat) if c.kind != "dependency"])
