@@ -73,18 +73,14 @@ class TargetPlan:
 
 def without_runtime(values: dict, runtime_keys: list[str]) -> dict:
     """`values` without the params at the dotted paths `runtime_keys`, tables kept in order."""
-    return _without(values, {tuple(k.split(".")) for k in runtime_keys})
-
-
-def _without(values: dict, paths: set[tuple], prefix: tuple = ()) -> dict:
-    out = {}
-    for name, value in values.items():
-        here = (*prefix, name)
-        if here in paths:
-            continue
-        nested = isinstance(value, dict) and any(p[:len(here)] == here for p in paths)
-        out[name] = _without(value, paths, here) if nested else value
-    return out
+    here, inner = set(), {}
+    for key in runtime_keys:
+        head, _, rest = key.partition(".")
+        if rest:
+            inner.setdefault(head, []).append(rest)
+        else:
+            here.add(head)
+    return {k: without_runtime(v, inner[k]) if k in inner else v for k, v in values.items() if k not in here}
 
 
 @dataclass
