@@ -49,12 +49,13 @@ class TargetPlan:
     libraries: dict[str, str | None] = field(default_factory=dict)
     resources: dict = field(default_factory=dict)  # asked of a Ray task / Slurm job: runtime only
 
-    @cached_property
+    # plain properties: 3.11's cached_property takes a lock on every read, dearer than this 1 us
+    @property
     def params(self) -> dict:
         """The identity params: `values` without the runtime ones; these enter the action key."""
         return without_runtime(self.values, self.runtime_keys)
 
-    @cached_property
+    @property
     def runtime(self) -> dict:
         """The runtime params alone, nested as in `values` (a table only where it holds one)."""
         found: dict = {}
