@@ -8,7 +8,10 @@
     train = { lr = 3e-3, steps = 200 }
 
 Each recipe is a module of its own in `forgebuild.rules.model` with its own Params,
-inputs and build; this rule only picks the recipe a table names. The artifact is
+version, build and `DEPS` (what its target references must be); this rule picks the
+recipe a table names, and from `DEPS` it takes the recipe's inputs (the targets it
+names, unless the recipe says more with `inputs(params)`) and checks each is written
+KIND:NAME before the recipe's own `check(params)`. The artifact is
 a Hugging Face `save_pretrained` folder (safetensors and tokenizer) with
 training_config.json, training_log.jsonl and metrics.json beside the weights.
 See docs/rules/model.md.
@@ -74,7 +77,9 @@ def version_of(params) -> str:
 
 
 def inputs(params) -> dict:
-    return recipe_module(params.recipe).inputs(params)
+    module = recipe_module(params.recipe)
+    own = getattr(module, "inputs", None)
+    return own(params) if own else module.DEPS.references(params)
 
 
 def external_inputs(params) -> dict:
@@ -89,8 +94,11 @@ def environment(params) -> dict:
 
 
 def check(params) -> list:
-    found = getattr(recipe_module(params.recipe), "check", None)
-    return found(params) if found else []
+    from forgebuild.rules.model.common import reference_problems
+
+    module = recipe_module(params.recipe)
+    declared, own = getattr(module, "DEPS", None), getattr(module, "check", None)  # "import" references no target
+    return (reference_problems(params, declared.kinds) if declared else []) + (own(params) if own else [])
 
 
 def requires(params) -> dict:

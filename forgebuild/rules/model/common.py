@@ -132,6 +132,10 @@ class Deps:
     kinds: dict[str, str | tuple[str, tuple[str, ...]]]
     checks: tuple[Callable[[BaseModel, dict], list[tuple[str, str]]], ...] = ()
 
+    def references(self, params: BaseModel) -> dict[str, str]:
+        """The targets the params name, by key (a key left unset names none): a recipe's inputs."""
+        return {key: getattr(params, key) for key in self.kinds if getattr(params, key, None) is not None}
+
     def problems(self, params: BaseModel, deps: dict) -> list[tuple[str, str]]:
         """Wrong kinds first, then wrong formats, then adapter-only models, then the checks."""
         kinds = {key: kind if isinstance(kind, str) else kind[0] for key, kind in self.kinds.items()}

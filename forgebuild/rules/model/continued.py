@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import Field
 
 from forgebuild import limits
-from forgebuild.rules.model.common import Deps, Lora, Recipe, Train, reference_problems
+from forgebuild.rules.model.common import Deps, Lora, Recipe, Train
 from forgebuild.rules.model.pretrain import data_problems
 
 version = "1"
@@ -48,7 +48,7 @@ def environment(params) -> dict:
 
 
 def check(params: Params) -> list[tuple[str, str]]:
-    problems = reference_problems(params, ("base", "tokens", "corpus")) + data_problems(params)
+    problems = data_problems(params)
     if params.budget_tokens and params.train.steps:
         problems.append(("budget_tokens", "give either budget_tokens or train.steps, not both"))
     return problems

@@ -30,7 +30,7 @@ from pydantic import BeforeValidator, Field
 from pydantic_core import PydanticCustomError
 
 from forgebuild import limits
-from forgebuild.rules.model.common import Deps, Lora, Recipe, Train, reference_problems
+from forgebuild.rules.model.common import Deps, Lora, Recipe, Train
 
 version = "1"
 FORMATS = ("preference",)
@@ -87,19 +87,12 @@ def is_odpo(params: Params) -> bool:
     return "odpo" in params.loss
 
 
-def inputs(params: Params) -> dict:
-    found = {"base": params.base, "data": params.data}
-    if params.reference is not None:
-        found["reference"] = params.reference
-    return found
-
-
 def environment(params) -> dict:
     return {"libraries": ["torch", "transformers", "trl", "peft", "safetensors", "datasets"]}
 
 
 def check(params: Params) -> list[tuple[str, str]]:
-    problems = reference_problems(params, ("base", "data", "reference"))
+    problems = []
     losses = params.loss
     if not losses:
         problems.append(("loss", "names no loss"))

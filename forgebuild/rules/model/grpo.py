@@ -28,7 +28,7 @@ from typing import Literal
 from pydantic import Field
 
 from forgebuild import limits
-from forgebuild.rules.model.common import Deps, Lora, Recipe, Train, adapter_base_problem, reference_problems
+from forgebuild.rules.model.common import Deps, Lora, Recipe, Train, adapter_base_problem
 from forgebuild.rules.model.reward_functions import Reward, reward_file_problems, reward_inputs, reward_problems
 
 version = "1"
@@ -58,7 +58,7 @@ class Params(Recipe):
 
 
 def inputs(params: Params) -> dict:
-    return {"base": params.base, "prompts": params.prompts, **reward_inputs(params.rewards)}
+    return {**DEPS.references(params), **reward_inputs(params.rewards)}
 
 
 def environment(params) -> dict:
@@ -66,7 +66,7 @@ def environment(params) -> dict:
 
 
 def check(params: Params) -> list[tuple[str, str]]:
-    problems = reference_problems(params, ("base", "prompts")) + reward_problems(params.rewards)
+    problems = reward_problems(params.rewards)
     batch, groups = params.train.batch_size, params.generations
     if batch % groups:
         problems.append(("train.batch_size", f"{batch} is not a multiple of generations ({groups}): a batch holds "

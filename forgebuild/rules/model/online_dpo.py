@@ -32,7 +32,7 @@ from typing import Literal
 from pydantic import Field
 
 from forgebuild import limits
-from forgebuild.rules.model.common import Deps, Lora, Recipe, Train, reference_problems
+from forgebuild.rules.model.common import Deps, Lora, Recipe, Train
 from forgebuild.rules.model.reward_functions import Reward, RewardError, load_rewards, reward_file_problems, reward_inputs, reward_problems
 
 version = "1"
@@ -64,7 +64,7 @@ class Params(Recipe):
 
 
 def inputs(params: Params) -> dict:
-    return {"base": params.base, "prompts": params.prompts, **reward_inputs(params.rewards)}
+    return {**DEPS.references(params), **reward_inputs(params.rewards)}
 
 
 def environment(params) -> dict:
@@ -72,7 +72,7 @@ def environment(params) -> dict:
 
 
 def check(params: Params) -> list[tuple[str, str]]:
-    problems = reference_problems(params, ("base", "prompts")) + reward_problems(params.rewards)
+    problems = reward_problems(params.rewards)
     if params.max_new_tokens >= params.max_length:
         problems.append(("max_new_tokens", f"{params.max_new_tokens} leaves no room for the prompt in "
                                            f"max_length = {params.max_length}; make max_length larger"))

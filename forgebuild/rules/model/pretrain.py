@@ -23,7 +23,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from forgebuild import limits
-from forgebuild.rules.model.common import Deps, Lora, Recipe, Train, reference_problems
+from forgebuild.rules.model.common import Deps, Lora, Recipe, Train
 
 version = "1"
 
@@ -76,8 +76,7 @@ def environment(params) -> dict:
 
 
 def check(params: Params) -> list[tuple[str, str]]:
-    problems = reference_problems(params, ("tokenizer", "tokens", "corpus"))
-    problems += data_problems(params)
+    problems = data_problems(params)
     problems += arch_problems(params.arch)
     if params.lora is not None:
         problems.append(("lora", "LoRA adapts existing weights, and a from-scratch pretrain has none: train the "

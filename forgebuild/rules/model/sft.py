@@ -20,7 +20,7 @@ from typing import Literal
 from pydantic import Field
 
 from forgebuild import limits
-from forgebuild.rules.model.common import Deps, Lora, Recipe, Train, reference_problems
+from forgebuild.rules.model.common import Deps, Lora, Recipe, Train
 
 version = "1"
 FORMATS = ("prompt_completion", "messages")
@@ -39,16 +39,8 @@ class Params(Recipe):
     train: Train = Field(default_factory=Train, description="the schedule: see the `train` table")
 
 
-def inputs(params: Params) -> dict:
-    return {"base": params.base, "data": params.data}
-
-
 def environment(params) -> dict:
     return {"libraries": ["torch", "transformers", "trl", "peft", "safetensors", "datasets"]}
-
-
-def check(params: Params) -> list[tuple[str, str]]:
-    return reference_problems(params, ("base", "data"))
 
 
 DEPS = Deps({"base": "model", "data": ("dataset", FORMATS)})
