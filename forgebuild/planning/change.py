@@ -7,7 +7,7 @@ dependencies (by name, across the Forgefile keys that name them), declared varia
 `Change.text()` is the line `explain` prints; the lock (`--frozen`) and `forgebuild diff` read the
 same objects and word some of them their own way.
 
-Standard library only: this module is on the no-op fast path.
+Standard library only: `keys` imports it while deciding, once a target has changed.
 """
 from __future__ import annotations
 

@@ -21,8 +21,8 @@ def _young(path: str, now: float, grace: float) -> bool:
         return True
 
 
-def _reached(store, workspace, keep: dict[str, str]) -> tuple[set[str], set[str], set[str]]:
-    """The action keys, artifact digests and blobs the kept entries reach."""
+def _reached(store, keep: dict[str, str], lasts: dict[str, dict]) -> tuple[set[str], set[str], set[str]]:
+    """The action keys, artifact digests and blobs the kept entries reach (`lasts`: each target's last build)."""
     keys, digests, blobs = set(), set(), set()
     for address, key in keep.items():
         entry = store.get_action(key, address)
@@ -39,8 +39,7 @@ def _reached(store, workspace, keep: dict[str, str]) -> tuple[set[str], set[str]
                 keys.add(memo_key)
                 digests.add(memo["digest"])
                 blobs.update(f["digest"] for f in memo["files"])
-        last = workspace.last_build(address) or {}
-        record = store.get_record(entry.get("record") or last.get("record") or "")
+        record = store.get_record(entry.get("record") or lasts[address].get("record") or "")
         if record and record.get("log"):
             blobs.add(record["log"])
     return keys, digests, blobs
@@ -49,7 +48,8 @@ def _reached(store, workspace, keep: dict[str, str]) -> tuple[set[str], set[str]
 def collect(store, workspace, keep: dict[str, str], dry_run=False, grace=3600.0) -> dict:
     """Remove what `keep` does not reach (nothing when `dry_run`); the counts of what went."""
     now = time.time()
-    keep_keys, keep_digests, keep_blobs = _reached(store, workspace, keep)
+    lasts = {address: workspace.last_build(address) or {} for address in keep}  # each read once
+    keep_keys, keep_digests, keep_blobs = _reached(store, keep, lasts)
     stats = {"actions": 0, "blobs": 0, "bytes": 0, "folders": 0, "kept_actions": len(keep_keys)}
     for key in list(store.action_keys()):
         if key not in keep_keys and not _young(store.action_path(key), now, grace):
@@ -63,7 +63,7 @@ def collect(store, workspace, keep: dict[str, str], dry_run=False, grace=3600.0)
             stats["bytes"] += os.path.getsize(path)
             if not dry_run:
                 store.remove_blob(digest)
-    last_keys = {(workspace.last_build(a) or {}).get("key") for a in keep}
+    last_keys = {last.get("key") for last in lasts.values()}
     for folder, kept in (("artifacts", keep_digests), ("work", last_keys), ("scratch", set()), ("tmp", set())):
         base = workspace.path(folder) if folder != "tmp" else os.path.join(store.root, "tmp")
         for name in sorted(os.listdir(base)) if os.path.isdir(base) else []:
