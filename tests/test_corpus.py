@@ -261,9 +261,32 @@ cmd = "touch ran"
     ]
     assert not os.path.exists(os.path.join(project.root, "ran"))
     assert not os.path.exists(os.path.join(project.root, ".forge", "out"))
-    project.forgefile('[corpus.s]\nsources = ["data/*.txt", "run:x"]\n\n[run.x]\ncmd = "true"\n')
-    assert project.run(expect=2).stderr == ("Forgefile.toml:2: error: corpus:s: key 'sources[1]': 'run:x' is not a "
-                                            "corpus target; sources are files, globs and corpus:NAME\n")
+    project.forgefile('[corpus.s]\nsources = ["data/*.txt", "tokenizer:x"]\n\n[tokenizer.x]\ncorpus = "corpus:a"\nvocab_size = 300\n\n'
+                      '[corpus.a]\nsources = ["data/*.txt"]\n')
+    assert project.run(expect=2).stderr == ("Forgefile.toml:2: error: corpus:s: key 'sources[1]': 'tokenizer:x' is "
+                                            "neither a corpus nor a run target; sources are files, globs, corpus:NAME "
+                                            "and run:NAME\n")
+
+
+def test_a_run_targets_output_files_are_sources(project):
+    """A generator script's files become documents (text and records alike), labelled by the target."""
+    project.write("gen.py", "import os, sys\nout = sys.argv[1]\nos.makedirs(out + '/docs')\n"
+                            "for i in range(int(sys.argv[2])):\n"
+                            "    open(f'{out}/docs/d{i}.txt', 'w').write(f'generated document number {i}')\n"
+                            "open(out + '/rows.jsonl', 'w').write('{\"text\": \"a record document\"}\\n')\n")
+    project.write("data/own.txt", "a document of the project")
+    project.forgefile('[run.gen]\ncmd = "python3 {in.script} {out} {params.n}"\ninputs = { script = "gen.py" }\n'
+                      'params = { n = 3 }\noutputs = ["docs", "rows.jsonl"]\n\n'
+                      '[corpus.c]\nsources = ["data/*.txt", "run:gen"]\n')
+    project.build("corpus:c")
+    table = pq.read_table(glob.glob(os.path.join(project.root, ".forge/out/corpus/c/train/*.parquet")))
+    assert sorted(zip(table["source"].to_pylist(), table["text"].to_pylist())) == [
+        ("data/own.txt", "a document of the project"),
+        *[(f"run:gen/docs/d{i}.txt", f"generated document number {i}") for i in range(3)],
+        ("run:gen/rows.jsonl", "a record document")]
+    project.forgefile(project.read("Forgefile.toml").replace("n = 3", "n = 4"))
+    assert project.build("corpus:c") == {"run:gen": "built", "corpus:c": "built"}
+    assert len(pq.read_table(glob.glob(os.path.join(project.root, ".forge/out/corpus/c/train/*.parquet")))) == 6
 
 
 # ------------------------------------------------------------------ incremental and stable

@@ -107,8 +107,8 @@ class Size(BaseModel):
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
     sources: list[str] = Field(default_factory=list, description=(
-        "text files, record files (.jsonl, .parquet, .csv), folders, globs, and corpus:NAME targets; "
-        "relative to the Forgefile"))
+        "text files, record files (.jsonl, .parquet, .csv), folders, globs, corpus:NAME targets, and run:NAME "
+        "targets (every file of their output); relative to the Forgefile"))
     format: Literal["auto", "text", "records"] = Field("auto", description=(
         "how source files are read: auto (by extension: .jsonl/.ndjson/.json, .parquet and .csv are records, "
         "anything else is one document per file), text, or records"))
@@ -167,6 +167,12 @@ def is_corpus_ref(spec: str) -> bool:
     return classify(spec) == "target" and spec.startswith("corpus:")
 
 
+def is_files_ref(spec: str) -> bool:
+    """A run target among the sources: its output files are read like the project's own (a generator
+    script's data becomes a corpus without being committed)."""
+    return classify(spec) == "target" and spec.startswith("run:")
+
+
 def _mix_key(address: str) -> str:
     # check() key paths are dotted: a name with a dot cannot be addressed inside `mix`
     return f"mix.{address}" if "." not in address else "mix"
@@ -174,7 +180,7 @@ def _mix_key(address: str) -> str:
 
 def inputs(params: Params) -> dict:
     found: dict = {}
-    readable = [s for s in params.sources if classify(s) != "target" or is_corpus_ref(s)]
+    readable = [s for s in params.sources if classify(s) != "target" or is_corpus_ref(s) or is_files_ref(s)]
     if readable:
         found["sources"] = readable
     for address in params.mix:
@@ -201,8 +207,9 @@ def check(params: Params) -> list[tuple[str, str]]:
     if not p.mix and not p.sources:
         problems.append(("sources", "a corpus needs sources (files, globs, corpus targets) or a mix"))
     for i, spec in enumerate(p.sources):
-        if classify(spec) == "target" and not is_corpus_ref(spec):
-            problems.append((f"sources.{i}", f"'{spec}' is not a corpus target; sources are files, globs and corpus:NAME"))
+        if classify(spec) == "target" and not (is_corpus_ref(spec) or is_files_ref(spec)):
+            problems.append((f"sources.{i}", f"'{spec}' is neither a corpus nor a run target; sources are files, "
+                                             f"globs, corpus:NAME and run:NAME"))
     problems += _mix_problems(p)
     given = p.model_fields_set
     if p.mix:
@@ -285,11 +292,14 @@ def source_units(ctx) -> list[Unit]:
 
     p = ctx.params
     units = []
-    for rel, digest in sorted(ctx.digests.items()):
-        fmt = "text" if p.format == "text" else FORMATS.get(os.path.splitext(rel)[1].lower())
+    files = [(rel, rel, digest) for rel, digest in sorted(ctx.digests.items())]
+    for address in sorted({s for s in p.sources if is_files_ref(s)}):
+        files += output_files(dependency_folder(ctx, address), address)
+    for label, path, digest in files:
+        fmt = "text" if p.format == "text" else FORMATS.get(os.path.splitext(path)[1].lower())
         if fmt is None and p.format == "records":
-            raise ctx.bad_input(f"{rel}: unknown record format (use .jsonl, .parquet or .csv, or format = \"text\")")
-        units.append(Unit(rel, rel, fmt or "text", digest, False, rel))
+            raise ctx.bad_input(f"{label}: unknown record format (use .jsonl, .parquet or .csv, or format = \"text\")")
+        units.append(Unit(label, path, fmt or "text", digest, False, label))
     for address in sorted({s for s in p.sources if is_corpus_ref(s)}):
         folder = dependency_folder(ctx, address)
         for split in ("train", "holdout"):
@@ -300,8 +310,21 @@ def source_units(ctx) -> list[Unit]:
     return units
 
 
+def output_files(folder: str, address: str) -> list[tuple[str, str, str]]:
+    """(label ADDRESS/PATH, path, digest) of every file of a run target's output, in path order."""
+    from forgebuild.hashing import file_digest
+
+    found = []
+    for parent, dirs, names in os.walk(folder):
+        dirs.sort()
+        for name in sorted(names):
+            path = os.path.join(parent, name)
+            found.append((f"{address}/{os.path.relpath(path, folder).replace(os.sep, '/')}", path, file_digest(path)))
+    return found
+
+
 def dependency_folder(ctx, address: str) -> str:
-    """The artifact folder of a corpus named in `sources` (ctx.inputs lists folders, not addresses)."""
+    """The artifact folder of a target named in `sources` (ctx.inputs lists folders, not addresses)."""
     digest = ctx.dep_digests[address]
     given = ctx.inputs.get("sources", [])
     for path in [given] if isinstance(given, str) else given:
