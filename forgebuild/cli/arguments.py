@@ -6,7 +6,7 @@ import argparse
 from forgebuild import __version__
 
 VERBS = ("build", "status", "explain", "graph", "path", "show", "log", "clean", "gc", "schema", "lock", "verify",
-         "diff", "cache", "join", "keys")
+         "diff", "cache", "join", "keys", "init")
 TAKES_VALUE = {"-f", "--file", "-j", "--jobs", "--format", "--limit", "--grace", "--remote", "--lock", "--executor",
                "--node-rank", "--wait", "--worker-files"}
 
@@ -41,6 +41,10 @@ def argument_parser() -> argparse.ArgumentParser:
     gc.add_argument("--grace", type=float, default=3600.0,
                     help="keep objects written less than this many seconds ago (default 3600): they may belong to a running build")
     verb("schema", "JSON Schema of the Forgefile")
+    ini = verb("init", "write a preset's Forgefile (and its scripts) into a folder")
+    ini.add_argument("preset", nargs="?", metavar="PRESET", help="which preset (default: learn); see --list")
+    ini.add_argument("dir", nargs="?", metavar="DIR", help="where to write it (default: the current folder)")
+    ini.add_argument("--list", action="store_true", help="print each preset's name and what it is")
     verb("lock", "write Forgefile.lock: every target's key, digest, toolchain", "*").add_argument(
         "--lock", default=None, metavar="FILE", help="where (default: Forgefile.lock beside the Forgefile)")
     verb("verify", "re-hash the cache, or rebuild and compare digests", "*").add_argument(

@@ -18,7 +18,7 @@ COMMANDS = {"build": ("build", "cmd_build"), "lock": ("build", "cmd_lock"), "ver
             "path": ("query", "cmd_path"), "show": ("query", "cmd_show"), "log": ("query", "cmd_log"),
             "schema": ("query", "cmd_schema"), "diff": ("query", "cmd_diff"), "clean": ("tidy", "cmd_clean"),
             "gc": ("tidy", "cmd_gc"), "cache": ("cache", "cmd_cache"), "join": ("join", "cmd_join"),
-            "keys": ("keys", "cmd_keys")}
+            "keys": ("keys", "cmd_keys"), "init": ("init", "cmd_init")}
 
 
 def command(verb: str):
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
                                       building=args.verb == "build" and not getattr(args, "dry_run", False)))
     session = None
     try:
-        session = Session(args, report) if args.verb != "schema" else None
+        session = Session(args, report) if args.verb not in ("schema", "init") else None  # they need no Forgefile
         if session is not None:  # its warning, if any, before the summary: JSON's last line stays the summary
             report.before_summary = session.close
         code = command(args.verb)(args, session, report)

@@ -1,0 +1,72 @@
+"""The `init` verb: write a preset (a commented Forgefile and its small scripts) into a folder, or list
+the presets. It needs no Forgefile, never overwrites a file and writes nothing outside the folder."""
+from __future__ import annotations
+
+import os
+import shlex
+
+from forgebuild import presets
+from forgebuild.errors import UsageError, did_you_mean
+
+DEFAULT = "learn"  # `forgebuild init` alone: the learning example
+
+
+def cmd_init(args, session, report) -> int:
+    if args.list:
+        return _list(args, report)
+    name = args.preset or DEFAULT
+    known = presets.names()
+    if name not in known:
+        raise UsageError(f"no preset '{name}'{did_you_mean(name, known)}; the presets: {', '.join(known)} "
+                         f"(`forgebuild init --list` says what each is)")
+    folder = args.dir or "."
+    found = presets.files(name)
+    _check(folder, list(found))
+    written = []
+    for rel, data in found.items():
+        path = os.path.join(folder, *rel.split("/"))
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        with open(path, "xb") as f:  # "x": a file that appeared since the check is still never overwritten
+            f.write(data)
+        written.append(_shown(path))
+        if not args.json and not args.quiet:
+            print(f"wrote {written[-1]}")
+    if args.json:
+        report({"event": "summary", "ok": True, "preset": name, "dir": os.path.abspath(folder), "files": written})
+    elif not args.quiet:
+        where = "" if os.path.abspath(folder) == os.getcwd() else f"cd {shlex.quote(folder)} && "
+        print(f"next: {where}forgebuild    (the header of {presets.FORGEFILE} says what it builds and what to expect)")
+    return 0
+
+
+
+def _list(args, report) -> int:
+    known = presets.names()
+    width = max((len(n) for n in known), default=0)
+    for name in known:
+        if args.json:
+            report({"event": "preset", "name": name, "summary": presets.summary(name)})
+        else:
+            print(f"{name:<{width}}  {presets.summary(name)}")
+    return 0
+
+
+def _check(folder: str, rels: list[str]) -> None:
+    """Every problem before the first byte is written: a file that exists, a file where a folder goes,
+    a link that would carry a file outside the folder."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise UsageError(f"{folder} is a file, not a folder: nothing written")
+    top = os.path.realpath(folder)
+    for rel in rels:
+        path = os.path.join(folder, *rel.split("/"))
+        if os.path.lexists(path):
+            raise UsageError(f"{_shown(path)} exists; init never overwrites a file: nothing written")
+        parent = os.path.dirname(path)
+        if os.path.exists(parent) and not os.path.isdir(parent):
+            raise UsageError(f"{_shown(parent)} is a file where init writes a folder: nothing written")
+        if os.path.commonpath([top, os.path.realpath(parent)]) != top:
+            raise UsageError(f"{_shown(parent)} leads outside {folder} (a link): nothing written")
+
+
+def _shown(path: str) -> str:
+    return os.path.normpath(path)
