@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import html
 import io
 import json
 import math
@@ -39,9 +40,9 @@ REPORT = {
     },
     "comparisons": [
         {"metric": "arith.exact_match", "a": "model:sft-v1", "b": "model:rl-v3",
-         "diff": 0.12, "low": 0.02, "high": 0.22, "significant": True},
+         "diff": 0.12, "low": 0.02, "high": 0.22, "significant": True, "n": 80},
         {"metric": "holdout.loss", "a": "model:sft-v1", "b": "model:rl-v3",
-         "diff": 0.12, "low": -0.03, "high": 0.27, "significant": False},
+         "diff": 0.12, "low": -0.03, "high": 0.27, "significant": False, "n": 40},
     ],
     "gates": [
         {"metric": "arith.exact_match", "model": "model:rl-v3", "op": ">=", "threshold": 0.6,
@@ -126,17 +127,18 @@ def test_markdown_tables_and_verdict():
     assert "1 of 2 gates failed." in lines
     # metrics: a row per benchmark metric, a column per model; an empty metric is a dash
     assert "| metric | model:sft-v1 | model:rl-v3 |" in lines
-    assert "| arith.exact_match | 0.410 [0.300, 0.520] | 0.530 [0.420, 0.640] |" in lines
-    assert "| arith.contains | 0.550 [0.440, 0.660] | — |" in lines
-    assert "| holdout.perplexity | 12.400 [11.100, 13.900] | 14.000 [12.500, 15.600] |" in lines
+    assert "| arith.exact_match | 0.410 [0.300, 0.520] n=80 | 0.530 [0.420, 0.640] n=80 |" in lines
+    assert "| arith.contains | 0.550 [0.440, 0.660] n=80 | — n=0 |" in lines
+    assert "| holdout.perplexity | 12.400 [11.100, 13.900] n=40 | 14.000 [12.500, 15.600] n=40 |" in lines
     # comparisons: the signed difference with its interval and the verdict on it
-    assert "| arith.exact_match | model:sft-v1 | model:rl-v3 | +0.120 [+0.020, +0.220] | significant |" in lines
-    assert "| holdout.loss | model:sft-v1 | model:rl-v3 | +0.120 [-0.030, +0.270] | not significant |" in lines
-    # gates: threshold with its operator as a sign, the measured value with its interval, the result
-    assert "| arith.exact_match | model:rl-v3 | ≥ 0.6 | 0.530 [0.420, 0.640] | ❌ FAIL |" in lines
-    assert "| holdout.perplexity | model:rl-v3 | ≤ 20 | 14.000 [12.500, 15.600] | ✅ PASS |" in lines
+    assert "| arith.exact_match | model:sft-v1 | model:rl-v3 | +0.120 [+0.020, +0.220] n=80 | significant |" in lines
+    assert "| holdout.loss | model:sft-v1 | model:rl-v3 | +0.120 [-0.030, +0.270] n=40 | not significant |" in lines
+    # gates: threshold with its operator as a sign, the measured value with its interval and the n of
+    # the measurement (from results: a gate entry has none), the result
+    assert "| arith.exact_match | model:rl-v3 | ≥ 0.6 | 0.530 [0.420, 0.640] n=80 | ❌ FAIL |" in lines
+    assert "| holdout.perplexity | model:rl-v3 | ≤ 20 | 14.000 [12.500, 15.600] n=40 | ✅ PASS |" in lines
     # the gates come before the metrics: a reviewer sees why a build failed first
-    assert md.index("## Gates") < md.index("## Metrics") < md.index("## Comparisons")
+    assert md.index("## Gates") < md.index("## Metrics") < md.index("## Comparisons") < md.index("## Training")
     assert "| model:sft-v1 | `ab12ab12ab12` |" in lines
     assert "- model:sft-v1 / arith: `samples/model-sft-v1/arith.jsonl`" in lines
     # every table row has as many cells as its header
@@ -158,7 +160,7 @@ def test_pass_and_edge_cases():
     md = render_markdown(report)
     assert md.startswith("# eval:a\\|b: ✅ PASS\n")
     assert "No gates." in md and "No comparisons." in md
-    assert "| holdout.loss | — | inf |" in md          # missing cell, then a value with no interval
+    assert "| holdout.loss | — | inf n=40 |" in md          # missing cell, then a value with no interval
     assert "❌" not in md
     # an empty report still renders
     empty = {"title": "eval:empty", "models": [], "benchmarks": [], "results": {}, "passed": True}
@@ -195,7 +197,7 @@ def test_html_figures_are_real_pngs_without_software_tag():
     # a bar chart per benchmark metric, then a curve for the one model with a training log
     assert alts == ["arith.exact_match across models", "arith.contains across models",
                     "holdout.perplexity across models", "holdout.loss across models",
-                    "training loss of model:sft-v1"]
+                    "model:sft-v1: loss"]
     for alt, img, raw in pngs:
         assert img.format == "PNG"
         assert "Software" not in img.info, alt
@@ -207,10 +209,10 @@ def test_html_figures_are_real_pngs_without_software_tag():
     for colour in (TAB_BLUE, TAB_ORANGE):
         assert (np.abs(bars - colour).sum(axis=2) < 30).sum() > 2000, colour
     # the model without a log is named, with no curve
-    assert re.search(r"model:rl-v3</strong>: no training log", page)
+    assert '<h3>model:rl-v3</h3>\n<ul class="trends"><li>no training log</li></ul>\n<h2>' in page
     # a log with rows but no loss at all says so
     other = render_html(REPORT, {**LOGS, "model:rl-v3": [{"step": 1, "learning_rate": 1e-3}]})
-    assert "model:rl-v3</strong>: no loss values in the training log" in other
+    assert '<h3>model:rl-v3</h3>\n<ul class="trends"><li>no loss or reward values in the training log</li>' in other
     assert len(data_pngs(other)) == N_METRICS + 1
 
 
@@ -235,6 +237,129 @@ def test_html_deterministic_bytes_and_reflects_data(tmp_path):
     before, after = data_pngs(render_html(REPORT, LOGS)), data_pngs(render_html(changed, LOGS))
     assert before[0][2] != after[0][2]
     assert [raw for _, _, raw in before[1:]] == [raw for _, _, raw in after[1:]]
+
+
+# ---------------------------------------------------------------- training panels and trends
+
+def ramp(step: int) -> float:
+    """0 up to step 30, 1 from step 71, linear between: the first and last tenth of 100 steps are flat."""
+    return min(1.0, max(0.0, (step - 30) / 40))
+
+
+def grpo_log(kl: bool) -> list[dict]:
+    """100 steps shaped as our grpo recipe's training_log.jsonl (key names from a real build with TRL
+    1.16: a reward function per Forgefile reference), reward rising 0.21 -> 0.47; KL only when beta > 0."""
+    rows = []
+    for s in range(1, 101):
+        row = {"step": s, "epoch": s / 100, "loss": 1e-8 * math.sin(s), "grad_norm": 0.9, "learning_rate": 1e-3,
+               "reward": 0.21 + 0.26 * ramp(s), "reward_std": 0.05, "frac_reward_zero_std": 0.0,
+               "rewards/rewards.py:exact_answer/mean": 0.1 + 0.5 * ramp(s), "rewards/rewards.py:exact_answer/std": 0.1,
+               "rewards/exact/mean": 0.0, "rewards/exact/std": 0.0, "entropy": 5.5, "num_tokens": 100.0 * s,
+               "completions/mean_length": 8.0, "clip_ratio/region_mean": 0.0}
+        if kl:
+            row["kl"] = 0.0004 * s
+        rows.append(row)
+    return rows + [{"step": 100, "epoch": 1.0, "train_loss": 0.0}]
+
+
+def dpo_log() -> list[dict]:
+    """40 steps and 2 evaluations shaped as our dpo recipe's log: margins and accuracies rising, loss falling."""
+    rows = [{"step": s, "loss": 0.693 - 0.01 * s, "rewards/margins": 0.05 * s,
+             "rewards/accuracies": 0.5 if s <= 20 else 1.0, "rewards/chosen": 0.02 * s, "rewards/rejected": -0.03 * s,
+             "logps/chosen": -20.0, "logps/rejected": -21.0}
+            for s in range(1, 41)]
+    rows += [{"step": s, "eval_loss": 0.6 - s / 200, "eval_rewards/margins": s / 20, "eval_rewards/accuracies": 0.75}
+             for s in (20, 40)]
+    return rows + [{"step": 40, "train_loss": 0.488}]
+
+
+STAGES = {"title": "eval:stages", "models": ["model:base", "model:pref", "model:rl", "model:rl-nokl"],
+          "benchmarks": [{"name": "arith", "kind": "generate", "metrics": ["exact_match"], "examples": 50}],
+          "results": {m: {"arith.exact_match": {"value": v, "low": v - 0.1, "high": v + 0.1, "n": 50}}
+                      for m, v in (("model:base", 0.12), ("model:pref", 0.5), ("model:rl", 0.61),
+                                   ("model:rl-nokl", 0.6))},
+          "comparisons": [], "gates": [], "passed": True}
+STAGE_LOGS = {"model:base": LOGS["model:sft-v1"], "model:pref": dpo_log(), "model:rl": grpo_log(kl=True),
+              "model:rl-nokl": grpo_log(kl=False)}
+PANELS = {"model:base": ["loss"],
+          "model:pref": ["loss", "rewards/margins", "rewards/accuracies"],
+          "model:rl": ["loss", "reward", "rewards/rewards.py:exact_answer/mean", "rewards/exact/mean", "kl"],
+          "model:rl-nokl": ["loss", "reward", "rewards/rewards.py:exact_answer/mean", "rewards/exact/mean"]}
+
+
+def test_each_stage_gets_the_panels_its_log_holds():
+    page = render_html(STAGES, STAGE_LOGS)
+    pngs = data_pngs(page)
+    panels = [alt for alt, _, _ in pngs if not alt.endswith(" across models")]
+    # loss always; DPO: margins and accuracies; GRPO: total reward, each reward function, KL only when
+    # logged; nothing else a log holds (rewards/chosen, entropy, completion lengths...) gets a panel
+    assert panels == [f"{m}: {key}" for m in STAGES["models"] for key in PANELS[m]]
+    for alt, img, _ in pngs:
+        assert img.format == "PNG" and "Software" not in img.info, alt
+        assert np.asarray(img.convert("RGB")).astype(int).std() > 10, alt
+    # each panel sits under its model's heading
+    for model, nxt in zip(STAGES["models"], STAGES["models"][1:] + ["Models and benchmarks"]):
+        section = page[page.index(f"<h3>{model}</h3>"):page.index(f">{nxt}</h")]
+        assert re.findall(r'<img alt="([^"]*)"', section) == [f"{model}: {key}" for key in PANELS[model]]
+    # a panel draws its own series: another margin curve changes that panel and no other
+    changed = copy.deepcopy(STAGE_LOGS)
+    for row in changed["model:pref"]:
+        if "rewards/margins" in row:
+            row["rewards/margins"] *= -1
+    before = {alt: raw for alt, _, raw in pngs}
+    after = {alt: raw for alt, _, raw in data_pngs(render_html(STAGES, changed))}
+    assert [alt for alt in before if before[alt] != after[alt]] == ["model:pref: rewards/margins"]
+
+
+def test_training_trends_in_markdown_and_html():
+    md = render_markdown(STAGES, STAGE_LOGS)
+    lines = md.splitlines()
+    assert md.index("## Comparisons") < md.index("## Training") < md.index("## Models")
+    # first tenth against last tenth of the logged steps, so a reviewer reads the trend without the HTML
+    pref = ["- loss fell from 0.668 to 0.308 (mean of steps 1–4 vs 37–40)",
+            "- eval_loss fell from 0.500 to 0.400 (step 20 vs step 40)",
+            "- rewards/margins rose from 0.125 to 1.925 (mean of steps 1–4 vs 37–40)",
+            "- eval_rewards/margins rose from 1.000 to 2.000 (step 20 vs step 40)",
+            "- rewards/accuracies rose from 0.500 to 1.000 (mean of steps 1–4 vs 37–40)",
+            "- eval_rewards/accuracies stayed at 0.750 (step 20 vs step 40)"]
+    start = lines.index("**model:pref**") + 2
+    assert lines[start:start + len(pref) + 1] == pref + [""]
+    rl = lines[lines.index("**model:rl**") + 2:lines.index("**model:rl-nokl**") - 1]
+    windows = "(mean of steps 1–10 vs 91–100)"
+    assert rl[1:] == [f"- reward rose from 0.210 to 0.470 {windows}",
+                      f"- rewards/rewards.py:exact_answer/mean rose from 0.100 to 0.600 {windows}",
+                      f"- rewards/exact/mean stayed at 0.000 {windows}",
+                      f"- kl rose from 0.0022 to 0.038 {windows}"]   # a small KL in two figures, not 0.000
+    assert rl[0].startswith("- loss ") and rl[0].endswith(windows)
+    assert "kl " not in md.split("**model:rl-nokl**")[1].split("## Models")[0]
+    # the same sentences in the page, under each model's heading
+    page = render_html(STAGES, STAGE_LOGS)
+    for line in pref:
+        assert f"<li>{html.escape(line[2:])}</li>" in page, line
+    # one logged step, and a model without a log
+    one = render_markdown(STAGES | {"models": ["model:base", "model:pref"]},
+                          {"model:pref": [{"step": 1, "loss": 0.693, "rewards/margins": 0.0}]})
+    assert "- loss was 0.693 (step 1 only)" in one and "- rewards/margins was 0.000 (step 1 only)" in one
+    assert "**model:base**\n\n- no training log\n" in one
+
+
+def test_every_metric_cell_shows_value_interval_and_n():
+    """An interval or an n dropped from any cell of either report fails here."""
+    for report, logs in ((REPORT, LOGS), (STAGES, STAGE_LOGS)):
+        md = render_markdown(report, logs).split("## Metrics")[1].split("## Comparisons")[0]
+        md_rows = [line.strip("| ").split(" | ") for line in md.splitlines() if line.startswith("| ")]
+        html_rows = Dom(render_html(report, logs)).tables["metrics"]
+        assert md_rows[0] == html_rows[0] == ["metric", *report["models"]]
+        assert [r[0] for r in md_rows[2:]] == [r[0] for r in html_rows[1:]]
+        for md_row, html_row in zip(md_rows[2:], html_rows[1:]):
+            metric = md_row[0]
+            for col, model in enumerate(report["models"], start=1):
+                cell = report["results"][model].get(metric)
+                if cell and cell["value"] is not None:
+                    want = f"{cell['value']:.3f} [{cell['low']:.3f}, {cell['high']:.3f}] n={cell['n']}"
+                else:
+                    want = "— n=0" if cell else "—"
+                assert md_row[col] == html_row[col] == want, (model, metric)
 
 
 # ---------------------------------------------------------------- html in a real browser
@@ -269,18 +394,18 @@ def test_browser_dom_has_tables_and_images(written):
     assert metrics[0] == ["metric", "model:sft-v1", "model:rl-v3"]
     assert [row[0] for row in metrics[1:]] == ["arith.exact_match", "arith.contains",
                                                "holdout.perplexity", "holdout.loss"]
-    assert metrics[1][1:] == ["0.410 [0.300, 0.520]", "0.530 [0.420, 0.640]"]
-    assert metrics[2][2] == "—"
+    assert metrics[1][1:] == ["0.410 [0.300, 0.520] n=80", "0.530 [0.420, 0.640] n=80"]
+    assert metrics[2][2] == "— n=0"
 
     gates = dom.tables["gates"]
-    assert gates[0] == ["metric", "model", "threshold", "measured (95% interval)", "result"]
-    assert gates[1] == ["arith.exact_match", "model:rl-v3", "≥ 0.6", "0.530 [0.420, 0.640]", "✗ FAIL"]
-    assert gates[2] == ["holdout.perplexity", "model:rl-v3", "≤ 20", "14.000 [12.500, 15.600]", "✓ PASS"]
+    assert gates[0] == ["metric", "model", "threshold", "measured [95% interval] n", "result"]
+    assert gates[1] == ["arith.exact_match", "model:rl-v3", "≥ 0.6", "0.530 [0.420, 0.640] n=80", "✗ FAIL"]
+    assert gates[2] == ["holdout.perplexity", "model:rl-v3", "≤ 20", "14.000 [12.500, 15.600] n=40", "✓ PASS"]
     assert dom.row_classes["gates"][1:] == ["fail", "pass"]
 
     comps = dom.tables["comparisons"]
-    assert comps[1][3:] == ["+0.120 [+0.020, +0.220]", "significant"]
-    assert comps[2][3:] == ["+0.120 [-0.030, +0.270]", "not significant"]
+    assert comps[1][3:] == ["+0.120 [+0.020, +0.220] n=80", "significant"]
+    assert comps[2][3:] == ["+0.120 [-0.030, +0.270] n=40", "not significant"]
 
     assert len(dom.imgs) == N_METRICS + 1
     assert all(img["src"].startswith("data:image/png;base64,") for img in dom.imgs)

@@ -1,13 +1,17 @@
 """report.md and report.html from an eval's report dict (the content of report.json).
 
 Markdown is for a pull request: a PASS/FAIL header, then the gate, metric and
-comparison tables, the models (with digests) and the benchmarks. HTML is one
-self-contained file: the same tables, inline CSS, and matplotlib figures
-embedded as base64 PNG data URIs (a bar chart per benchmark metric across
-models with 95% interval error bars, and each model's training-loss curve from
-its training_log.jsonl). No scripts, no external URLs. Both are deterministic:
-the same report gives the same bytes (no timestamps, PNGs saved without a
-Software tag, a fixed matplotlib style).
+comparison tables (every measurement as value [95% interval] n=examples), what
+each model's training did (each logged quantity's first against its last tenth:
+"reward rose from 0.210 to 0.470"), the models (with digests) and the
+benchmarks. HTML is one self-contained file: the same tables and trends, inline
+CSS, and matplotlib figures embedded as base64 PNG data URIs (a bar chart per
+benchmark metric across models with 95% interval error bars, and per model a
+small chart of each training quantity its training_log.jsonl holds: the loss,
+DPO's reward margins and accuracies, GRPO's reward per reward function, total
+reward and KL). No scripts, no external URLs. Both are deterministic: the same
+report gives the same bytes (no timestamps, PNGs saved without a Software tag,
+a fixed matplotlib style).
 
 Figures are drawn on `matplotlib.figure.Figure` with the Agg canvas directly:
 pyplot is never imported, so no GUI backend is ever chosen and no global figure
@@ -20,6 +24,7 @@ import html
 import io
 import math
 import os
+import re
 import threading
 
 MISSING = "—"
@@ -27,8 +32,12 @@ OPS = {">=": "≥", "<=": "≤", ">": ">", "<": "<", "==": "=", "!=": "≠"}
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
           "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 BAR_SIZE = (5.1, 3.2)      # inches, shown at 100 px per inch: two figures side by side on the page
-CURVE_SIZE = (5.1, 3.2)
-SMOOTH_OVER = 60           # more loss rows than this: also draw a trailing mean
+PANEL_SIZE = (3.3, 2.4)    # three training panels to a row of the 1,120 px page
+# The training quantities drawn per model when its log has them (TRL 1.16's names), in this order:
+# the loss always; the DPO family's chosen-rejected reward margin and how often chosen wins; GRPO's
+# total reward, each reward function's mean (`rewards/<name>/mean`) and the KL to the reference
+# (logged only when beta > 0; online DPO logs it as objective/kl).
+PANELS = ("loss", "rewards/margins", "rewards/accuracies", "reward", "rewards/.+/mean", "kl", "objective/kl")
 DPI = 150                  # rendered at 1.5x for sharp text on high-density screens
 _STYLE = {
     "svg.hashsalt": "forgebuild-eval-report",
@@ -44,6 +53,10 @@ _STYLE = {
     "savefig.dpi": DPI,
     "savefig.facecolor": "white",
 }
+METRICS_NOTE = "Value [bootstrap 95% interval] n=examples it is the mean of (perplexity: documents)."
+COMPARISONS_NOTE = "Difference B − A [paired bootstrap 95% interval] n=examples both models were scored on."
+TRENDS = ("Each training quantity: the mean of its first tenth of logged steps against the mean of its last "
+          "tenth (1 to 100 steps each); the charts draw the raw steps faint under that trailing mean.")
 _PLOT_LOCK = threading.Lock()   # rc_context is process-global; builds run in threads
 
 
@@ -63,14 +76,31 @@ def _num(x, signed: bool = False) -> str:
     return f"{x:+.3f}" if signed else f"{x:.3f}"
 
 
+def _interval_parts(entry: dict | None, key: str = "value", signed: bool = False) -> list[tuple[str, str]]:
+    """[("", "0.410"), ("ci", "[0.300, 0.520]"), ("n", "n=80")]: the value, its 95% interval and the
+    examples it is a mean over, each with its HTML class; the parts the entry lacks are left out."""
+    if not entry:
+        return [("", MISSING)]
+    if entry.get(key) is None:
+        parts = [("", MISSING)]
+    else:
+        parts = [("", _num(entry[key], signed))]
+        if entry.get("low") is not None and entry.get("high") is not None:
+            parts.append(("ci", f"[{_num(entry['low'], signed)}, {_num(entry['high'], signed)}]"))
+    if isinstance(entry.get("n"), int) and not isinstance(entry.get("n"), bool):
+        parts.append(("n", f"n={entry['n']}"))
+    return parts
+
+
 def _interval(entry: dict | None, key: str = "value", signed: bool = False) -> str:
-    """'0.410 [0.300, 0.520]'; the bare value when there is no interval; '—' for no value."""
-    if not entry or entry.get(key) is None:
-        return MISSING
-    text = _num(entry[key], signed)
-    if entry.get("low") is not None and entry.get("high") is not None:
-        text += f" [{_num(entry['low'], signed)}, {_num(entry['high'], signed)}]"
-    return text
+    """'0.410 [0.300, 0.520] n=80'; '—' for no value."""
+    return " ".join(text for _, text in _interval_parts(entry, key, signed))
+
+
+def _gate_entry(report: dict, gate: dict) -> dict:
+    """A gate with the n of the measurement it judged (report.json keeps n in results only)."""
+    cell = _cell(report, gate.get("model"), gate.get("metric")) or {}
+    return {"n": cell.get("n"), **gate}
 
 
 def _threshold(gate: dict) -> str:
@@ -128,7 +158,7 @@ def _md_table(header: list[str], rows: list[list[str]], align: list[str]) -> lis
     return lines
 
 
-def render_markdown(report: dict) -> str:
+def render_markdown(report: dict, training_logs: dict[str, list[dict]] | None = None) -> str:
     models = report.get("models", [])
     gates = report.get("gates", [])
     passed = _verdict(report)
@@ -146,13 +176,13 @@ def render_markdown(report: dict) -> str:
     out += ["## Gates", ""]
     if gates:
         out += _md_table(["metric", "model", "threshold", "measured", "result"],
-                         [[g["metric"], g["model"], _threshold(g), _interval(g),
+                         [[g["metric"], g["model"], _threshold(g), _interval(_gate_entry(report, g)),
                            "✅ PASS" if g.get("passed") else "❌ FAIL"] for g in gates],
                          ["l", "l", "l", "r", "l"])
     else:
         out.append("No gates.")
 
-    out += ["", "## Metrics", "", "Value with its bootstrap 95% interval.", ""]
+    out += ["", "## Metrics", "", METRICS_NOTE, ""]
     out += _md_table(["metric", *models],
                      [[metric, *(_interval(_cell(report, m, metric)) for m in models)]
                       for metric in _metric_rows(report)],
@@ -161,13 +191,18 @@ def render_markdown(report: dict) -> str:
     out += ["", "## Comparisons", ""]
     comps = report.get("comparisons", [])
     if comps:
-        out += ["Difference B − A with its bootstrap 95% interval.", ""]
+        out += [COMPARISONS_NOTE, ""]
         out += _md_table(["metric", "A", "B", "B − A", "significance"],
                          [[c["metric"], c["a"], c["b"], _interval(c, "diff", signed=True),
                            "significant" if c.get("significant") else "not significant"] for c in comps],
                          ["l", "l", "l", "r", "l"])
     else:
         out.append("No comparisons.")
+
+    out += ["", "## Training", "", TRENDS]
+    for model in models:
+        out += ["", f"**{_md(model)}**", ""]
+        out += [f"- {_md(t)}" for t in training_summary((training_logs or {}).get(model) or [])]
 
     out += ["", "## Models", ""]
     digests = report.get("model_digests", {})
@@ -268,21 +303,33 @@ def _short(model: str) -> str:
     return text if len(text) <= 28 else text[:27] + "…"
 
 
-def _curve_points(rows: list[dict]) -> tuple[list, list, list, list]:
-    steps, losses, esteps, elosses = [], [], [], []
+def _series(rows: list[dict], key: str) -> tuple[list, list]:
+    """(steps, values) of every row with a finite `key` (a row without a step: its index)."""
+    steps, values = [], []
     for i, row in enumerate(rows or []):
-        if not isinstance(row, dict):
-            continue
-        step = row.get("step", i)
-        if not _finite(step):
-            step = i
-        if _finite(row.get("loss")):
-            steps.append(step)
-            losses.append(row["loss"])
-        if _finite(row.get("eval_loss")):
-            esteps.append(step)
-            elosses.append(row["eval_loss"])
-    return steps, losses, esteps, elosses
+        if isinstance(row, dict) and _finite(row.get(key)):
+            step = row.get("step", i)
+            steps.append(step if _finite(step) else i)
+            values.append(row[key])
+    return steps, values
+
+
+def _panel_keys(rows: list[dict]) -> list[str]:
+    """The training quantities a log holds, in PANELS order (per-function rewards in log order);
+    a quantity logged only at evaluation (eval_KEY) still gets its panel."""
+    logged = []
+    for row in rows or []:
+        if isinstance(row, dict):
+            for key, value in row.items():
+                name = key[len("eval_"):] if key.startswith("eval_") else key
+                if _finite(value) and name not in logged:
+                    logged.append(name)
+    return [k for pattern in PANELS for k in logged if re.fullmatch(pattern, k)]
+
+
+def _window(n: int) -> int:
+    """Steps per trailing mean and per first/last summary window: a tenth of the run, 1 to 100."""
+    return max(1, min(100, n // 10))
 
 
 def _trailing_mean(values: list[float], window: int) -> list[float]:
@@ -295,35 +342,74 @@ def _trailing_mean(values: list[float], window: int) -> list[float]:
     return out
 
 
-def _curve_chart(model: str, rows: list[dict], color: str) -> str | None:
-    """Training loss against step (eval_loss as open circles); None when the log has neither."""
+def _amount(x: float) -> str:
+    """A trend's number: as a bar label, but a KL of 0.0004 is not '0.000'."""
+    return f"{x:.2g}" if x and abs(x) < 0.01 else _label(x)
+
+
+def _span(steps: list) -> str:
+    text = [f"{s:g}" if isinstance(s, float) else str(s) for s in (steps[0], steps[-1])]
+    return text[0] if len(steps) == 1 else f"{text[0]}–{text[1]}"
+
+
+def _trend(key: str, steps: list, values: list[float]) -> str:
+    """'reward rose from 0.210 to 0.470 (mean of steps 1–150 vs 1351–1500)': first vs last window."""
+    if len(values) == 1:
+        return f"{key} was {_amount(values[0])} (step {_span(steps)} only)"
+    w = _window(len(values))
+    first, last = sum(values[:w]) / w, sum(values[-w:]) / w
+    if _amount(first) == _amount(last):
+        verb = f"stayed at {_amount(first)}"
+    else:
+        verb = f"{'rose' if last > first else 'fell'} from {_amount(first)} to {_amount(last)}"
+    a, b = _span(steps[:w]), _span(steps[-w:])
+    return f"{key} {verb} ({f'mean of steps {a} vs {b}' if w > 1 else f'step {a} vs step {b}'})"
+
+
+def training_summary(rows: list[dict]) -> list[str]:
+    """One trend line per panel quantity (and its eval_ twin); a line saying why when there is none."""
+    if not rows:
+        return ["no training log"]
+    lines = []
+    for key in _panel_keys(rows):
+        for name in (key, f"eval_{key}"):
+            steps, values = _series(rows, name)
+            if values:
+                lines.append(_trend(name, steps, values))
+    return lines or ["no loss or reward values in the training log"]
+
+
+def _panel_chart(rows: list[dict], key: str, color: str) -> str:
+    """One training quantity against step: the raw steps faint under a trailing mean over a tenth of
+    the run (plain, with markers, when that is a single step), eval_KEY as open circles."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    steps, losses, esteps, elosses = _curve_points(rows)
-    if not losses and not elosses:
-        return None
-    fig = Figure(figsize=CURVE_SIZE, layout="constrained")
+    steps, values = _series(rows, key)
+    esteps, evalues = _series(rows, f"eval_{key}")
+    fig = Figure(figsize=PANEL_SIZE, layout="constrained")
     ax = fig.add_subplot()
-    if len(losses) > SMOOTH_OVER:
-        # a noisy run hides its trend: the raw steps faint, a trailing mean over 1/40 of the run on top
-        window = max(5, len(losses) // 40)
-        ax.plot(steps, losses, color=color, linewidth=0.8, alpha=0.3, label="loss")
-        ax.plot(steps, _trailing_mean(losses, window), color=color, linewidth=1.6, label=f"loss, mean of {window}")
-    elif losses:
-        ax.plot(steps, losses, color=color, linewidth=1.4, label="loss",
-                marker="o" if len(losses) <= 12 else None, markersize=3.5)
-    if elosses:
-        ax.plot(esteps, elosses, linestyle="none", marker="o", markersize=5, markerfacecolor="white",
-                markeredgecolor="#d62728" if color != "#d62728" else "#1f77b4", markeredgewidth=1.5, label="eval_loss")
+    window = _window(len(values))
+    if window > 1:
+        ax.plot(steps, values, color=color, linewidth=0.8, alpha=0.3, label=key)
+        ax.plot(steps, _trailing_mean(values, window), color=color, linewidth=1.6, label=f"mean of {window}")
+    elif values:
+        ax.plot(steps, values, color=color, linewidth=1.4, label=key, marker="o" if len(values) <= 12 else None,
+                markersize=3.5)
+    if evalues:
+        ax.plot(esteps, evalues, linestyle="none", marker="o", markersize=5, markerfacecolor="white",
+                markeredgecolor="#d62728" if color != "#d62728" else "#1f77b4", markeredgewidth=1.5,
+                label=f"eval_{key}")
+    if "accurac" in key:        # a rate: the whole 0..1 scale
+        ax.set_ylim(-0.03, 1.03)
     all_steps = steps + esteps
     if min(all_steps) == max(all_steps):        # one step: give it a readable axis around it
         ax.set_xlim(all_steps[0] - 1, all_steps[0] + 1)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_title(str(model))
-    ax.legend(loc="upper right", frameon=False, fontsize=8)
+    ax.set_title(key)
+    if len(ax.get_lines()) > 1:     # a lone line is named by the title
+        ax.legend(loc="best", frameon=False, fontsize=7)
     return _png(fig)
 
 
@@ -348,7 +434,8 @@ td.num { text-align: right; font-variant-numeric: tabular-nums;
 td.num span { white-space: nowrap; }
 .ci { color: #57606a; }
 .scroll { overflow-x: auto; max-width: 100%; }
-table.stack .ci { display: block; }
+table.stack .ci, table.stack .n { display: block; }
+.n { color: #6e7781; }
 tbody tr:nth-child(even) td { background: #fafbfc; }
 code { font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; font-size: 12px; background: #f0f2f5;
        padding: 1px 4px; border-radius: 3px; }
@@ -360,8 +447,8 @@ caption { caption-side: top; text-align: left; padding: 0 0 4px; }
 .figs { display: flex; flex-wrap: wrap; gap: 14px; }
 figure { margin: 0; border: 1px solid #e3e6ea; border-radius: 4px; padding: 4px; background: #fff; }
 figure img { display: block; max-width: 100%; height: auto; }
-.nolog { align-self: flex-start; color: #6e7781; font-style: italic; border: 1px dashed #d0d7de;
-         padding: 10px 14px; border-radius: 4px; }
+h3 { font-size: 15px; margin: 20px 0 4px; word-break: break-word; }
+ul.trends { margin: 4px 0 10px; padding-left: 20px; color: #33393f; }
 """
 
 
@@ -370,12 +457,9 @@ def _e(text) -> str:
 
 
 def _h_interval(entry: dict | None, key: str = "value", signed: bool = False) -> str:
-    """The interval text as HTML: the value and its bracket may wrap apart when a wide table needs room."""
-    text = _interval(entry, key, signed)
-    value, sep, rest = text.partition(" ")
-    if not sep:
-        return f"<span>{_e(text)}</span>"
-    return f'<span>{_e(value)}</span> <span class="ci">{_e(rest)}</span>'
+    """The interval text as HTML: value, interval and n may wrap apart when a wide table needs room."""
+    return " ".join(f'<span class="{c}">{_e(t)}</span>' if c else f"<span>{_e(t)}</span>"
+                    for c, t in _interval_parts(entry, key, signed))
 
 
 def _html_table(header: list[str], rows: list[tuple[str, list[tuple[str, str]]]], caption: str | None = None,
@@ -414,8 +498,9 @@ def render_html(report: dict, training_logs: dict[str, list[dict]] | None) -> st
 
     with _PLOT_LOCK, matplotlib.style.context("default"), matplotlib.rc_context(_STYLE):
         bars = [(metric, _bar_chart(report, metric)) for metric in metrics]
-        curves = [(model, _curve_chart(model, training_logs.get(model) or [], COLORS[i % len(COLORS)]))
-                  for i, model in enumerate(models)]
+        panels = {model: [(key, _panel_chart(training_logs.get(model) or [], key, COLORS[i % len(COLORS)]))
+                          for key in _panel_keys(training_logs.get(model) or [])]
+                  for i, model in enumerate(models)}
 
     n_fail = sum(1 for g in gates if not g.get("passed"))
     summary = ("no gates" if not gates else
@@ -434,9 +519,10 @@ def render_html(report: dict, training_logs: dict[str, list[dict]] | None) -> st
     p.append("<h2>Gates</h2>")
     if gates:
         p.append(_html_table(
-            ["metric", "model", "threshold", "measured (95% interval)", "result"],
+            ["metric", "model", "threshold", "measured [95% interval] n", "result"],
             [("pass" if g.get("passed") else "fail",
-              [("", _e(g["metric"])), ("", _e(g["model"])), ("num", _e(_threshold(g))), ("num", _h_interval(g)),
+              [("", _e(g["metric"])), ("", _e(g["model"])), ("num", _e(_threshold(g))),
+               ("num", _h_interval(_gate_entry(report, g))),
                ("ok" if g.get("passed") else "bad", "✓ PASS" if g.get("passed") else "✗ FAIL")])
              for g in gates], table_id="gates"))
     else:
@@ -447,7 +533,7 @@ def render_html(report: dict, training_logs: dict[str, list[dict]] | None) -> st
         ["metric", *models],
         [("", [("", _e(metric)), *(("num", _h_interval(_cell(report, m, metric))) for m in models)])
          for metric in metrics],
-        caption="Value with its bootstrap 95% interval.", table_id="metrics", stack=len(models) > 3))
+        caption=METRICS_NOTE, table_id="metrics", stack=len(models) > 3))
     p.append('<div class="figs">' + "".join(_img(b, f"{metric} across models", size) for metric, (b, size) in bars)
              + "</div>")
 
@@ -455,7 +541,7 @@ def render_html(report: dict, training_logs: dict[str, list[dict]] | None) -> st
     comps = report.get("comparisons", [])
     if comps:
         p.append(_html_table(
-            ["metric", "A", "B", "B − A (95% interval)", "significance"],
+            ["metric", "A", "B", "B − A [95% interval] n", "significance"],
             [("", [("", _e(c["metric"])), ("", _e(c["a"])), ("", _e(c["b"])),
                    ("num", _h_interval(c, "diff", signed=True)),
                    ("sig" if c.get("significant") else "nsig",
@@ -464,15 +550,15 @@ def render_html(report: dict, training_logs: dict[str, list[dict]] | None) -> st
     else:
         p.append('<p class="note">No comparisons.</p>')
 
-    p.append("<h2>Training loss</h2>")
-    figs = []
-    for model, b in curves:
-        if b is None:
-            why = "no training log" if not training_logs.get(model) else "no loss values in the training log"
-            figs.append(f'<div class="nolog"><strong>{_e(model)}</strong>: {_e(why)}</div>')
-        else:
-            figs.append(_img(b, f"training loss of {model}", CURVE_SIZE))
-    p.append('<div class="figs">' + "".join(figs) + "</div>")
+    p.append("<h2>Training</h2>")
+    p.append(f'<p class="note">{_e(TRENDS)}</p>')
+    for model in models:
+        trends = training_summary(training_logs.get(model) or [])
+        p.append(f"<h3>{_e(model)}</h3>")
+        p.append('<ul class="trends">' + "".join(f"<li>{_e(t)}</li>" for t in trends) + "</ul>")
+        if panels[model]:
+            p.append('<div class="figs">' + "".join(_img(b, f"{model}: {key}", PANEL_SIZE)
+                                                    for key, b in panels[model]) + "</div>")
 
     p.append("<h2>Models and benchmarks</h2>")
     p.append(_html_table(["model", "digest"],
@@ -497,7 +583,8 @@ def render_html(report: dict, training_logs: dict[str, list[dict]] | None) -> st
 def write_reports(folder: str, report: dict, training_logs: dict[str, list[dict]] | None) -> None:
     """Write folder/report.md and folder/report.html (each written whole, then renamed into place)."""
     os.makedirs(folder, exist_ok=True)
-    for name, text in (("report.md", render_markdown(report)), ("report.html", render_html(report, training_logs))):
+    for name, text in (("report.md", render_markdown(report, training_logs)),
+                       ("report.html", render_html(report, training_logs))):
         path = os.path.join(folder, name)
         tmp = path + ".tmp"
         with open(tmp, "w", encoding="utf-8", newline="\n") as f:
