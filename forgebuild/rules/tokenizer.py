@@ -4,6 +4,8 @@
     corpus = "corpus:mix"      # any KIND:NAME whose artifact holds train/*.parquet with a `text` column
     vocab_size = 4096
     fim = true                 # adds <|fim_prefix|>, <|fim_middle|>, <|fim_suffix|>
+    split_digits = true        # every digit its own token (LLaMA, Qwen), for arithmetic and code
+    sample = 0.25              # train on a content-hash quarter: a new file changes it with p = 0.25
 
 The artifact is a Hugging Face tokenizer folder (`AutoTokenizer.from_pretrained`
 loads it): tokenizer.json, tokenizer_config.json (special tokens and the chat
@@ -13,11 +15,16 @@ vocabulary use on the corpus holdout).
 All three models pre-tokenize at byte level (GPT-2's ByteLevel), so any UTF-8
 text encodes without an unknown token and decodes back to itself. Training is
 made reproducible: two builds of the same inputs give the same bytes whatever
-the number of threads (see docs/rules/tokenizer.md, "Determinism").
+the number of threads or the order of the documents (see docs/rules/tokenizer.md,
+"Determinism"). The documents it reads are chosen by a hash of their content
+(`sample`, `max_train_bytes`), so adding a document outside that choice leaves
+the artifact byte-identical and nothing downstream rebuilds (early cutoff);
+`pin` turns any change into a failed build ("Stability").
 """
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import os
 import re
@@ -30,7 +37,8 @@ from forgebuild import limits
 from forgebuild.planning.plan import ADDRESS
 from forgebuild.rules import runtime
 
-version = "1"
+# 2: max_train_bytes takes documents in content-hash order (was corpus order); split_digits, sample, pin
+version = "2"
 
 BYTE_ALPHABET = 256  # byte-level pre-tokenization maps every byte to one of 256 characters
 # WordPiece marks a piece that continues a word with a prefix. The usual "##" is
@@ -43,6 +51,7 @@ WORDPIECE_MAX_WORD = 1000
 # Unigram scores differ run to run in the last digits (the trainer sums floats in
 # hash-map order); rounding to 1e-6 removes noise of ~1e-11 measured on 1 MB.
 UNIGRAM_SCORE_DECIMALS = 6
+UNIGRAM_LADDER_STEP = 0.0001  # the trainer's score step between the characters it puts back after EM
 UNSEEN_CHAR_PENALTY = 1.0  # score below the rarest learned piece, for bytes the corpus never had
 FIM_TOKENS = ("<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>")
 CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
@@ -50,6 +59,12 @@ CHATML_TOKENS = ("<|im_start|>", "<|im_end|>")
 # special token to other bytes, so the token would not decode to itself.
 TOKEN_TEXT = re.compile(r"^[\x21-\x7e]+$")
 HUGE_MAX_LENGTH = 1000000000000000019884624838656  # transformers' "no limit" (int(1e30))
+# A document's sample hash: BLAKE3 of this prefix and its UTF-8 text, first 64 bits. The
+# prefix keeps it independent of the corpus's own split, which holds out the LOWEST
+# BLAKE3(text) values: an unsalted sample of the lowest 25% would be mostly holdout.
+SAMPLE_SALT = b"forgebuild tokenizer sample\0"
+HASH_SPACE = 2 ** 64
+DIGEST = re.compile(r"^[0-9a-f]{64}$")
 
 # ChatML, as Qwen and many others use it. The {% generation %} block marks the
 # assistant's tokens, so TRL's assistant_only_loss / return_assistant_tokens_mask work.
@@ -75,7 +90,14 @@ class Params(BaseModel):
     min_frequency: int = Field(2, ge=0, le=limits.AMOUNT, description="bpe, wordpiece: a pair seen fewer times is never merged")
     max_train_bytes: int | None = Field(
         None, gt=0, le=limits.AMOUNT,
-        description="train on the first documents of the train split up to this many UTF-8 bytes; all if unset")
+        description="train on documents in content-hash order up to this many UTF-8 bytes; all if unset")
+    sample: float = Field(
+        1.0, gt=0, le=1,
+        description="train (and measure the holdout) on the documents whose content hash falls in this fraction of "
+                    "the hash space: a new document changes the tokenizer with this probability")
+    pin: str | None = Field(
+        None, description="the artifact digest this build must produce (64 hex digits); any other fails the build")
+    split_digits: bool = Field(False, description="every digit is its own token: no merge ever joins two digits")
     bos_token: str = Field("<|bos|>", description="beginning-of-sequence token; \"\" for none")
     eos_token: str = Field("<|eos|>", description="end-of-sequence token, also the document separator")
     pad_token: str = Field("<|pad|>", description="padding token; \"\" for none")
@@ -133,6 +155,9 @@ def check(params: Params) -> list[tuple[str, str]]:
         problems.append(("eos_token", "must not be empty: it ends every document"))
     if params.add_bos and not params.bos_token:
         problems.append(("add_bos", "needs a bos_token"))
+    if params.pin is not None and not DIGEST.match(params.pin):
+        problems.append(("pin", f"{params.pin!r} is not an artifact digest: 64 hex digits, as "
+                                f"`forgebuild show` prints it"))
     for key in ("bos_token", "eos_token", "pad_token", "unk_token"):
         value = getattr(params, key)
         if value and not TOKEN_TEXT.match(value):
@@ -272,10 +297,17 @@ def build(ctx) -> None:
     if row_count(train_parts) == 0:  # some trainers panic on no text at all
         raise ctx.bad_input(f"{p.corpus}: the train split has no documents")
 
+    def read(parts):
+        return text_batches(ctx, p.corpus, folder, parts, threads=threads > 1)
+
     started = time.perf_counter()
+    bound = sample_bound(read(train_parts), p.sample, p.max_train_bytes)
     counted = {"documents": 0, "bytes": 0}
-    texts = limited(text_batches(ctx, p.corpus, folder, train_parts, threads=threads > 1), p.max_train_bytes, counted)
-    tokenizer = train(p, texts)
+    texts = chosen(read(train_parts), bound, counted)
+    first = next(texts, None)
+    if first is None:  # the trainers panic on no text at all
+        raise ctx.bad_input(f"no train document of {p.corpus} falls in sample = {p.sample:g}; raise sample")
+    tokenizer = train(p, itertools.chain([first], texts))
     trained = time.perf_counter() - started
 
     path = os.path.join(ctx.out, "tokenizer.json")
@@ -284,7 +316,7 @@ def build(ctx) -> None:
     write_json(os.path.join(ctx.out, "special_tokens_map.json"), special_tokens_map(p))
 
     started = time.perf_counter()
-    holdout = holdout_stats(tokenizer, text_batches(ctx, p.corpus, folder, holdout_parts, threads=threads > 1))
+    holdout = holdout_stats(tokenizer, chosen(read(holdout_parts), bound, {"documents": 0, "bytes": 0}))
     stats = {"model": p.model, "vocab_size": tokenizer.get_vocab_size(with_added_tokens=True),
              "vocab_size_requested": p.vocab_size, "special_tokens": len(special_tokens(p)),
              "train": {"documents": counted["documents"], "bytes": counted["bytes"]}, "holdout": holdout}
@@ -293,21 +325,64 @@ def build(ctx) -> None:
                 holdout_seconds=round(time.perf_counter() - started, 3),
                 train_bytes_per_second=round(counted["bytes"] / max(trained, 1e-9)))
     ctx.log(f"trained {p.model}: vocab {stats['vocab_size']}, {holdout['bytes_per_token']} bytes/token on holdout")
+    check_pin(ctx, p, stats)
 
 
-def limited(batches, max_bytes: int | None, counted: dict):
-    """Whole documents up to max_bytes (the one that reaches it included), counting as they pass."""
+# ------------------------------------------------------------------ which documents: a content-hash sample
+
+def sample_hash(text: str) -> int:
+    """Where a document falls in the hash space [0, 2**64): a function of its text alone."""
+    from forgebuild.hashing import bytes_digest
+
+    return int(bytes_digest(SAMPLE_SALT + text.encode("utf-8"))[:16], 16)
+
+
+def sample_bound(batches, sample: float, max_bytes: int | None) -> int:
+    """The hash below which documents are read: `sample` of the hash space, lowered to where
+    the documents in hash order reach max_bytes (the one that reaches it included).
+
+    A function of the set of texts, never of their order; a document above the bound
+    changes nothing, and one below it can only move the bound down to itself or less.
+    """
+    bound = min(HASH_SPACE, round(sample * HASH_SPACE))
+    if max_bytes is None:
+        return bound
+    kept = sorted((h, len(t.encode("utf-8"))) for texts in batches for t in texts if (h := sample_hash(t)) < bound)
+    total = 0
+    for h, size in kept:
+        total += size
+        if total >= max_bytes:
+            return h + 1
+    return bound
+
+
+def chosen(batches, bound: int, counted: dict):
+    """The documents whose sample hash is below `bound`, in corpus order, counting as they pass."""
     for texts in batches:
-        if max_bytes is not None and counted["bytes"] >= max_bytes:
-            return
-        kept = []
-        for text in texts:
-            if max_bytes is not None and counted["bytes"] >= max_bytes:
-                break
-            kept.append(text)
-            counted["bytes"] += len(text.encode("utf-8"))
+        kept = texts if bound >= HASH_SPACE else [t for t in texts if sample_hash(t) < bound]
         counted["documents"] += len(kept)
-        yield kept
+        counted["bytes"] += sum(len(t.encode("utf-8")) for t in kept)
+        if kept:
+            yield kept
+
+
+def check_pin(ctx, p: Params, stats: dict) -> None:
+    """With `pin`, the artifact must be the pinned one: the digest the store will give this folder."""
+    if p.pin is None:
+        return
+    from forgebuild.hashing import file_digest, is_executable, tree_digest
+
+    entries = []
+    for name in sorted(os.listdir(ctx.out)):
+        full = os.path.join(ctx.out, name)
+        entries.append((name, is_executable(os.stat(full).st_mode), file_digest(full)))
+    digest = tree_digest(entries)
+    if digest != p.pin:
+        train = stats["train"]
+        raise ctx.bad_input(
+            f"pin: this build gives {digest}, not the pinned {p.pin} (it trained on {train['documents']} documents, "
+            f"{train['bytes']} bytes of {p.corpus}); to accept the new tokenizer set pin = \"{digest}\", "
+            f"which rebuilds what depends on it; to keep the old one, restore its training documents")
 
 
 def train(p: Params, texts):
@@ -341,6 +416,9 @@ def train(p: Params, texts):
                                           show_progress=False)
         decoder = decoders.ByteLevel()
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if p.split_digits:  # digits apart before byte level, so no word (and no merge) holds two of them
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                           tokenizer.pre_tokenizer])
     tokenizer.decoder = decoder
     tokenizer.train_from_iterator(texts, trainer)
     if p.model == "wordpiece":
@@ -374,7 +452,8 @@ def canonical_unigram(tokenizer, specials: list[str], unk: str, alphabet: list[s
     from tokenizers import models
 
     pieces = json.loads(tokenizer.to_str())["model"]["vocab"]
-    learned = {piece: round(score, UNIGRAM_SCORE_DECIMALS) for piece, score in pieces if piece not in specials}
+    learned = unladdered({piece: round(score, UNIGRAM_SCORE_DECIMALS) for piece, score in pieces
+                          if piece not in specials})
     unseen = [c for c in sorted(alphabet) if c not in learned]
     ranked = sorted(learned.items(), key=lambda item: (-item[1], item[0]))
     room = vocab_size - len(specials) - len(unseen)
@@ -384,6 +463,28 @@ def canonical_unigram(tokenizer, specials: list[str], unk: str, alphabet: list[s
     floor = round(min((s for _, s in ranked), default=0.0) - UNSEEN_CHAR_PENALTY, UNIGRAM_SCORE_DECIMALS)
     vocab = [(t, 0.0) for t in specials] + ranked + [(c, floor) for c in unseen]
     return models.Unigram(vocab, specials.index(unk), False)
+
+
+def unladdered(learned: dict[str, float]) -> dict[str, float]:
+    """The scores of characters on the trainer's ladder given back in text order.
+
+    A character seen in training but pruned by EM is put back with the lowest
+    score plus 0.0001 per character already put back, in hash-set order: the
+    same characters and scores, matched differently run to run (measured: 2 of
+    1,200 pieces swapped on 3.3 MB with 2 threads). Every single character on a
+    rung (the lowest score + k * 0.0001, k = 0, 1, ...) is matched with the
+    rungs' scores in a fixed order instead: highest score to the first by text.
+    """
+    scale, step = 10 ** UNIGRAM_SCORE_DECIMALS, round(UNIGRAM_LADDER_STEP * 10 ** UNIGRAM_SCORE_DECIMALS)
+    micro = {piece: round(score * scale) for piece, score in learned.items() if len(piece) == 1}
+    if not micro:
+        return learned
+    low, on_ladder, k = min(micro.values()), [], 0
+    while rung := [piece for piece, m in micro.items() if abs(m - (low + k * step)) <= 1]:  # +-1: rounding
+        on_ladder += rung
+        k += 1
+    scores = sorted((learned[piece] for piece in on_ladder), reverse=True)
+    return {**learned, **dict(zip(sorted(on_ladder), scores))}
 
 
 def tokenizer_config(p: Params) -> dict:
