@@ -239,6 +239,44 @@ def test_html_deterministic_bytes_and_reflects_data(tmp_path):
     assert [raw for _, _, raw in before[1:]] == [raw for _, _, raw in after[1:]]
 
 
+def test_relative_gates_show_their_paired_difference_and_n():
+    """Gate rows as the eval writes them for a fixed, a vocabulary and a relative condition: each shows
+    its condition as written, the measurement with its interval and n, and a relative one the paired
+    difference with the one-sided bound it was judged by and its pairs."""
+    measured = {"value": 0.62, "low": 0.55, "high": 0.69, "n": 200}
+    report = {
+        "title": "eval:learned", "models": ["model:base", "model:sft"], "ancestors": ["model:base"],
+        "benchmarks": [{"name": "arith", "kind": "generate", "metrics": ["exact_match"], "examples": 200}],
+        "results": {"model:base": {"arith.exact_match": {"value": 0.12, "low": 0.08, "high": 0.17, "n": 200}},
+                    "model:sft": {"arith.exact_match": measured}},
+        "gates": [
+            {"metric": "arith.exact_match", "model": "model:sft", "condition": ">= model:base + 0.3 @ 95%", "op": ">=",
+             **measured, "threshold": 0.42, "against": "model:base", "against_value": 0.12, "margin": 0.3,
+             "confidence": 95.0, "side": "lower", "diff": 0.5, "bound": 0.44, "pairs": 200, "passed": True},
+            {"metric": "arith.exact_match", "model": "model:sft", "condition": ">= 0.7", "op": ">=", **measured,
+             "threshold": 0.7, "passed": False},
+            {"metric": "holdout.perplexity", "model": "model:sft", "condition": "<= 0.1 * vocab", "op": "<=",
+             "value": 213.9, "low": 207.8, "high": 220.2, "n": 40, "threshold": 102.4, "vocab_size": 1024,
+             "passed": False},
+        ],
+        "passed": False,
+    }
+    lines = render_markdown(report).splitlines()
+    assert "| metric | model | condition | measured | paired difference | result |" in lines
+    assert ("| arith.exact_match | model:sft | >= model:base + 0.3 @ 95% | 0.620 [0.550, 0.690] n=200 "
+            "| +0.500 vs model:base, 95% lower bound +0.440, n=200 | ✅ PASS |") in lines
+    assert "| arith.exact_match | model:sft | >= 0.7 | 0.620 [0.550, 0.690] n=200 |  | ❌ FAIL |" in lines
+    assert ("| holdout.perplexity | model:sft | <= 0.1 * vocab = 102.4 | 213.900 [207.800, 220.200] n=40 "
+            "|  | ❌ FAIL |") in lines
+    assert "| model:base (ancestor) | — |" in lines and "| model:sft | — |" in lines
+    dom = Dom(render_html(report, None))
+    assert dom.tables["gates"][0][4] == "paired difference, one-sided bound, n"
+    assert dom.tables["gates"][1][2:5] == [">= model:base + 0.3 @ 95%", "0.620 [0.550, 0.690] n=200",
+                                           "+0.500 vs model:base, 95% lower bound +0.440, n=200"]
+    assert dom.row_classes["gates"][1:] == ["pass", "fail", "fail"]
+    assert [row[0] for row in dom.tables["models"][1:]] == ["model:base (ancestor)", "model:sft"]
+
+
 # ---------------------------------------------------------------- training panels and trends
 
 def ramp(step: int) -> float:
@@ -398,7 +436,7 @@ def test_browser_dom_has_tables_and_images(written):
     assert metrics[2][2] == "— n=0"
 
     gates = dom.tables["gates"]
-    assert gates[0] == ["metric", "model", "threshold", "measured [95% interval] n", "result"]
+    assert gates[0] == ["metric", "model", "condition", "measured [95% interval] n", "result"]
     assert gates[1] == ["arith.exact_match", "model:rl-v3", "≥ 0.6", "0.530 [0.420, 0.640] n=80", "✗ FAIL"]
     assert gates[2] == ["holdout.perplexity", "model:rl-v3", "≤ 20", "14.000 [12.500, 15.600] n=40", "✓ PASS"]
     assert dom.row_classes["gates"][1:] == ["fail", "pass"]

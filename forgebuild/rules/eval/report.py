@@ -104,10 +104,35 @@ def _gate_entry(report: dict, gate: dict) -> dict:
 
 
 def _threshold(gate: dict) -> str:
+    """The condition as the Forgefile states it (a multiple of the vocabulary with its number:
+    '<= 0.1 * vocab = 102.4'); a row without one (older reports): its operator as a sign and threshold."""
+    if gate.get("condition"):
+        text = str(gate["condition"])
+        if gate.get("vocab_size") is not None and _finite(gate.get("threshold")):
+            text += f" = {gate['threshold']:g}"
+        return text
     op = gate.get("op", "")
     t = gate.get("threshold")
     t = f"{t:g}" if isinstance(t, (int, float)) and not isinstance(t, bool) else str(t)
     return f"{OPS.get(op, op)} {t}"
+
+
+def _paired(gate: dict) -> str:
+    """A relative gate's paired difference against its model, the one-sided bound it was judged by and
+    the pairs: '+0.320 vs model:base, 95% lower bound +0.250, n=200'; '' for a fixed gate."""
+    if "bound" not in gate:
+        return ""
+    text = f"{_num(gate.get('diff'), signed=True)} vs {gate.get('against', MISSING)}"
+    if gate.get("bound") is not None:
+        text += f", {gate.get('confidence', 0):g}% {gate.get('side', '')} bound {_num(gate['bound'], signed=True)}"
+    if isinstance(gate.get("pairs"), int):
+        text += f", n={gate['pairs']}"
+    return text
+
+
+def _model_name(report: dict, model: str) -> str:
+    """An ancestor the eval added (`ancestors = true`) says so: it was not listed in `models`."""
+    return f"{model} (ancestor)" if model in (report.get("ancestors") or []) else model
 
 
 def _metric_rows(report: dict) -> list[str]:
@@ -175,10 +200,11 @@ def render_markdown(report: dict, training_logs: dict[str, list[dict]] | None = 
 
     out += ["## Gates", ""]
     if gates:
-        out += _md_table(["metric", "model", "threshold", "measured", "result"],
+        paired = any("bound" in g for g in gates)   # the column only when a gate is relative
+        out += _md_table(["metric", "model", "condition", "measured", *(["paired difference"] * paired), "result"],
                          [[g["metric"], g["model"], _threshold(g), _interval(_gate_entry(report, g)),
-                           "✅ PASS" if g.get("passed") else "❌ FAIL"] for g in gates],
-                         ["l", "l", "l", "r", "l"])
+                           *([_paired(g)] * paired), "✅ PASS" if g.get("passed") else "❌ FAIL"] for g in gates],
+                         ["l", "l", "l", "r", *(["r"] * paired), "l"])
     else:
         out.append("No gates.")
 
@@ -207,7 +233,8 @@ def render_markdown(report: dict, training_logs: dict[str, list[dict]] | None = 
     out += ["", "## Models", ""]
     digests = report.get("model_digests", {})
     out += _md_table(["model", "digest"],
-                     [[m, f"`{digests[m][:12]}`" if digests.get(m) else MISSING] for m in models], ["l", "l"])
+                     [[_model_name(report, m), f"`{digests[m][:12]}`" if digests.get(m) else MISSING]
+                      for m in models], ["l", "l"])
     out += ["", "## Benchmarks", ""]
     out += _md_table(["benchmark", "kind", "examples", "metrics"],
                      [[b["name"], b.get("kind", ""), str(b.get("examples", MISSING)), ", ".join(b.get("metrics", []))]
@@ -518,11 +545,13 @@ def render_html(report: dict, training_logs: dict[str, list[dict]] | None) -> st
 
     p.append("<h2>Gates</h2>")
     if gates:
+        paired = any("bound" in g for g in gates)
         p.append(_html_table(
-            ["metric", "model", "threshold", "measured [95% interval] n", "result"],
+            ["metric", "model", "condition", "measured [95% interval] n",
+             *(["paired difference, one-sided bound, n"] * paired), "result"],
             [("pass" if g.get("passed") else "fail",
               [("", _e(g["metric"])), ("", _e(g["model"])), ("num", _e(_threshold(g))),
-               ("num", _h_interval(_gate_entry(report, g))),
+               ("num", _h_interval(_gate_entry(report, g))), *([("num", _e(_paired(g)))] * paired),
                ("ok" if g.get("passed") else "bad", "✓ PASS" if g.get("passed") else "✗ FAIL")])
              for g in gates], table_id="gates"))
     else:
@@ -562,7 +591,8 @@ def render_html(report: dict, training_logs: dict[str, list[dict]] | None) -> st
 
     p.append("<h2>Models and benchmarks</h2>")
     p.append(_html_table(["model", "digest"],
-                         [("", [("", _e(m)), ("", f"<code>{_e(digests[m])}</code>" if digests.get(m) else MISSING)])
+                         [("", [("", _e(_model_name(report, m))),
+                                ("", f"<code>{_e(digests[m])}</code>" if digests.get(m) else MISSING)])
                           for m in models], table_id="models"))
     p.append(_html_table(["benchmark", "kind", "examples", "metrics"],
                          [("", [("", _e(b["name"])), ("", _e(b.get("kind", ""))),
