@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from forgebuild.rules.eval.report import render_html, render_markdown, write_reports
+from forgebuild.rules.eval.report import render_html, render_markdown, training_trends, write_reports
 
 CHROMIUM = "/usr/bin/chromium"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -374,6 +374,14 @@ def test_training_trends_in_markdown_and_html():
     page = render_html(STAGES, STAGE_LOGS)
     for line in pref:
         assert f"<li>{html.escape(line[2:])}</li>" in page, line
+    # the same numbers as data, for report.json or a test of learning
+    trends = training_trends(STAGE_LOGS["model:pref"])
+    assert list(trends) == ["loss", "eval_loss", "rewards/margins", "eval_rewards/margins", "rewards/accuracies",
+                            "eval_rewards/accuracies"]
+    assert trends["rewards/margins"] == {"first": pytest.approx(0.125), "last": pytest.approx(1.925), "window": 4,
+                                         "first_steps": [1, 4], "last_steps": [37, 40], "n": 40}
+    assert trends["eval_rewards/margins"]["window"] == 1 and trends["eval_rewards/margins"]["n"] == 2
+    assert json.loads(json.dumps(training_trends(STAGE_LOGS["model:rl"])))["reward"]["last"] == pytest.approx(0.47)
     # one logged step, and a model without a log
     one = render_markdown(STAGES | {"models": ["model:base", "model:pref"]},
                           {"model:pref": [{"step": 1, "loss": 0.693, "rewards/margins": 0.0}]})

@@ -375,35 +375,45 @@ def _amount(x: float) -> str:
 
 
 def _span(steps: list) -> str:
+    """'1–10' for the window's first and last step; '40' for a window of one."""
     text = [f"{s:g}" if isinstance(s, float) else str(s) for s in (steps[0], steps[-1])]
-    return text[0] if len(steps) == 1 else f"{text[0]}–{text[1]}"
+    return text[0] if text[0] == text[-1] else f"{text[0]}–{text[1]}"
 
 
-def _trend(key: str, steps: list, values: list[float]) -> str:
-    """'reward rose from 0.210 to 0.470 (mean of steps 1–150 vs 1351–1500)': first vs last window."""
-    if len(values) == 1:
-        return f"{key} was {_amount(values[0])} (step {_span(steps)} only)"
-    w = _window(len(values))
-    first, last = sum(values[:w]) / w, sum(values[-w:]) / w
-    if _amount(first) == _amount(last):
-        verb = f"stayed at {_amount(first)}"
-    else:
-        verb = f"{'rose' if last > first else 'fell'} from {_amount(first)} to {_amount(last)}"
-    a, b = _span(steps[:w]), _span(steps[-w:])
-    return f"{key} {verb} ({f'mean of steps {a} vs {b}' if w > 1 else f'step {a} vs step {b}'})"
-
-
-def training_summary(rows: list[dict]) -> list[str]:
-    """One trend line per panel quantity (and its eval_ twin); a line saying why when there is none."""
-    if not rows:
-        return ["no training log"]
-    lines = []
+def training_trends(rows: list[dict]) -> dict[str, dict]:
+    """quantity -> {"first", "last", "window", "first_steps", "last_steps", "n"} for each panel quantity
+    (and its eval_ twin) a training log holds: the mean of its first and of its last tenth of logged steps
+    (1 to 100 steps each), the steps each window spans, and how many steps logged it. JSON-ready: what
+    a test or report.json can hold, and what the report's sentences are made from."""
+    found = {}
     for key in _panel_keys(rows):
         for name in (key, f"eval_{key}"):
             steps, values = _series(rows, name)
             if values:
-                lines.append(_trend(name, steps, values))
-    return lines or ["no loss or reward values in the training log"]
+                w = _window(len(values))
+                found[name] = {"first": sum(values[:w]) / w, "last": sum(values[-w:]) / w, "window": w,
+                               "first_steps": [steps[0], steps[w - 1]], "last_steps": [steps[-w], steps[-1]],
+                               "n": len(values)}
+    return found
+
+
+def _trend(name: str, t: dict) -> str:
+    """'reward rose from 0.210 to 0.470 (mean of steps 1–150 vs 1351–1500)'."""
+    if t["n"] == 1:
+        return f"{name} was {_amount(t['first'])} (step {_span(t['first_steps'][:1])} only)"
+    first, last = _amount(t["first"]), _amount(t["last"])
+    verb = f"stayed at {first}" if first == last else \
+        f"{'rose' if t['last'] > t['first'] else 'fell'} from {first} to {last}"
+    a, b = _span(t["first_steps"]), _span(t["last_steps"])
+    return f"{name} {verb} ({f'mean of steps {a} vs {b}' if t['window'] > 1 else f'step {a} vs step {b}'})"
+
+
+def training_summary(rows: list[dict]) -> list[str]:
+    """One trend sentence per quantity of training_trends; a line saying why when there is none."""
+    if not rows:
+        return ["no training log"]
+    return [_trend(name, t) for name, t in training_trends(rows).items()] or \
+        ["no loss or reward values in the training log"]
 
 
 def _panel_chart(rows: list[dict], key: str, color: str) -> str:
