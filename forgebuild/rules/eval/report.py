@@ -428,15 +428,15 @@ def _panel_chart(rows: list[dict], key: str, color: str) -> str:
     ax = fig.add_subplot()
     window = _window(len(values))
     if window > 1:
-        ax.plot(steps, values, color=color, linewidth=0.8, alpha=0.3, label=key)
+        ax.plot(steps, values, color=color, linewidth=0.8, alpha=0.3, label="per step")
         ax.plot(steps, _trailing_mean(values, window), color=color, linewidth=1.6, label=f"mean of {window}")
     elif values:
-        ax.plot(steps, values, color=color, linewidth=1.4, label=key, marker="o" if len(values) <= 12 else None,
+        ax.plot(steps, values, color=color, linewidth=1.4, label="per step", marker="o" if len(values) <= 12 else None,
                 markersize=3.5)
     if evalues:
         ax.plot(esteps, evalues, linestyle="none", marker="o", markersize=5, markerfacecolor="white",
                 markeredgecolor="#d62728" if color != "#d62728" else "#1f77b4", markeredgewidth=1.5,
-                label=f"eval_{key}")
+                label="eval")
     if "accurac" in key:        # a rate: the whole 0..1 scale
         ax.set_ylim(-0.03, 1.03)
     all_steps = steps + esteps
@@ -444,7 +444,7 @@ def _panel_chart(rows: list[dict], key: str, color: str) -> str:
         ax.set_xlim(all_steps[0] - 1, all_steps[0] + 1)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("step")
-    ax.set_title(key)
+    ax.set_title(key if len(key) <= 40 else key[:39] + "…")    # the figure's alt text has it whole
     if len(ax.get_lines()) > 1:     # a lone line is named by the title
         ax.legend(loc="best", frameon=False, fontsize=7)
     return _png(fig)
