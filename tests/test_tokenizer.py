@@ -16,6 +16,9 @@ import sysconfig
 import pytest
 
 from conftest import ENV, Project
+from forgebuild.hashing import bytes_digest
+from forgebuild.rules.corpus import is_held_out
+from forgebuild.rules.tokenizer import HASH_SPACE, sample_hash
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CORPUS_BYTES = 600_000
@@ -54,6 +57,8 @@ if os.environ.get("FORGE_PARAM_INJECT"):
 splits = {"train": [d for i, d in enumerate(documents) if i % 10 != 9],
           "holdout": [d for i, d in enumerate(documents) if i % 10 == 9]}
 for split, rows in splits.items():
+    if os.environ.get("FORGE_PARAM_REVERSE"):  # the same documents in the other order
+        rows = rows[::-1]
     os.makedirs(os.path.join(out, split))
     for part, start in enumerate(range(0, len(rows), 400)):
         chunk = rows[start:start + 400]
@@ -205,6 +210,127 @@ print(json.dumps({{"round_trip": t.decode(e.ids) == text, "unk": e.ids.count(t.t
     assert proj.json("tokenizer:t", "special_tokens_map.json")["unk_token"] == "<|unk|>"
     config = proj.json("tokenizer:t", "tokenizer_config.json")
     assert config["add_bos_token"] is True and config["tokenizer_class"] == "PreTrainedTokenizerFast"
+
+
+def test_split_digits_gives_transformers_one_token_per_digit(proj):
+    proj.forgefile(CORPUS_TARGET + '''
+[tokenizer.digits]
+corpus = "run:stdlib"
+vocab_size = 600
+split_digits = true
+''')
+    proj.build()
+    out = python(f'''
+import json
+from transformers import AutoTokenizer
+t = AutoTokenizer.from_pretrained({proj.out("tokenizer:digits")!r})
+text = "x = 1024 + 365.25  # ٣٤ 2²\\n"
+print(json.dumps({{"tokens": t.tokenize("123+4567=4690"), "round_trip": t.decode(t(text)["input_ids"]) == text,
+                  "digits": max(sum(c.isdigit() for c in t.decode([i])) for i in range(len(t)))}}))
+''', proj.root)
+    assert json.loads(out) == {"tokens": list("123+4567=4690"), "round_trip": True, "digits": 1}
+
+
+SAMPLED = CORPUS_TARGET + '''
+[tokenizer.bpe]
+corpus = "run:stdlib"
+vocab_size = 600
+sample = 0.5
+max_train_bytes = 150000
+threads = 1
+
+[tokenizer.uni]
+corpus = "run:stdlib"
+model = "unigram"
+vocab_size = 600
+sample = 0.5
+max_train_bytes = 150000
+threads = 1
+
+[tokenizer.wp]
+corpus = "run:stdlib"
+model = "wordpiece"
+vocab_size = 600
+sample = 0.5
+max_train_bytes = 150000
+threads = 1
+'''
+
+
+def test_a_sampled_tokenizer_does_not_depend_on_the_order_of_the_documents(proj):
+    proj.forgefile(SAMPLED)
+    first = proj.digests()
+    trained = proj.json("tokenizer:bpe", "stats.json")
+    assert 150_000 <= trained["train"]["bytes"] < 150_000 + MAX_FILE_BYTES
+    assert 0 < trained["holdout"]["documents"] < 30  # the holdout's half in the sample (~33 of ~65)
+    proj.forgefile(SAMPLED.replace('inputs = {', 'params = { reverse = "1" }\ninputs = {'))
+    again = proj.digests()
+    assert again["run:stdlib"] != first["run:stdlib"]  # other bytes, the same documents
+    assert {k: v for k, v in again.items() if k != "run:stdlib"} == {k: v for k, v in first.items() if k != "run:stdlib"}
+
+
+STABLE = '''
+[corpus.code]
+sources = ["src/*.py"]
+holdout = 0.1
+
+[corpus.notes]
+sources = ["notes/*.txt"]
+
+[tokenizer.bpe]
+corpus = "corpus:code"
+vocab_size = 500
+sample = 0.5
+{pin}
+[tokens.code]
+corpus = "corpus:code"
+tokenizer = "tokenizer:bpe"
+seq_len = 64
+
+[tokens.notes]
+corpus = "corpus:notes"
+tokenizer = "tokenizer:bpe"
+seq_len = 64
+'''
+
+
+def new_source(in_sample: bool) -> str:
+    """A file whose made-up words a tokenizer trained on it would learn: in the sample's half of the
+    hash space (and in the corpus's train split) or outside it."""
+    for i in range(1000):
+        text = f"def qzv_{i}(zqx):\n    return zqx.qzvqzv_{i}(zqx) + 'zqxzqx'\n" * 200
+        inside = sample_hash(text) < HASH_SPACE // 2 and not is_held_out(bytes_digest(text.encode()), 0.1)
+        if inside if in_sample else sample_hash(text) >= HASH_SPACE // 2:
+            return text
+    raise AssertionError("no such text in 1000 tries")
+
+
+def test_a_new_source_outside_the_sample_leaves_the_tokenizer_and_what_depends_on_it_alone(proj):
+    proj.write("notes/a.txt", "Notes: 12 apples, 7 pears.\n" * 50)
+    proj.forgefile(STABLE.replace("{pin}", ""))
+    first = proj.digests()
+    proj.write("src/zz_added_outside.py", new_source(in_sample=False))
+    assert proj.build() == {"corpus:code": "built", "corpus:notes": "cached", "tokenizer:bpe": "built",
+                            "tokens:code": "built", "tokens:notes": "cached"}  # early cutoff at the tokenizer
+    assert proj.digests()["tokenizer:bpe"] == first["tokenizer:bpe"]
+
+    pinned = STABLE.replace("{pin}", f'pin = "{first["tokenizer:bpe"]}"\n')
+    proj.forgefile(pinned)
+    assert proj.build()["tokens:notes"] == "cached"  # the pin holds: rebuilt to the same bytes
+    proj.write("src/zz_added_inside.py", new_source(in_sample=True))
+    proc = proj.run("-k", expect=2)
+    [failed] = [line for line in proc.stdout.splitlines() if line.startswith("FAILED  ")]
+    new = failed.split("this build gives ")[1][:64]
+    trained = proj.json("tokenizer:bpe", "stats.json")["train"]  # still the pinned build's
+    assert failed == (
+        f"FAILED  tokenizer:bpe: pin: this build gives {new}, not the pinned {first['tokenizer:bpe']} (it trained "
+        f"on {trained['documents'] + 1} documents, {trained['bytes'] + len(new_source(True))} bytes of corpus:code); "
+        f"to accept the new tokenizer set pin = \"{new}\", which rebuilds what depends on it; to keep the old one, "
+        f"restore its training documents")
+    proj.forgefile(STABLE.replace("{pin}", f'pin = "{new}"\n'))
+    assert proj.build() == {"corpus:code": "cached", "corpus:notes": "cached", "tokenizer:bpe": "built",
+                            "tokens:code": "built", "tokens:notes": "built"}
+    assert proj.digests()["tokenizer:bpe"] == new != first["tokenizer:bpe"]
 
 
 # ------------------------------------------------------------------ tokens
@@ -384,6 +510,26 @@ add_eos = false
     ]
     schema = proj.run("schema").stdout
     assert '"tokenizer"' in schema and '"tokens"' in schema and '"vocab_size"' in schema and '"seq_len"' in schema
+
+
+def test_a_malformed_pin_and_an_empty_sample_are_bad_input(proj):
+    proj.forgefile(CORPUS_TARGET + '''
+[tokenizer.t]
+corpus = "run:stdlib"
+vocab_size = 400
+pin = "abc"
+''')
+    assert proj.run(expect=2).stderr.splitlines() == [
+        "Forgefile.toml:9: error: tokenizer:t: key 'pin': 'abc' is not an artifact digest: 64 hex digits, as "
+        "`forgebuild show` prints it"]
+    proj.forgefile(CORPUS_TARGET + '''
+[tokenizer.t]
+corpus = "run:stdlib"
+vocab_size = 400
+sample = 1e-9
+''')
+    failed = [line for line in proj.run(expect=2).stdout.splitlines() if line.startswith("FAILED  ")]
+    assert failed == ["FAILED  tokenizer:t: no train document of run:stdlib falls in sample = 1e-09; raise sample"]
 
 
 def test_bad_corpus_or_tokenizer_artifacts_are_bad_input(proj):
