@@ -21,6 +21,9 @@ package's docstring says the same as this list:
   and offset_dpo): imported inside a build only, so they may import the ML stack at the top.
 - ENGINE (`forgebuild.engine`): runs builds. It never imports the command line; of the rules it
   knows the registry only.
+- PRESETS (`forgebuild.presets`): the files `forgebuild init` writes, read as data. Its module
+  imports no forgebuild module; the presets' own scripts are data too (never imported, so they are no
+  modules here).
 - CLI (`forgebuild.cli`, `__main__`): on top, may import anything.
 - No circles: the module graph is acyclic.
 
@@ -53,8 +56,11 @@ def module_name(path: pathlib.Path) -> str:
     return ".".join(parts) or "forgebuild"
 
 
-MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
-PACKAGES = {"store": "STORE", "planning": "PLANNING", "engine": "ENGINE", "rules": "RULES", "cli": "CLI"}
+PRESET_FILES = PACKAGE / "presets"  # its subfolders hold the presets' files: data, not modules
+MODULES = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))
+           if p.parent == PRESET_FILES or PRESET_FILES not in p.parents}
+PACKAGES = {"store": "STORE", "planning": "PLANNING", "engine": "ENGINE", "rules": "RULES", "cli": "CLI",
+            "presets": "PRESETS"}
 
 
 def layer(module: str) -> str:
@@ -191,6 +197,10 @@ def test_no_import_circles():
 
 def test_base_imports_only_base():
     holds("BASE imports only BASE", direct(BASE, lambda n: n in MODULES and n not in BASE))
+
+
+def test_presets_import_no_forgebuild_module():
+    holds("PRESETS imports no forgebuild module", direct(members("PRESETS"), lambda n: n in MODULES))
 
 
 def test_store_imports_only_store_and_base():
