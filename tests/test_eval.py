@@ -252,3 +252,65 @@ def test_release_to_an_fsspec_url(eval_project, tmp_path_factory):
     manifest = json.loads((bucket / "prod" / "release.json").read_text())
     assert sorted(os.listdir(bucket / "prod")) == sorted([*manifest["files"], "release.json"])
     assert "README.md" in manifest["files"] and "model.safetensors" in manifest["files"]
+
+
+def test_relative_gates_against_the_ancestors(eval_project):
+    """`ancestors = true` evaluates model:yes's base as well (root first); a gain over the parent passes
+    its paired gate, an impossible perplexity drop fails with its difference and bound in the table,
+    and the vocabulary gate's threshold is the model's own vocab_size. Without the option the parent
+    is not evaluated: a Forgefile error."""
+    p = eval_project
+    prompts = [f"Question {i}: is the sky up?\nAnswer:" for i in range(24)]
+    tinylab.write_jsonl(os.path.join(p.root, "data/yes.jsonl"), ({"prompt": q, "completion": " yes"} for q in prompts))
+    tinylab.write_jsonl(os.path.join(p.root, "bench/yes.jsonl"), ({"prompt": q, "answer": "yes"} for q in prompts[:8]))
+    forgefile = p.preamble + """
+        [corpus.text]
+        sources = ["text/*.txt"]
+        holdout = 0.3
+
+        [dataset.yes]
+        source = "data/yes.jsonl"
+        format = "prompt_completion"
+
+        [model.yes]
+        recipe = "sft"
+        base = "model:base"
+        data = "dataset:yes"
+        max_length = 32
+        train = { lr = 5e-3, steps = 25, batch_size = 8, schedule = "constant" }
+        threads = 1
+
+        [eval.rel]
+        models = ["model:yes"]
+        ancestors = true
+        benchmarks = ["bench/yes.jsonl", { name = "holdout", kind = "perplexity", corpus = "corpus:text", seq_len = 32 }]
+        generation = { max_new_tokens = 8 }
+        limit = 8
+        gate = { "yes.exact_match" = ">= parent + 0.5 @ 95%", "holdout.perplexity" = ["<= 1000 * vocab", "<= parent - 1e9 @ 95%"] }
+        threads = 1
+    """
+    p.forgefile(forgefile)
+    failed = p.run("eval:rel", expect=1, timeout=600)
+    assert "eval:rel: 1 of 3 gates failed" in failed.stdout and "difference (bound)" in failed.stdout
+    assert sorted(evaluations(p.read(".forge/logs/eval/rel.log"))) == [
+        "model:base on holdout", "model:base on yes", "model:yes on holdout", "model:yes on yes"]
+    report = json.loads(p.read(".forge/out/eval/rel/report.json"))
+    assert report["models"] == ["model:base", "model:yes"] and report["ancestors"] == ["model:base"]
+    assert [(c["a"], c["b"]) for c in report["comparisons"]][0] == ("model:base", "model:yes")
+    vocab, drop, gain = report["gates"]  # by metric, then in the order written
+    assert (gain["condition"], gain["against"], gain["side"], gain["pairs"]) == (
+        ">= parent + 0.5 @ 95%", "model:base", "lower", 8)
+    assert gain["passed"] and gain["diff"] == 1.0 and gain["bound"] == 1.0
+    assert gain["value"] == 1.0 and gain["against_value"] == 0.0 and gain["threshold"] == 0.5
+    config = json.loads(p.read(".forge/out/model/yes/config.json"))
+    assert vocab["passed"] and vocab["vocab_size"] == config["vocab_size"] and vocab["threshold"] == 1000 * config["vocab_size"]
+    base_ppl = report["results"]["model:base"]["holdout.perplexity"]["value"]
+    assert not drop["passed"] and drop["side"] == "upper" and drop["bound"] > -1e9
+    assert drop["diff"] == pytest.approx(report["results"]["model:yes"]["holdout.perplexity"]["value"] - base_ppl)
+
+    # without ancestors, the parent the gate compares with is not evaluated: the Forgefile says so
+    p.forgefile(forgefile.replace("ancestors = true\n", ""))
+    lines = p.run("-n", expect=2).stderr.strip().splitlines()
+    assert any(line.endswith("error: eval:rel: key 'gate.yes.exact_match': '>= parent + 0.5 @ 95%': the parent of "
+                             "model:yes is model:base, which is not evaluated: add it to models, or set "
+                             "ancestors = true") for line in lines), lines

@@ -28,7 +28,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from forgebuild import limits
-from forgebuild.rules.eval.gate import parse_gate
+from forgebuild.rules.eval.gate import UNSIGNED, conditions, gate_conditions, judged_models, tail_problem
 from forgebuild.planning.plan import ADDRESS
 from forgebuild.rules import runtime
 
@@ -88,9 +88,12 @@ class Params(BaseModel):
     benchmarks: list[Benchmark] = Field(min_length=1, description="what they are evaluated on")
     generation: Generation = Field(default_factory=Generation, description="settings of generation benchmarks")
     limit: int | None = Field(None, ge=1, le=limits.AMOUNT, description="examples per benchmark at most (the first N)")
-    gate: dict[str, str] = Field(default_factory=dict, description=(
-        "NAME.METRIC -> \">= 0.6\" (>=, <=, >, <, ==): every gate must hold or the build fails"))
+    gate: dict[str, str | list[str]] = Field(default_factory=dict, description=(
+        "NAME.METRIC -> a condition or a list of them: \">= 0.6\", \"<= 0.1 * vocab\", "
+        "\">= model:base + 0.2 @ 95%\", \">= parent - 0.02 @ 95%\"; every one must hold or the build fails"))
     gate_models: list[str] | None = Field(None, description="the models the gates judge; default: the last of models")
+    ancestors: bool = Field(False, description=(
+        "also evaluate every ancestor of the models (their `base` chain), each before the first model built on it"))
     bootstrap: int = Field(1000, ge=100, le=limits.RESAMPLES, description="bootstrap resamples for the 95% intervals")
     batch_size: int = runtime(8, ge=1, le=limits.BATCH, description="examples per forward pass. Not in the key")
     threads: int = runtime(0, ge=0, le=limits.THREADS, description="CPU threads for torch; 0 means every core. Not in the key")
@@ -202,16 +205,59 @@ def check_inputs(params: Params, files: dict) -> list[tuple[str, str]]:
 
 
 def gate_problems(params: Params) -> list[tuple]:
+    """Each gate's metric and conditions; a model a condition names must be evaluated (its parent and the
+    ancestors are known from the other targets: see check_deps)."""
     produced = metric_names(params)
     problems = []
-    for metric, condition in params.gate.items():
-        if parse_gate(condition) is None:
-            problems.append((("gate", metric), f"'{condition}' is not a condition: write e.g. \">= 0.6\" "
-                                               f"(>=, <=, >, <, ==, then a number)"))
+    for metric, value in params.gate.items():
         if not any(metric == name or (name.endswith(".*") and metric.startswith(name[:-1])) for name in produced):
             problems.append((("gate", metric), f"the eval produces no metric '{metric}'; it produces "
                                                f"{', '.join(produced)}"))
+        if not conditions(value):
+            problems.append((("gate", metric), "an empty list: write one condition or more"))
+        for key, condition in gate_conditions(metric, value):
+            if isinstance(condition, str):
+                problems.append((key, condition))
+            elif message := condition_problem(params, metric, condition):
+                problems.append((key, message))
     return problems
+
+
+def condition_problem(params: Params, metric: str, condition) -> str | None:
+    """What is wrong with a condition that parses, seen from this eval alone (the first thing)."""
+    against = condition.against
+    if condition.relative and against != "parent" and against in judged_models(params):
+        return f"'{condition.text}' judges {against} against itself: gate_models names it"
+    if condition.relative and against != "parent" and not params.ancestors and against not in params.models:
+        return (f"'{condition.text}' compares with {against}, which is not evaluated: add it to models "
+                f"(or set ancestors = true if it is an ancestor of one of them){spacing_hint(params, against)}")
+    if against == "vocab" and metric.rsplit(".", 1)[-1] != "perplexity":
+        return (f"'{condition.text}': a multiple of the vocabulary size is a perplexity's scale (a uniform "
+                f"guess scores the vocabulary size); {metric} is not a perplexity")
+    return tail_problem(condition, params.bootstrap) if condition.relative else None
+
+
+def spacing_hint(params: Params, against: str) -> str:
+    """"model:base-0.1" names the model base-0.1; when model:base is evaluated, that was meant."""
+    meant = re.match(rf"^(.+?)-({UNSIGNED})$", against)
+    if meant and meant.group(1) in params.models:
+        return f"; for {meant.group(1)} less a margin, put spaces around the sign: {meant.group(1)} - {meant.group(2)}"
+    return ""
+
+
+def ancestry(params: Params, deps: dict) -> dict[str, str | None]:
+    """model -> the `base` it is built on (None: none), for the models and, with `ancestors`, every model
+    target above them; a chain stops at a target that is not valid (reported where it is declared)."""
+    parents, todo = {}, [(address, deps.get(address)) for address in params.models]
+    while todo:
+        address, found = todo.pop()
+        if address in parents or not found or found["kind"] != "model":
+            continue
+        base = getattr(found["params"], "base", None)
+        parents[address] = base
+        if params.ancestors and base:
+            todo.append((base, found["deps"].get(base)))
+    return parents
 
 
 def check_deps(params: Params, deps: dict) -> list[tuple[str, str]]:
@@ -219,10 +265,10 @@ def check_deps(params: Params, deps: dict) -> list[tuple[str, str]]:
     for i, address in enumerate(params.models):
         if address in deps and deps[address]["kind"] != "model":
             problems.append((f"models.{i}", f"{address} is a {deps[address]['kind']} target, not a model"))
-        lora = getattr(deps.get(address, {}).get("params"), "lora", None)
-        if lora is not None and not lora.merge:
+        if adapter_only(deps.get(address)):
             problems.append((f"models.{i}", f"{address} emits a LoRA adapter only (lora.merge = false); "
                                             f"set merge = true there to evaluate it"))
+    problems += ancestor_problems(params, deps)
     for i, bench in enumerate(params.benchmarks):
         corpus = deps.get(bench.corpus)
         if corpus and corpus["kind"] != "corpus":
@@ -230,6 +276,45 @@ def check_deps(params: Params, deps: dict) -> list[tuple[str, str]]:
         elif corpus and (gap := holdout_gap(bench.corpus, corpus)):
             problems.append((f"benchmarks.{i}.corpus", no_holdout_message(bench.corpus, gap)))
     return problems
+
+
+def adapter_only(found: dict | None) -> bool:
+    lora = getattr((found or {}).get("params"), "lora", None)
+    return lora is not None and not lora.merge
+
+
+def ancestor_problems(params: Params, deps: dict) -> list[tuple]:
+    """Every model a relative gate compares with is evaluated: listed, or an ancestor with `ancestors`."""
+    # (an ancestor is never a LoRA adapter only: the model rule refuses to build on one)
+    parents = ancestry(params, deps)
+    evaluated = set(params.models) | (set(parents) if params.ancestors else set())
+    problems = []
+    for metric, value in params.gate.items():
+        for key, condition in gate_conditions(metric, value):
+            if isinstance(condition, str) or not condition.relative:
+                continue
+            for judged in judged_models(params):
+                if judged not in parents:  # not a valid model target: said where it is declared
+                    continue
+                message = compared_problem(condition, judged, parents, evaluated, params.ancestors)
+                if message and (key, message) not in problems:
+                    problems.append((key, message))
+    return problems
+
+
+def compared_problem(condition, judged: str, parents: dict, evaluated: set, ancestors: bool) -> str | None:
+    if condition.against != "parent":
+        if ancestors and condition.against not in evaluated:
+            return (f"'{condition.text}' compares with {condition.against}, which is neither among models nor "
+                    f"an ancestor of them")
+        return None  # without ancestors it must be listed: gate_problems says so
+    parent = parents[judged]
+    if parent is None:
+        return f"'{condition.text}': {judged} has no parent (it is built on no base model)"
+    if parent not in evaluated:
+        return (f"'{condition.text}': the parent of {judged} is {parent}, which is not evaluated: add it to "
+                f"models, or set ancestors = true")
+    return None
 
 
 def holdout_gap(address: str, corpus: dict, seen: tuple = ()) -> str | None:

@@ -8,7 +8,7 @@ import os
 
 import torch  # this module runs inside an eval's build process only
 
-from forgebuild.rules.eval.gate import OPS, parse_gate
+from forgebuild.rules.eval.gate import OPS, gate_conditions, judged_models
 
 # Lower is better for these: a comparison's "better" direction and the report's reading depend on it.
 LOWER_IS_BETTER = ("perplexity", "loss")
@@ -20,7 +20,7 @@ def evaluate(ctx) -> None:
     prepare(ctx)
     p = ctx.params
     per_model = {}
-    for address in p.models:
+    for address in ctx.evaluated:
         per_model[address] = {bench.name: scored(ctx, address, bench) for bench in p.benchmarks}
     report = assemble(ctx, per_model)
     for address, benches in per_model.items():
@@ -29,7 +29,7 @@ def evaluate(ctx) -> None:
     training.write_json(os.path.join(ctx.out, "report.json"), report)
     from forgebuild.rules.eval.report import write_reports
 
-    write_reports(ctx.out, report, {a: training_log(ctx.inputs_of(a)) for a in p.models})
+    write_reports(ctx.out, report, {a: training_log(ctx.inputs_of(a)) for a in ctx.evaluated})
     ctx.metrics({f"{a} {m}": r["value"] for a, results in report["results"].items() for m, r in results.items()})
     failed = [g for g in report["gates"] if not g["passed"]]
     if failed:
@@ -38,13 +38,39 @@ def evaluate(ctx) -> None:
 
 
 def prepare(ctx) -> None:
+    """ctx.evaluated: the models in order (with `ancestors`, each listed model after the ancestors not
+    already there, root first); ctx.inputs_of and ctx.digest_of: each one's folder and output digest."""
     from forgebuild.rules.model import training
 
     training.prepare(ctx)
-    inputs = {}
+    folders, digests = {}, {}
     for i, address in enumerate(ctx.params.models):
-        inputs[address] = ctx.inputs[f"models.{i}"]
-    ctx.inputs_of = inputs.get
+        chain = ancestors_of(ctx, address, ctx.inputs[f"models.{i}"]) if ctx.params.ancestors else []
+        for above, digest, folder in [*chain, (address, ctx.dep_digests[address], ctx.inputs[f"models.{i}"])]:
+            folders.setdefault(above, folder)
+            digests.setdefault(above, digest)
+    ctx.evaluated, ctx.inputs_of, ctx.digest_of = list(folders), folders.get, digests.get
+
+
+def ancestors_of(ctx, address: str, folder: str) -> list[tuple[str, str, str]]:
+    """(address, digest, folder) of each model below `address` in its `base` chain, root first, as its
+    training_config.json records them: the base's address in its params and its digest in its inputs,
+    so the eval's key (which holds `address`'s digest) holds theirs too. Every target the eval depends
+    on, these included, was settled and materialised in the workspace before the eval builds."""
+    chain = []
+    while os.path.exists(config_path := os.path.join(folder, "training_config.json")):
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+        base = config.get("params", {}).get("base")
+        digest = config.get("inputs", {}).get(base)
+        if not (isinstance(base, str) and digest):
+            break
+        folder = os.path.join(ctx.workspace_dir, "artifacts", digest)
+        if not os.path.isdir(folder):
+            raise ctx.failure(f"{base}, an ancestor of {address}, is not in the workspace ({digest}): "
+                              f"build it with `forgebuild {base}`")
+        chain.append((base, digest, folder))
+    return chain[::-1]
 
 
 def sample_path(address: str, bench: str) -> str:
@@ -68,7 +94,7 @@ def scored(ctx, address: str, bench) -> str:
     p = ctx.params
     index = p.benchmarks.index(bench)
     material = {
-        "model": ctx.dep_digests[address],
+        "model": ctx.digest_of(address),
         "benchmark": bench.model_dump(mode="json"),
         "files": {rel: d for rel, d in sorted(ctx.digests.items()) if rel in source_files(ctx, index)},
         "corpus": ctx.dep_digests.get(bench.corpus),
@@ -225,32 +251,42 @@ def lm_eval_scores(ctx, address, bench, index, limit):
 
 def assemble(ctx, per_model: dict) -> dict:
     p = ctx.params
-    results, values = {}, {}
+    results, values, gated = {}, {}, {}
     for address, benches in per_model.items():
-        results[address], values[address] = {}, {}
+        results[address], values[address], gated[address] = {}, {}, {}
         for bench in p.benchmarks:
             with open(os.path.join(benches[bench.name], "scores.json"), encoding="utf-8") as f:
                 found = json.load(f)
             for metric, (stat, per_example) in statistics(bench, found, p.bootstrap, ctx.seed).items():
                 results[address][f"{bench.name}.{metric}"] = stat
                 values[address][f"{bench.name}.{metric}"] = per_example
+                # a gate compares a perplexity (and its loss) as a ratio of sums over the same documents
+                ratio = (found["nll"], found["tokens"]) if bench.kind == "perplexity" else None
+                gated[address][f"{bench.name}.{metric}"] = ratio or per_example
     produced = sorted({m for r in results.values() for m in r})
+    models = ctx.evaluated
     report = {
-        "title": ctx.target, "models": list(p.models),
-        "model_digests": {a: ctx.dep_digests[a] for a in p.models},
+        "title": ctx.target, "models": list(models),
+        "model_digests": {a: ctx.digest_of(a) for a in models},
+        "ancestors": [a for a in models if a not in p.models],
         "benchmarks": [{"name": b.name, "kind": b.kind,
                         "examples": max((r[m]["n"] for r in results.values() for m in r
                                          if m.startswith(b.name + ".")), default=0),
                         "metrics": [m.split(".", 1)[1] for m in produced if m.startswith(b.name + ".")]}
                        for b in p.benchmarks],
         "results": results,
-        "comparisons": comparisons(p.models, values, p.bootstrap, ctx.seed),
-        "gates": gates(ctx, results, produced),
+        "comparisons": comparisons(models, values, p.bootstrap, ctx.seed),
+        "gates": gates(ctx, results, gated, produced),
         "generation": p.generation.model_dump(mode="json"),
-        "samples": {a: {b.name: sample_path(a, b.name) for b in p.benchmarks} for a in p.models},
+        "samples": {a: {b.name: sample_path(a, b.name) for b in p.benchmarks} for a in models},
     }
     report["passed"] = all(g["passed"] for g in report["gates"])
     return report
+
+
+def present(value) -> bool:
+    """A per-example score that counts: a scorer's None or NaN is an example it could not judge."""
+    return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
 def statistics(bench, found: dict, samples: int, seed: int) -> dict:
@@ -264,11 +300,8 @@ def statistics(bench, found: dict, samples: int, seed: int) -> dict:
         # per-document differences
         return {"perplexity": (bootstrap_ratio(nll, tokens, samples, seed, transform=math.exp), None),
                 "loss": (bootstrap_ratio(nll, tokens, samples, seed), losses)}
-    out = {}
-    for metric, per_example in sorted(found.items()):
-        kept = [v for v in per_example if v is not None and not (isinstance(v, float) and math.isnan(v))]
-        out[metric] = (bootstrap_mean(kept, samples, seed), per_example)
-    return out
+    return {metric: (bootstrap_mean([v for v in per_example if present(v)], samples, seed), per_example)
+            for metric, per_example in sorted(found.items())}
 
 
 def comparisons(models: list[str], values: dict, samples: int, seed: int) -> list[dict]:
@@ -282,8 +315,7 @@ def comparisons(models: list[str], values: dict, samples: int, seed: int) -> lis
             a, b = values[baseline][metric], values[other].get(metric)
             if a is None or b is None or len(a) != len(b) or not a:
                 continue
-            pairs = [(x, y) for x, y in zip(a, b) if x is not None and y is not None
-                     and not (isinstance(x, float) and math.isnan(x)) and not (isinstance(y, float) and math.isnan(y))]
+            pairs = [(x, y) for x, y in zip(a, b) if present(x) and present(y)]
             if not pairs:
                 continue
             diff = paired_difference([x for x, _ in pairs], [y for _, y in pairs], samples, seed)
@@ -292,28 +324,95 @@ def comparisons(models: list[str], values: dict, samples: int, seed: int) -> lis
     return found
 
 
-def gates(ctx, results: dict, produced: list[str]) -> list[dict]:
+# ------------------------------------------------------------------ gates
+
+def gates(ctx, results: dict, scores: dict, produced: list[str]) -> list[dict]:
+    """One row per gate condition and judged model; `scores`: model -> metric -> per-example values,
+    or (nll, tokens) per document for a perplexity benchmark's metrics."""
     p = ctx.params
-    judged = p.gate_models or [p.models[-1]]
     found = []
-    for metric, condition in sorted(p.gate.items()):
+    for metric, value in sorted(p.gate.items()):
         if metric not in produced:  # an lm-eval metric, known only now that its tasks have run
             raise ctx.bad_input(f"gate '{metric}': the eval produces no such metric; it produces "
                                 f"{', '.join(produced)}")
-        op, threshold = parse_gate(condition)
-        for address in judged:
-            stat = results[address][metric]
-            value = stat["value"]
-            passed = value is not None and OPS[op](value, threshold)
-            found.append({"metric": metric, "model": address, "op": op, "threshold": threshold, "value": value,
-                          "low": stat.get("low"), "high": stat.get("high"), "passed": passed})
+        for _, condition in gate_conditions(metric, value):
+            for address in judged_models(p):
+                against = parent_of(ctx, address) if condition.against == "parent" else condition.against
+                vocab = vocab_size(ctx.inputs_of(address)) if condition.against == "vocab" else None
+                try:
+                    found.append(judge(condition, metric, address, results, scores, p.bootstrap, ctx.seed,
+                                       against=against, vocab=vocab))
+                except ValueError as e:  # paired scores of different lengths: not the same examples
+                    raise ctx.failure(f"gate '{metric}' = '{condition.text}' on {address}: {e}") from None
     return found
 
 
+def judge(condition, metric: str, judged: str, results: dict, scores: dict, samples: int, seed: int,
+          against: str | None = None, vocab: int | None = None) -> dict:
+    """The gate row of one condition on one model. A number (or a multiple of `vocab`) is held against the
+    measured value; a model `against` by the one-sided bound of the paired difference judged - against:
+    `>= X + m @ c%` passes when the c% lower bound is >= m, `<= X + m @ c%` when the c% upper bound is <= m."""
+    stat = results[judged][metric]
+    row = {"metric": metric, "model": judged, "condition": condition.text, "op": condition.op,
+           "value": stat["value"], "low": stat.get("low"), "high": stat.get("high"), "n": stat.get("n")}
+    if not condition.relative:
+        threshold = condition.number * vocab if condition.against == "vocab" else condition.number
+        extra = {"vocab_size": vocab} if condition.against == "vocab" else {}
+        return {**row, "threshold": threshold, **extra,
+                "passed": stat["value"] is not None and OPS[condition.op](stat["value"], threshold)}
+    side = "lower" if condition.op == ">=" else "upper"
+    found = difference(metric, scores[against][metric], scores[judged][metric], condition.confidence, side,
+                       samples, seed)
+    baseline = results[against][metric]["value"]
+    return {**row, "threshold": None if baseline is None else baseline + condition.number,
+            "against": against, "against_value": baseline, "margin": condition.number,
+            "confidence": condition.confidence, "side": side, "diff": found["diff"], "bound": found["bound"],
+            "pairs": found["n"],
+            "passed": found["bound"] is not None and OPS[condition.op](found["bound"], condition.number)}
+
+
+def difference(metric: str, a, b, confidence: float, side: str, samples: int, seed: int) -> dict:
+    """b - a with its one-sided bound: paired examples, or a ratio of sums over the same documents."""
+    from forgebuild.rules.eval.scoring import paired_bound, ratio_difference_bound
+
+    if isinstance(a, tuple):
+        transform = math.exp if metric.endswith(".perplexity") else None
+        return ratio_difference_bound(a, b, confidence, side, samples, seed, transform=transform)
+    if len(a) != len(b):
+        raise ValueError(f"paired scores need the same examples: {len(a)} against {len(b)}")
+    pairs = [(x, y) for x, y in zip(a, b) if present(x) and present(y)]
+    return paired_bound([x for x, _ in pairs], [y for _, y in pairs], confidence, side, samples, seed)
+
+
+def parent_of(ctx, address: str) -> str:
+    """The model `address` was built on, as its training_config.json records it (the Forgefile check
+    made sure it is evaluated)."""
+    path = os.path.join(ctx.inputs_of(address), "training_config.json")
+    parent = None
+    if os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            parent = json.load(f).get("params", {}).get("base")
+    if parent not in ctx.evaluated:
+        raise ctx.failure(f"the parent of {address} ({parent}) is not evaluated: add it to models, or set "
+                          f"ancestors = true")
+    return parent
+
+
+def vocab_size(folder: str) -> int:
+    """The width of the model's output layer: a uniform guess over it has exactly this perplexity."""
+    from transformers import AutoConfig
+
+    return int(AutoConfig.from_pretrained(folder).get_text_config().vocab_size)
+
+
 def gate_table(rows: list[dict]) -> str:
-    lines = [f"{'gate':<28}{'model':<24}{'threshold':<14}{'measured [95% interval]':<32}result"]
+    """The gates as aligned text columns; a relative condition's row shows the paired difference and its
+    one-sided bound."""
+    table = [["gate", "model", "condition", "measured [95% interval]", "difference (bound)", "result"]]
     for g in rows:
         measured = "none" if g["value"] is None else f"{g['value']:.4g} [{g['low']:.4g}, {g['high']:.4g}]"
-        lines.append(f"{g['metric']:<28}{g['model']:<24}{g['op'] + ' ' + format(g['threshold'], 'g'):<14}"
-                     f"{measured:<32}{'pass' if g['passed'] else 'FAIL'}")
-    return "\n".join(lines)
+        condition = g["condition"] + (f" = {g['threshold']:g}" if "vocab_size" in g else "")
+        paired = "" if "bound" not in g else "none" if g["bound"] is None else f"{g['diff']:+.4g} ({g['bound']:+.4g})"
+        table.append([g["metric"], g["model"], condition, measured, paired, "pass" if g["passed"] else "FAIL"])
+    widths = [max(len(row[i]) for row in table) + 2 for i in range(5)]
+    return "\n".join("".join(cell.ljust(w) for cell, w in zip(row, widths)) + row[5] for row in table)

@@ -399,13 +399,16 @@ def bootstrap_ratio(numerators: list[float], denominators: list[float], samples:
     if not len(num) or den.sum() == 0:
         return {"value": None, "low": None, "high": None, "n": len(num)}
     transform = transform or (lambda x: x)
-    nums, dens = _resampled_sums([num, den], samples, seed)
+    low, high = _interval(_transformed(*_resampled_sums([num, den], samples, seed), transform))
+    return {"value": float(transform(num.sum() / den.sum())), "low": low, "high": high, "n": len(num)}
+
+
+def _transformed(nums: np.ndarray, dens: np.ndarray, transform) -> np.ndarray:
+    """transform(num / den) of each resample, nan where the denominator summed to 0: transformed before
+    any percentile is taken, which is right for any transform, monotone or not."""
     with np.errstate(divide="ignore", invalid="ignore"):
         ratios = nums / dens
-    # transform each resample before taking percentiles: right for any transform, monotone or not
-    transformed = np.array([transform(r) if np.isfinite(r) else np.nan for r in ratios], dtype=float)
-    low, high = _interval(transformed)
-    return {"value": float(transform(num.sum() / den.sum())), "low": low, "high": high, "n": len(num)}
+    return np.array([transform(r) if np.isfinite(r) else np.nan for r in ratios], dtype=float)
 
 
 def paired_difference(a: list[float], b: list[float], samples: int = 1000, seed: int = 0) -> dict:
@@ -417,3 +420,43 @@ def paired_difference(a: list[float], b: list[float], samples: int = 1000, seed:
     significant = stats["n"] > 0 and (stats["low"] > 0 or stats["high"] < 0)
     return {"diff": stats["value"], "low": stats["low"], "high": stats["high"], "significant": bool(significant),
             "n": stats["n"]}
+
+
+# ------------------------------------------------------------------ one-sided bounds for gates
+
+def _bound(values: np.ndarray, confidence: float, side: str) -> float:
+    """The one-sided percentile-bootstrap bound at `confidence` percent: "lower" is the (100 - c)th
+    percentile of the resampled statistic (95% -> the 5th), "upper" the c-th."""
+    if side not in ("lower", "upper"):
+        raise ValueError(f"side must be lower or upper, got {side!r}")
+    return float(np.nanpercentile(values, 100 - confidence if side == "lower" else confidence))
+
+
+def paired_bound(a: list[float], b: list[float], confidence: float, side: str, samples: int = 1000,
+                 seed: int = 0) -> dict:
+    """mean(b - a) over the same examples in the same order, with its one-sided bound at `confidence` %
+    from resampling the examples (each pair kept together): {"diff", "bound", "n"}."""
+    if len(a) != len(b):
+        raise ValueError(f"paired scores need the same examples: {len(a)} against {len(b)}")
+    diffs = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
+    if not len(diffs):
+        return {"diff": None, "bound": None, "n": 0}
+    (sums,) = _resampled_sums([diffs], samples, seed)
+    return {"diff": float(diffs.mean()), "bound": _bound(sums / len(diffs), confidence, side), "n": len(diffs)}
+
+
+def ratio_difference_bound(a: tuple[list, list], b: tuple[list, list], confidence: float, side: str,
+                           samples: int = 1000, seed: int = 0, transform=None) -> dict:
+    """transform(sum b_num / sum b_den) - transform(sum a_num / sum a_den) where a and b are (numerators,
+    denominators) over the same documents, with its one-sided bound at `confidence` %: each resample
+    draws the same documents for both (perplexities of one holdout: (nll, tokens), transform=math.exp)."""
+    columns = [np.asarray(c, dtype=float) for c in (*a, *b)]
+    if len({len(c) for c in columns}) != 1:
+        raise ValueError(f"a ratio difference needs the same documents: {len(columns[0])} against {len(columns[2])}")
+    transform = transform or (lambda x: x)
+    if not len(columns[0]) or not columns[1].sum() or not columns[3].sum():
+        return {"diff": None, "bound": None, "n": len(columns[0])}
+    an, ad, bn, bd = _resampled_sums(columns, samples, seed)
+    diffs = _transformed(bn, bd, transform) - _transformed(an, ad, transform)
+    point = transform(columns[2].sum() / columns[3].sum()) - transform(columns[0].sum() / columns[1].sum())
+    return {"diff": float(point), "bound": _bound(diffs, confidence, side), "n": len(columns[0])}
