@@ -24,6 +24,7 @@ the artifact byte-identical and nothing downstream rebuilds (early cutoff);
 from __future__ import annotations
 
 import glob
+import heapq
 import itertools
 import json
 import os
@@ -342,17 +343,25 @@ def sample_bound(batches, sample: float, max_bytes: int | None) -> int:
     the documents in hash order reach max_bytes (the one that reaches it included).
 
     A function of the set of texts, never of their order; a document above the bound
-    changes nothing, and one below it can only move the bound down to itself or less.
+    changes nothing, and one below it can only lower it. Holds only the documents
+    within the budget (their hashes and sizes), however big the corpus.
     """
     bound = min(HASH_SPACE, round(sample * HASH_SPACE))
     if max_bytes is None:
         return bound
-    kept = sorted((h, len(t.encode("utf-8"))) for texts in batches for t in texts if (h := sample_hash(t)) < bound)
-    total = 0
-    for h, size in kept:
-        total += size
-        if total >= max_bytes:
-            return h + 1
+    heap, total = [], 0  # the lowest-hash documents that reach max_bytes; the highest hash on top (negated)
+    for texts in batches:
+        for text in texts:
+            h = sample_hash(text)
+            if h >= bound:
+                continue
+            size = len(text.encode("utf-8"))
+            heapq.heappush(heap, (-h, size))
+            total += size
+            while total - heap[0][1] >= max_bytes:  # the top is not needed to reach the budget
+                total -= heapq.heappop(heap)[1]
+            if total >= max_bytes:
+                bound = 1 - heap[0][0]
     return bound
 
 
