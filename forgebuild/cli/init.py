@@ -35,7 +35,8 @@ def cmd_init(args, session, report) -> int:
         report({"event": "summary", "ok": True, "preset": name, "dir": os.path.abspath(folder), "files": written})
     elif not args.quiet:
         where = "" if os.path.abspath(folder) == os.getcwd() else f"cd {shlex.quote(folder)} && "
-        print(f"next: {where}forgebuild    (the header of {presets.FORGEFILE} says what it builds and what to expect)")
+        print(f"next: {where}{presets.build_command(name)}    (the header of {presets.FORGEFILE} says what it builds "
+              f"and what to expect)")
     return 0
 
 

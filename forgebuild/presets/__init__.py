@@ -11,6 +11,7 @@ from __future__ import annotations
 from importlib import resources
 
 FORGEFILE = "Forgefile.toml"
+BUILD_IT = "# Build it:"
 NOT_COPIED = ("__pycache__",)  # what running a preset's script in place may leave beside it
 
 
@@ -22,10 +23,18 @@ def names() -> list[str]:
 
 def summary(name: str) -> str:
     """The first line of the preset's Forgefile header (its first comment), without the `#`."""
-    for line in resources.files(__name__).joinpath(name, FORGEFILE).read_text(encoding="utf-8").splitlines():
-        if line.startswith("#"):
-            return line.lstrip("#").strip()
-    return ""
+    return next((line.lstrip("#").strip() for line in _header(name)), "")
+
+
+def build_command(name: str) -> str:
+    """How to build the preset: its header's `# Build it:` line, or a plain `forgebuild`."""
+    said = [line.split(":", 1)[1].strip() for line in _header(name) if line.startswith(BUILD_IT)]
+    return said[0] if said else "forgebuild"
+
+
+def _header(name: str) -> list[str]:
+    text = resources.files(__name__).joinpath(name, FORGEFILE).read_text(encoding="utf-8")
+    return [line for line in text.splitlines() if line.startswith("#")]
 
 
 def files(name: str) -> dict[str, bytes]:
