@@ -314,3 +314,20 @@ def test_relative_gates_against_the_ancestors(eval_project):
     assert any(line.endswith("error: eval:rel: key 'gate.yes.exact_match': '>= parent + 0.5 @ 95%': the parent of "
                              "model:yes is model:base, which is not evaluated: add it to models, or set "
                              "ancestors = true") for line in lines), lines
+
+
+def test_a_benchmark_from_a_targets_output(eval_project):
+    """`data = "run:NAME"`: a generator's one .jsonl file is the benchmark; two are bad input naming the target."""
+    p = eval_project
+    p.write("gen.py", "import shutil, sys\nfor name in sys.argv[3:]:\n    shutil.copy(sys.argv[1], sys.argv[2] + '/' + name)\n")
+    table = ('\n[run.bench]\ncmd = "python3 {in.script} {in.rows} {out} NAMES"\ninputs = { script = "gen.py", rows = '
+             '"bench/arith.jsonl" }\noutputs = [OUTPUTS]\n\n[eval.e]\nmodels = ["model:base"]\nbenchmarks = [{ name = '
+             '"gen", data = "run:bench" }]\ngeneration = { max_new_tokens = 2 }\nthreads = 1\n')
+    p.forgefile(p.preamble + table.replace("NAMES", "a.jsonl").replace("OUTPUTS", '"a.jsonl"'))
+    p.run("eval:e", timeout=300)
+    report = json.loads(p.read(".forge/out/eval/e/report.json"))
+    assert report["results"]["model:base"]["gen.exact_match"]["n"] == 12
+    p.forgefile(p.preamble + table.replace("NAMES", "a.jsonl b.jsonl").replace("OUTPUTS", '"a.jsonl", "b.jsonl"'))
+    proc = p.run("eval:e", expect=2, timeout=300)
+    assert "benchmark gen: run:bench must hold one .jsonl file to read as the benchmark; it holds 2" in proc.stdout, \
+        proc.stdout

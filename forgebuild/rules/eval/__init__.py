@@ -47,7 +47,8 @@ class Benchmark(BaseModel):
     kind: Literal["generate", "choice", "perplexity", "lm-eval"] = Field(
         "generate", description="generate: answers scored against `answer`; choice: log-likelihood of `choices`; "
                                 "perplexity: on a corpus's holdout; lm-eval: lm-evaluation-harness tasks")
-    data: str | None = Field(None, description="generate, choice: a JSONL file of the project")
+    data: str | None = Field(None, description="generate, choice: a JSONL file of the project, or a target whose "
+                                                           "output holds one .jsonl file (e.g. run:bench, a generator)")
     corpus: str | None = Field(None, description="perplexity: the corpus target whose holdout split is scored")
     metrics: list[Literal["exact_match", "contains", "regex", "numeric"]] = Field(
         default_factory=lambda: ["exact_match"], description="generate: how outputs are scored")

@@ -2,6 +2,7 @@
 comparisons, gates and the reports. Imported inside the build process only."""
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
@@ -97,7 +98,7 @@ def scored(ctx, address: str, bench) -> str:
         "model": ctx.digest_of(address),
         "benchmark": bench.model_dump(mode="json"),
         "files": {rel: d for rel, d in sorted(ctx.digests.items()) if rel in source_files(ctx, index)},
-        "corpus": ctx.dep_digests.get(bench.corpus),
+        "corpus": ctx.dep_digests.get(bench.corpus), "data": ctx.dep_digests.get(bench.data),
         "generation": p.generation.model_dump(mode="json"), "limit": bench.limit or p.limit, "seed": ctx.seed,
         "libraries": {n: md.version(n) for n in ("torch", "transformers") + (("lm_eval",) if bench.kind == "lm-eval" else ())},
     }
@@ -146,7 +147,16 @@ def load(ctx, address: str):
 
 
 def bench_file(ctx, index: int, key: str) -> str:
-    return os.path.join(ctx.project_dir, ctx.inputs[f"benchmarks.{index}.{key}"])
+    """The benchmark's file: a file of the project, or the one .jsonl file of a target's output."""
+    path = os.path.join(ctx.project_dir, ctx.inputs[f"benchmarks.{index}.{key}"])
+    if not os.path.isdir(path):
+        return path
+    found = sorted(glob.glob(os.path.join(path, "**", "*.jsonl"), recursive=True))
+    if len(found) != 1:
+        address = ctx.params.benchmarks[index].data
+        raise ctx.bad_input(f"benchmark {ctx.params.benchmarks[index].name}: {address} must hold one .jsonl file "
+                            f"to read as the benchmark; it holds {len(found)}")
+    return found[0]
 
 
 def read(ctx, bench, index: int, kind: str, limit):
