@@ -74,6 +74,10 @@ def test_init_refuses_an_unknown_preset_a_file_as_folder_and_a_link_leading_outs
     project.write("taken", "a file\n")
     assert project.run("init", "continued", "taken", expect=2).stderr == (
         "forgebuild: taken is a file, not a folder: nothing written\n")
+    project.write("deep/stand-in", "a file\n")
+    assert project.run("init", "continued", "deep", expect=2).stderr == (
+        "forgebuild: deep/stand-in is a file where init writes a folder: nothing written\n")
+    assert os.listdir(os.path.join(project.root, "deep")) == ["stand-in"]
     outside = tmp_path.parent / f"{tmp_path.name}-outside"
     outside.mkdir()
     os.makedirs(os.path.join(project.root, "linked"))

@@ -28,7 +28,7 @@ def cmd_init(args, session, report) -> int:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         with open(path, "xb") as f:  # "x": a file that appeared since the check is still never overwritten
             f.write(data)
-        written.append(_shown(path))
+        written.append(os.path.normpath(path))
         if not args.json and not args.quiet:
             print(f"wrote {written[-1]}")
     if args.json:
@@ -38,7 +38,6 @@ def cmd_init(args, session, report) -> int:
         print(f"next: {where}{presets.build_command(name)}    (the header of {presets.FORGEFILE} says what it builds "
               f"and what to expect)")
     return 0
-
 
 
 def _list(args, report) -> int:
@@ -59,15 +58,14 @@ def _check(folder: str, rels: list[str]) -> None:
         raise UsageError(f"{folder} is a file, not a folder: nothing written")
     top = os.path.realpath(folder)
     for rel in rels:
-        path = os.path.join(folder, *rel.split("/"))
+        parts = rel.split("/")
+        path = os.path.join(folder, *parts)
         if os.path.lexists(path):
-            raise UsageError(f"{_shown(path)} exists; init never overwrites a file: nothing written")
-        parent = os.path.dirname(path)
-        if os.path.exists(parent) and not os.path.isdir(parent):
-            raise UsageError(f"{_shown(parent)} is a file where init writes a folder: nothing written")
-        if os.path.commonpath([top, os.path.realpath(parent)]) != top:
-            raise UsageError(f"{_shown(parent)} leads outside {folder} (a link): nothing written")
-
-
-def _shown(path: str) -> str:
-    return os.path.normpath(path)
+            raise UsageError(f"{os.path.normpath(path)} exists; init never overwrites a file: nothing written")
+        for depth in range(1, len(parts)):
+            above = os.path.join(folder, *parts[:depth])
+            if os.path.lexists(above) and not os.path.isdir(above):
+                raise UsageError(f"{os.path.normpath(above)} is a file where init writes a folder: nothing written")
+        if os.path.commonpath([top, os.path.realpath(os.path.dirname(path))]) != top:
+            raise UsageError(f"{os.path.normpath(os.path.dirname(path))} leads outside {folder} (a link): "
+                             f"nothing written")

@@ -23,16 +23,16 @@ def names() -> list[str]:
 
 def summary(name: str) -> str:
     """The first line of the preset's Forgefile header (its first comment), without the `#`."""
-    return next((line.lstrip("#").strip() for line in _header(name)), "")
+    return next((line.lstrip("#").strip() for line in _comments(name)), "")
 
 
 def build_command(name: str) -> str:
     """How to build the preset: its header's `# Build it:` line, or a plain `forgebuild`."""
-    said = [line.split(":", 1)[1].strip() for line in _header(name) if line.startswith(BUILD_IT)]
+    said = [line.split(":", 1)[1].strip() for line in _comments(name) if line.startswith(BUILD_IT)]
     return said[0] if said else "forgebuild"
 
 
-def _header(name: str) -> list[str]:
+def _comments(name: str) -> list[str]:
     text = resources.files(__name__).joinpath(name, FORGEFILE).read_text(encoding="utf-8")
     return [line for line in text.splitlines() if line.startswith("#")]
 
@@ -43,7 +43,7 @@ def files(name: str) -> dict[str, bytes]:
 
     def walk(folder, prefix: str) -> None:
         for entry in folder.iterdir():
-            if entry.name in NOT_COPIED or entry.name.endswith(".pyc"):
+            if entry.name in NOT_COPIED:
                 continue
             if entry.is_dir():
                 walk(entry, f"{prefix}{entry.name}/")
