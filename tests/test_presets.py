@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 from conftest import Project
 
@@ -85,6 +86,22 @@ def test_init_refuses_an_unknown_preset_a_file_as_folder_and_a_link_leading_outs
     assert project.run("init", "continued", "linked", expect=2).stderr == (
         "forgebuild: linked/scripts leads outside linked (a link): nothing written\n")
     assert os.listdir(outside) == [] and os.listdir(os.path.join(project.root, "linked")) == ["scripts"]
+
+
+def test_every_preset_names_the_test_that_holds_its_stated_result_and_marks_its_gpu_settings():
+    """A header's figures are claims a test asserts: it names that test, which exists; the GPU-scale
+    settings say that no GPU run has recorded figures for them yet."""
+    tests = os.path.dirname(os.path.abspath(__file__))
+    for name in sorted(os.listdir(PRESETS)):
+        path = os.path.join(PRESETS, name, "Forgefile.toml")
+        if not os.path.isfile(path):
+            continue
+        text = open(path, encoding="utf-8").read()
+        cited = re.findall(r"tests/(test_\w+\.py)::(test_\w+)", text)
+        assert cited, f"{name}: its header names no test (tests/FILE.py::TEST) asserting its result"
+        for file, test in cited:
+            assert f"def {test}(" in open(os.path.join(tests, file), encoding="utf-8").read(), (name, file, test)
+        assert "unvalidated: no GPU run has recorded figures for these settings yet" in text, name
 
 
 # ------------------------------------------------------------------ the presets, built as a user would
