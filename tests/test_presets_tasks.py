@@ -16,7 +16,7 @@ pytest.importorskip("trl")
 # The stated results (each preset's Forgefile header has the measured figures these hold them to)
 EXACT_TRANSLATE = 0.6   # measured 0.705 [0.645, 0.77]
 CHRF_TRANSLATE = 0.9    # measured 0.952 [0.94, 0.964]
-REWARD_RISE = 0.03      # measured 0.44 -> 0.49, first vs last third of model:rl's steps
+REWARD_RISE = 0.05      # measured 0.43 -> 0.50, first vs last third of model:rl's 120 steps
 COMPUTES_RL = 0.6       # measured 0.69 [0.62, 0.75], the same as model:sft
 PRESETS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "forgebuild", "presets")
 
