@@ -289,6 +289,9 @@ def ancestor_problems(params: Params, deps: dict) -> list[tuple]:
     # (an ancestor is never a LoRA adapter only: the model rule refuses to build on one)
     parents = ancestry(params, deps)
     evaluated = set(params.models) | (set(parents) if params.ancestors else set())
+    # a chain that stops at an invalid target has unknown ancestors above it: that target's own error
+    # is the one message, not a cascade of "not an ancestor" here
+    known = not params.ancestors or all(base is None or base in parents for base in parents.values())
     problems = []
     for metric, value in params.gate.items():
         for key, condition in gate_conditions(metric, value):
@@ -297,13 +300,16 @@ def ancestor_problems(params: Params, deps: dict) -> list[tuple]:
             for judged in judged_models(params):
                 if judged not in parents:  # not a valid model target: said where it is declared
                     continue
-                message = compared_problem(condition, judged, parents, evaluated, params.ancestors)
+                message = compared_problem(condition, judged, parents, evaluated, params.ancestors, known)
                 if message and (key, message) not in problems:
                     problems.append((key, message))
     return problems
 
 
-def compared_problem(condition, judged: str, parents: dict, evaluated: set, ancestors: bool) -> str | None:
+def compared_problem(condition, judged: str, parents: dict, evaluated: set, ancestors: bool,
+                     known: bool) -> str | None:
+    if ancestors and not known:  # said where the chain breaks
+        return None
     if condition.against != "parent":
         if ancestors and condition.against not in evaluated:
             return (f"'{condition.text}' compares with {condition.against}, which is neither among models nor "

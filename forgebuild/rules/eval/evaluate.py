@@ -24,13 +24,16 @@ def evaluate(ctx) -> None:
     for address in ctx.evaluated:
         per_model[address] = {bench.name: scored(ctx, address, bench) for bench in p.benchmarks}
     report = assemble(ctx, per_model)
+    from forgebuild.rules.eval.report import training_trends, write_reports
+
+    logs = {a: training_log(ctx.inputs_of(a)) for a in ctx.evaluated}
+    # what each stage did while it trained (reward, margins, loss: first vs last tenth), beside what it scores
+    report["training"] = {a: training_trends(rows) for a, rows in logs.items()}
     for address, benches in per_model.items():
         for name, folder in benches.items():
             ctx.place(os.path.join(folder, "samples.jsonl"), sample_path(address, name))
     training.write_json(os.path.join(ctx.out, "report.json"), report)
-    from forgebuild.rules.eval.report import write_reports
-
-    write_reports(ctx.out, report, {a: training_log(ctx.inputs_of(a)) for a in ctx.evaluated})
+    write_reports(ctx.out, report, logs)
     ctx.metrics({f"{a} {m}": r["value"] for a, results in report["results"].items() for m, r in results.items()})
     failed = [g for g in report["gates"] if not g["passed"]]
     if failed:
@@ -149,11 +152,11 @@ def load(ctx, address: str):
 def bench_file(ctx, index: int, key: str) -> str:
     """The benchmark's file: a file of the project, or the one .jsonl file of a target's output."""
     path = os.path.join(ctx.project_dir, ctx.inputs[f"benchmarks.{index}.{key}"])
-    if not os.path.isdir(path):
+    address = getattr(ctx.params.benchmarks[index], key)
+    if address not in ctx.dep_digests:  # a file (or lm-eval's task folder) of the project
         return path
     found = sorted(glob.glob(os.path.join(path, "**", "*.jsonl"), recursive=True))
     if len(found) != 1:
-        address = ctx.params.benchmarks[index].data
         raise ctx.bad_input(f"benchmark {ctx.params.benchmarks[index].name}: {address} must hold one .jsonl file "
                             f"to read as the benchmark; it holds {len(found)}")
     return found[0]
