@@ -2,20 +2,26 @@
 retrains model:rl-v3 and nothing before it.
 
 TRL calls a reward with the prompts, the completions and every other column of the
-prompts dataset (here `answer`) as keyword arguments; it returns one float per completion.
+prompts dataset (here `answer`, the three-digit sum) as keyword arguments; it returns one
+float per completion.
 """
 
 
+def _first_word(completion: str) -> str:
+    words = completion.split()
+    return words[0] if words else ""
+
+
 def exact_answer(completions, answer, **kwargs):
-    """1 for the right number first, 0.5 for it anywhere, 0.1 for any digit: partial credit
-    keeps the rewards of a group apart, and GRPO learns nothing from a group of equal rewards."""
+    """1 when the completion's first word is the sum, else 0."""
+    return [float(_first_word(c) == expected) for c, expected in zip(completions, answer)]
+
+
+def digits_right(completions, answer, **kwargs):
+    """The share of the sum's digits in their place: partial credit keeps a group's rewards
+    apart when no completion is exact (GRPO learns nothing from a group of equal rewards)."""
     scores = []
     for completion, expected in zip(completions, answer):
-        words = completion.split()
-        if words and words[0].strip(".,") == expected:
-            scores.append(1.0)
-        elif expected in words:
-            scores.append(0.5)
-        else:
-            scores.append(0.1 if any(ch.isdigit() for ch in completion) else 0.0)
+        got = _first_word(completion)
+        scores.append(sum(x == y for x, y in zip(got, expected)) / len(expected) if len(got) == len(expected) else 0.0)
     return scores

@@ -45,13 +45,13 @@ class Project:
         assert "Traceback" not in proc.stderr, proc.stderr
         return proc
 
-    def events(self, *args, expect: int | None = 0, env=None) -> list[dict]:
-        proc = self.run(*args, "--json", expect=expect, env=env)
+    def events(self, *args, expect: int | None = 0, env=None, timeout=120) -> list[dict]:
+        proc = self.run(*args, "--json", expect=expect, env=env, timeout=timeout)
         return [json.loads(line) for line in proc.stdout.splitlines()]
 
-    def build(self, *args, expect: int | None = 0, env=None) -> dict[str, str]:
+    def build(self, *args, expect: int | None = 0, env=None, timeout=120) -> dict[str, str]:
         """Build; return {target: action} from the summary, the contract CI and agents read."""
-        summary = self.events(*args, expect=expect, env=env)[-1]
+        summary = self.events(*args, expect=expect, env=env, timeout=timeout)[-1]
         assert summary["event"] == "summary"
         return {t["target"]: t["action"] for t in summary["targets"]}
 

@@ -40,12 +40,11 @@ SETTINGS = dict(derandomize=True, database=None, deadline=None,
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
-    """A copy of the example's files, with one stand-in for each glob of corpus:repo."""
+    """A copy of the example's files, and record files of every shape the rules read (data/arith:
+    question/answer pairs, preference pairs with scores, prompts with answers)."""
     root = tmp_path_factory.mktemp("generated")
     shutil.copytree(os.path.join(ROOT, "examples"), root / "examples")
-    for rel in ("forgebuild/a.py", "docs/a.md"):
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text("text of a document\n" * 3)
+    shutil.copytree(os.path.join(ROOT, "tests", "data", "arith"), root / "data" / "arith")
     return str(root)
 
 
@@ -118,7 +117,7 @@ SCALARS = st.one_of(
     st.integers(), st.sampled_from([0, -1, 2**31, 2**63 - 1, 2**63, 2**64, -(2**63) - 1, 10**30]),
     st.floats(), st.sampled_from([1e29, 1e10, -0.0, 0.5]),
     st.booleans(), TEXT,
-    st.sampled_from(ADDRESSES + ["run:nope", "model:sft_v1", "nokind:x", "examples/data/arith/sft.jsonl",
+    st.sampled_from(ADDRESSES + ["run:nope", "model:sft_v1", "nokind:x", "data/arith/sft.jsonl",
                                  "examples", ".", "..", "../x", "/etc/passwd", "*.nomatch", "", " ",
                                  "sft", "pretrain", "grpo", "examples/rewards.py:nope"]),
 )
@@ -199,7 +198,7 @@ RUN_KEYS = {
                                       "exit 3", "touch {out}/made"]),
                      st.lists(st.sampled_from(["true", "", "{in.x}", "{params.p}", "echo"]), max_size=3)),
     "inputs": st.dictionaries(st.sampled_from(["x", "y", "bad name", ""]),
-                              st.one_of(st.sampled_from(["examples/data/arith/sft.jsonl", "examples", ".", "*.nomatch",
+                              st.one_of(st.sampled_from(["data/arith/sft.jsonl", "examples", ".", "*.nomatch",
                                                          "examples/**/*.py", "run:nope", "run:a"]),
                                         st.lists(st.sampled_from(["examples/rewards.py", ""]), max_size=2)),
                               max_size=2),
@@ -235,7 +234,7 @@ def test_generated_run_tables_plan_and_build_without_a_raw_exception(project, fo
 
 DATA_KEYS = {
     "corpus": {
-        "sources": st.sampled_from([["examples/data/raw/*.txt"], ["examples/data/arith/sft.jsonl"], ["examples"]]),
+        "sources": st.sampled_from([["examples/data/raw/*.txt"], ["data/arith/sft.jsonl"], ["examples"]]),
         "format": st.sampled_from(["auto", "text", "records"]),
         "text_field": st.sampled_from(["text", "question", ""]),
         "min_chars": st.sampled_from([0, 10**6, 2**53]), "max_chars": st.sampled_from([1, 100, 2**53]),
@@ -244,12 +243,12 @@ DATA_KEYS = {
         "include": st.sampled_from([["(unclosed"], [""], []]), "size": st.sampled_from([{"documents": 1}]),
     },
     "dataset": {
-        "source": st.sampled_from(["examples/data/arith/sft.jsonl", "examples/data/arith/pref.jsonl", "examples"]),
+        "source": st.sampled_from(["data/arith/sft.jsonl", "data/arith/pref.jsonl", "examples"]),
         "format": st.sampled_from(["auto", "prompt_completion", "messages", "preference", "prompts"]),
         "fields": st.sampled_from([{}, {"prompt": "question", "completion": "answer"}, {"prompt": ""}]),
         "invalid": st.sampled_from(["error", "drop"]), "dedup": st.sampled_from(["exact", "prompt", "none"]),
         "splits": st.sampled_from([{"train": 1.0}, {"train": 0.0, "test": 1.0}, {"a": 1e-9, "b": 1 - 1e-9}]),
-        "ngram": st.sampled_from([1, 2**20]), "decontaminate": st.sampled_from([[], ["examples/data/arith/bench.jsonl"]]),
+        "ngram": st.sampled_from([1, 2**20]), "decontaminate": st.sampled_from([[], ["data/arith/bench.jsonl"]]),
     },
 }
 

@@ -50,8 +50,8 @@ def masked(line: str, root: str) -> str:
 def test_the_readme_tour_prints_what_it_shows_and_leaves_a_sound_cache(tmp_path):
     root = str(tmp_path / "tour")
     os.makedirs(root)
-    for folder in ("examples", "forgebuild", "docs"):  # the corpus (planned, not built here) reads all three
-        shutil.copytree(os.path.join(REPO, folder), os.path.join(root, folder), ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(os.path.join(REPO, "examples"), os.path.join(root, "examples"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(os.path.join(REPO, "Forgefile.example.toml"), root)
     forgefile = os.path.join(root, "Forgefile.example.toml")
     env = {**ENV, "COLUMNS": "200"}
