@@ -1,8 +1,7 @@
 """The example pipeline (Forgefile.example.toml): cold build, no-op rebuild, and where the cold time goes.
 
-examples/, forgebuild/, docs/ and Forgefile.example.toml are copied into a
-temporary folder, as tests/test_example.py does (corpus:repo reads the
-repository's own code and docs). Then:
+examples/ and Forgefile.example.toml are copied into a temporary folder, as
+tests/test_example.py does (the example generates the rest of its data). Then:
 
   cold     `forgebuild -f Forgefile.example.toml -k --json` with no .forge: every
            stage runs (one at a time: the example sets no `jobs`). -k changes
@@ -44,7 +43,7 @@ import time
 from _common import ENV, FORGE, REPO, header, scratch_dir, table
 
 FORGEFILE = "Forgefile.example.toml"
-COPIED = ("examples", "forgebuild", "docs")
+COPIED = ("examples",)
 
 
 def child_env(path_as_is: bool) -> dict:
