@@ -63,6 +63,7 @@ def main():
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     rng = random.Random(args.seed)
+    os.makedirs(args.out, exist_ok=True)
     (write_tasks if args.part == "tasks" else write_library)(rng, args.count, args.out)
 
 
