@@ -112,17 +112,7 @@ def test_report_intervals_failed_gate_kept_and_per_model_caching(eval_project):
         "model:sft2 on arith", "model:sft2 on holdout", "model:sft2 on mc"]
 
 
-def test_known_answers_score_one_and_zero(eval_project):
-    """A model taught one answer: a benchmark expecting it scores 1 (interval [1, 1]), one expecting
-    another answer scores 0, and multiple choice picks the taught answer."""
-    p = eval_project
-    prompts = [f"Question {i}: is the sky up?\nAnswer:" for i in range(24)]
-    tinylab.write_jsonl(os.path.join(p.root, "data/yes.jsonl"), ({"prompt": q, "completion": " yes"} for q in prompts))
-    tinylab.write_jsonl(os.path.join(p.root, "bench/yes.jsonl"), ({"prompt": q, "answer": "yes"} for q in prompts[:8]))
-    tinylab.write_jsonl(os.path.join(p.root, "bench/no.jsonl"), ({"prompt": q, "answer": "no"} for q in prompts[:8]))
-    tinylab.write_jsonl(os.path.join(p.root, "bench/yes_mc.jsonl"),
-                        ({"prompt": q, "choices": [" no", " yes"], "answer": 1} for q in prompts[:8]))
-    p.forgefile(p.preamble + """
+YES_MODEL = """
         [dataset.yes]
         source = "data/yes.jsonl"
         format = "prompt_completion"
@@ -134,7 +124,26 @@ def test_known_answers_score_one_and_zero(eval_project):
         max_length = 32
         train = { lr = 5e-3, steps = 25, batch_size = 8, schedule = "constant" }
         threads = 1
+"""
 
+
+def taught_yes(p) -> list[str]:
+    """data/yes.jsonl (24 prompts answered " yes", what model:yes of YES_MODEL learns) and bench/yes.jsonl."""
+    prompts = [f"Question {i}: is the sky up?\nAnswer:" for i in range(24)]
+    tinylab.write_jsonl(os.path.join(p.root, "data/yes.jsonl"), ({"prompt": q, "completion": " yes"} for q in prompts))
+    tinylab.write_jsonl(os.path.join(p.root, "bench/yes.jsonl"), ({"prompt": q, "answer": "yes"} for q in prompts[:8]))
+    return prompts
+
+
+def test_known_answers_score_one_and_zero(eval_project):
+    """A model taught one answer: a benchmark expecting it scores 1 (interval [1, 1]), one expecting
+    another answer scores 0, and multiple choice picks the taught answer."""
+    p = eval_project
+    prompts = taught_yes(p)
+    tinylab.write_jsonl(os.path.join(p.root, "bench/no.jsonl"), ({"prompt": q, "answer": "no"} for q in prompts[:8]))
+    tinylab.write_jsonl(os.path.join(p.root, "bench/yes_mc.jsonl"),
+                        ({"prompt": q, "choices": [" no", " yes"], "answer": 1} for q in prompts[:8]))
+    p.forgefile(p.preamble + YES_MODEL + """
         [eval.known]
         models = ["model:yes"]
         benchmarks = ["bench/yes.jsonl", "bench/no.jsonl", { name = "mc", kind = "choice", data = "bench/yes_mc.jsonl" }]
@@ -260,26 +269,12 @@ def test_relative_gates_against_the_ancestors(eval_project):
     and the vocabulary gate's threshold is the model's own vocab_size. Without the option the parent
     is not evaluated: a Forgefile error."""
     p = eval_project
-    prompts = [f"Question {i}: is the sky up?\nAnswer:" for i in range(24)]
-    tinylab.write_jsonl(os.path.join(p.root, "data/yes.jsonl"), ({"prompt": q, "completion": " yes"} for q in prompts))
-    tinylab.write_jsonl(os.path.join(p.root, "bench/yes.jsonl"), ({"prompt": q, "answer": "yes"} for q in prompts[:8]))
+    taught_yes(p)
     forgefile = p.preamble + """
         [corpus.text]
         sources = ["text/*.txt"]
         holdout = 0.3
-
-        [dataset.yes]
-        source = "data/yes.jsonl"
-        format = "prompt_completion"
-
-        [model.yes]
-        recipe = "sft"
-        base = "model:base"
-        data = "dataset:yes"
-        max_length = 32
-        train = { lr = 5e-3, steps = 25, batch_size = 8, schedule = "constant" }
-        threads = 1
-
+    """ + YES_MODEL + """
         [eval.rel]
         models = ["model:yes"]
         ancestors = true

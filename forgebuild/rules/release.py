@@ -133,12 +133,23 @@ def model_card(ctx, p: Params, reports: list[dict]) -> str:
         lines += [f"From `{gate}` (every gate passed):", "", "| metric | value | 95% interval |", "|---|---|---|"]
         for metric, stat in sorted(report["results"].get(p.model, {}).items()):
             lines.append(f"| {metric} | {fmt(stat.get('value'))} | [{fmt(stat.get('low'))}, {fmt(stat.get('high'))}] |")
-        lines += ["", "| gate | threshold | measured |", "|---|---|---|"]
+        lines += ["", "| gate | condition | measured |", "|---|---|---|"]
         for g in report["gates"]:
             if g["model"] == p.model:
-                lines.append(f"| {g['metric']} | {g['op']} {g['threshold']:g} | {fmt(g['value'])} |")
+                lines.append(f"| {g['metric']} | {gate_condition(g)} | {gate_measured(g)} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def gate_condition(g: dict) -> str:
+    """As the Forgefile wrote it (a relative gate's threshold alone, ">= 0.68", would hide what it compared)."""
+    return g.get("condition") or f"{g['op']} {g['threshold']:g}"
+
+
+def gate_measured(g: dict) -> str:
+    if g.get("against") is None or g.get("diff") is None:
+        return fmt(g["value"])
+    return f"{fmt(g['value'])} ({g['diff']:+.4g} vs {g['against']}, bound {g['bound']:+.4g})"
 
 
 def fmt(value) -> str:
