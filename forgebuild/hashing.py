@@ -62,6 +62,11 @@ def tree_digest(entries) -> str:
     return h.hexdigest()
 
 
+def folder_digest(root: str) -> str:
+    """The digest the store gives a folder's files (`tree_digest` of its manifest), without storing them."""
+    return tree_digest((rel, is_executable(st.st_mode), file_digest(full)) for rel, full, st in walk_files(root))
+
+
 def is_executable(mode: int) -> bool:
     return bool(mode & stat.S_IXUSR)
 

@@ -312,15 +312,9 @@ def source_units(ctx) -> list[Unit]:
 
 def output_files(folder: str, address: str) -> list[tuple[str, str, str]]:
     """(label ADDRESS/PATH, path, digest) of every file of a run target's output, in path order."""
-    from forgebuild.hashing import file_digest
+    from forgebuild.hashing import file_digest, walk_files
 
-    found = []
-    for parent, dirs, names in os.walk(folder):
-        dirs.sort()
-        for name in sorted(names):
-            path = os.path.join(parent, name)
-            found.append((f"{address}/{os.path.relpath(path, folder).replace(os.sep, '/')}", path, file_digest(path)))
-    return found
+    return [(f"{address}/{rel}", path, file_digest(path)) for rel, path, _ in walk_files(folder)]
 
 
 def dependency_folder(ctx, address: str) -> str:

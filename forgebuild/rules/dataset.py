@@ -273,14 +273,10 @@ def _target_files(address: str, folder: str, extensions: tuple) -> list[SourceFi
             info = json.load(f)
         return [SourceFile(f"{address}/{split['path']}", os.path.join(folder, split["path"]), address, info)
                 for _, split in sorted(info["splits"].items())]
-    found = []
-    for parent, dirs, names in os.walk(folder):
-        dirs.sort()
-        for name in sorted(names):
-            if name.lower().endswith(extensions):
-                rel = os.path.relpath(os.path.join(parent, name), folder).replace(os.sep, "/")
-                found.append(SourceFile(f"{address}/{rel}", os.path.join(parent, name), address))
-    return found
+    from forgebuild.hashing import walk_files
+
+    return [SourceFile(f"{address}/{rel}", path, address) for rel, path, _ in walk_files(folder)
+            if rel.lower().endswith(extensions)]
 
 
 def _rows(ctx, f: SourceFile):

@@ -379,13 +379,9 @@ def check_pin(ctx, p: Params, stats: dict) -> None:
     """With `pin`, the artifact must be the pinned one: the digest the store will give this folder."""
     if p.pin is None:
         return
-    from forgebuild.hashing import file_digest, is_executable, tree_digest
+    from forgebuild.hashing import folder_digest
 
-    entries = []
-    for name in sorted(os.listdir(ctx.out)):
-        full = os.path.join(ctx.out, name)
-        entries.append((name, is_executable(os.stat(full).st_mode), file_digest(full)))
-    digest = tree_digest(entries)
+    digest = folder_digest(ctx.out)
     if digest != p.pin:
         train = stats["train"]
         raise ctx.bad_input(
