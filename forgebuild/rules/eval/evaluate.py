@@ -9,7 +9,7 @@ import os
 
 import torch  # this module runs inside an eval's build process only
 
-from forgebuild.rules.eval.gate import OPS, gate_conditions, judged_models
+from forgebuild.rules.eval.gate import OPS, gate_conditions, judged_models, stated
 
 # Lower is better for these: a comparison's "better" direction and the report's reading depend on it.
 LOWER_IS_BETTER = ("perplexity", "loss")
@@ -62,11 +62,8 @@ def ancestors_of(ctx, address: str, folder: str) -> list[tuple[str, str, str]]:
     so the eval's key (which holds `address`'s digest) holds theirs too. Every target the eval depends
     on, these included, was settled and materialised in the workspace before the eval builds."""
     chain = []
-    while os.path.exists(config_path := os.path.join(folder, "training_config.json")):
-        with open(config_path, encoding="utf-8") as f:
-            config = json.load(f)
-        base = config.get("params", {}).get("base")
-        digest = config.get("inputs", {}).get(base)
+    while True:
+        base, digest = recorded_base(folder)
         if not (isinstance(base, str) and digest):
             break
         folder = os.path.join(ctx.workspace_dir, "artifacts", digest)
@@ -75,6 +72,18 @@ def ancestors_of(ctx, address: str, folder: str) -> list[tuple[str, str, str]]:
                               f"build it with `forgebuild {base}`")
         chain.append((base, digest, folder))
     return chain[::-1]
+
+
+def recorded_base(folder: str) -> tuple[str | None, str | None]:
+    """(address, output digest) of the model the model in `folder` was trained from, as its
+    training_config.json records them: (None, None) without one."""
+    path = os.path.join(folder, "training_config.json")
+    if not os.path.exists(path):
+        return None, None
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    base = config.get("params", {}).get("base")
+    return base, config.get("inputs", {}).get(base)
 
 
 def sample_path(address: str, bench: str) -> str:
@@ -302,6 +311,12 @@ def present(value) -> bool:
     return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 
+def present_pairs(a: list, b: list) -> tuple[list, list]:
+    """The examples both scored (in order), as two lists: what a paired comparison or gate resamples."""
+    pairs = [(x, y) for x, y in zip(a, b) if present(x) and present(y)]
+    return [x for x, _ in pairs], [y for _, y in pairs]
+
+
 def statistics(bench, found: dict, samples: int, seed: int) -> dict:
     """metric -> (value with its 95% interval, per-example values for paired comparisons)."""
     from forgebuild.rules.eval.scoring import bootstrap_mean, bootstrap_ratio
@@ -328,10 +343,10 @@ def comparisons(models: list[str], values: dict, samples: int, seed: int) -> lis
             a, b = values[baseline][metric], values[other].get(metric)
             if a is None or b is None or len(a) != len(b) or not a:
                 continue
-            pairs = [(x, y) for x, y in zip(a, b) if present(x) and present(y)]
-            if not pairs:
+            kept_a, kept_b = present_pairs(a, b)
+            if not kept_a:
                 continue
-            diff = paired_difference([x for x, _ in pairs], [y for _, y in pairs], samples, seed)
+            diff = paired_difference(kept_a, kept_b, samples, seed)
             found.append({"metric": metric, "a": baseline, "b": other, **diff,
                           "lower_is_better": metric.rsplit(".", 1)[-1] in LOWER_IS_BETTER})
     return found
@@ -393,18 +408,13 @@ def difference(metric: str, a, b, confidence: float, side: str, samples: int, se
         return ratio_difference_bound(a, b, confidence, side, samples, seed, transform=transform)
     if len(a) != len(b):
         raise ValueError(f"paired scores need the same examples: {len(a)} against {len(b)}")
-    pairs = [(x, y) for x, y in zip(a, b) if present(x) and present(y)]
-    return paired_bound([x for x, _ in pairs], [y for _, y in pairs], confidence, side, samples, seed)
+    return paired_bound(*present_pairs(a, b), confidence, side, samples, seed)
 
 
 def parent_of(ctx, address: str) -> str:
     """The model `address` was built on, as its training_config.json records it (the Forgefile check
     made sure it is evaluated)."""
-    path = os.path.join(ctx.inputs_of(address), "training_config.json")
-    parent = None
-    if os.path.exists(path):
-        with open(path, encoding="utf-8") as f:
-            parent = json.load(f).get("params", {}).get("base")
+    parent, _ = recorded_base(ctx.inputs_of(address))
     if parent not in ctx.evaluated:
         raise ctx.failure(f"the parent of {address} ({parent}) is not evaluated: add it to models, or set "
                           f"ancestors = true")
@@ -424,7 +434,7 @@ def gate_table(rows: list[dict]) -> str:
     table = [["gate", "model", "condition", "measured [95% interval]", "difference (bound)", "result"]]
     for g in rows:
         measured = "none" if g["value"] is None else f"{g['value']:.4g} [{g['low']:.4g}, {g['high']:.4g}]"
-        condition = g["condition"] + (f" = {g['threshold']:g}" if "vocab_size" in g else "")
+        condition = stated(g)
         paired = "" if "bound" not in g else "none" if g["bound"] is None else f"{g['diff']:+.4g} ({g['bound']:+.4g})"
         table.append([g["metric"], g["model"], condition, measured, paired, "pass" if g["passed"] else "FAIL"])
     widths = [max(len(row[i]) for row in table) + 2 for i in range(5)]
