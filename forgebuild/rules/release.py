@@ -27,6 +27,7 @@ import uuid
 from pydantic import BaseModel, ConfigDict, Field
 
 from forgebuild.planning.plan import ADDRESS
+from forgebuild.rules.eval.gate import stated
 
 version = "1"
 
@@ -142,8 +143,9 @@ def model_card(ctx, p: Params, reports: list[dict]) -> str:
 
 
 def gate_condition(g: dict) -> str:
-    """As the Forgefile wrote it (a relative gate's threshold alone, ">= 0.68", would hide what it compared)."""
-    return g.get("condition") or f"{g['op']} {g['threshold']:g}"
+    """As the Forgefile wrote it (a relative gate's threshold alone, ">= 0.68", would hide what it compared);
+    a report from before conditions were kept: its operator and threshold."""
+    return stated(g) if g.get("condition") else f"{g['op']} {g['threshold']:g}"
 
 
 def gate_measured(g: dict) -> str:

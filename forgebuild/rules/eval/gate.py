@@ -83,6 +83,16 @@ def gate_conditions(metric: str, value) -> list[tuple[tuple, Condition | str]]:
     return found
 
 
+def stated(row: dict) -> str:
+    """A gate row's condition as the Forgefile wrote it; a multiple of the vocabulary with the number it
+    came to ('<= 0.1 * vocab = 102.4'). What the log, the reports and a release's model card show."""
+    text, threshold = str(row["condition"]), row.get("threshold")
+    if (row.get("vocab_size") is not None and isinstance(threshold, (int, float)) and not isinstance(threshold, bool)
+            and math.isfinite(threshold)):
+        text += f" = {threshold:g}"
+    return text
+
+
 def judged_models(params) -> list[str]:
     """The models an eval's gates judge: gate_models, else the last of models."""
     return params.gate_models or [params.models[-1]]

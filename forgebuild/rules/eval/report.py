@@ -27,6 +27,8 @@ import os
 import re
 import threading
 
+from forgebuild.rules.eval.gate import stated
+
 MISSING = "—"
 OPS = {">=": "≥", "<=": "≤", ">": ">", "<": "<", "==": "=", "!=": "≠"}
 COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd",
@@ -107,10 +109,7 @@ def _threshold(gate: dict) -> str:
     """The condition as the Forgefile states it (a multiple of the vocabulary with its number:
     '<= 0.1 * vocab = 102.4'); a row without one (older reports): its operator as a sign and threshold."""
     if gate.get("condition"):
-        text = str(gate["condition"])
-        if gate.get("vocab_size") is not None and _finite(gate.get("threshold")):
-            text += f" = {gate['threshold']:g}"
-        return text
+        return stated(gate)
     op = gate.get("op", "")
     t = gate.get("threshold")
     t = f"{t:g}" if isinstance(t, (int, float)) and not isinstance(t, bool) else str(t)
