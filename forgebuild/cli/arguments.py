@@ -6,7 +6,7 @@ import argparse
 from forgebuild import __version__
 
 VERBS = ("build", "status", "explain", "graph", "path", "show", "log", "clean", "gc", "schema", "lock", "verify",
-         "diff", "cache", "join", "keys", "init")
+         "diff", "cache", "join", "keys", "init", "exp", "metrics", "mcp")
 TAKES_VALUE = {"-f", "--file", "-j", "--jobs", "--format", "--limit", "--grace", "--remote", "--lock", "--executor",
                "--node-rank", "--wait", "--worker-files"}
 
@@ -57,6 +57,13 @@ def argument_parser() -> argparse.ArgumentParser:
     ca.add_argument("action", choices=("push", "pull"))
     ca.add_argument("targets", nargs="*", metavar="TARGET")
     verb("keys", "make (once) and show this workspace's signing key for the remote")
+    verb("exp", "the cells of a sweep or search: params, metrics with intervals, status, time", "*")
+    mt = verb("metrics", "compare the metrics of two builds or lock files")
+    mt.add_argument("action", choices=("diff",))
+    mt.add_argument("a", metavar="A", help="a build record id, TARGET@N (from `log`), or a lock file")
+    mt.add_argument("b", metavar="B", help="the same, for the other side")
+    mt.add_argument("--format", choices=("text", "markdown"), default="text")
+    verb("mcp", "serve the verbs to agents: a Model Context Protocol server on stdio")
     _join_flags(verb("join", "on another node: take part in the multi-node stages of a build", "*"))
     return parser
 
