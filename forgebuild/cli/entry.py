@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
                                       building=args.verb == "build" and not getattr(args, "dry_run", False)))
     session = None
     try:
-        session = Session(args, report) if args.verb not in ("schema", "init") else None  # they need no Forgefile
+        session = Session(args, report) if args.verb not in ("schema", "init", "mcp") else None  # no Forgefile (mcp: each tool)
         if session is not None:  # its warning, if any, before the summary: JSON's last line stays the summary
             report.before_summary = session.close
         code = command(args.verb)(args, session, report)

@@ -1,0 +1,141 @@
+"""`forgebuild mcp`, driven by the MCP SDK's own client over stdio, the way an agent's host starts it."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+import time
+
+import anyio
+from conftest import ENV, RAN_IN
+from mcp import ClientSession
+from mcp.client.stdio import StdioServerParameters, stdio_client
+
+PIPELINE = """
+[run.words]
+cmd = "echo hello big world > {out}/words.txt"
+
+[run.count]
+cmd = "wc -w < {in.words}/words.txt | tr -d ' ' > {out}/count.txt"
+inputs = { words = "run:words" }
+"""
+TOOLS = {"build", "status", "explain", "show", "path", "diff", "metrics_diff", "log", "graph", "exp",
+         "search_history", "schema"}
+
+
+@contextlib.asynccontextmanager
+async def serve(root: str):
+    """A session with `python -m forgebuild mcp -f ROOT/Forgefile.toml`, started from another folder."""
+    RAN_IN.append(root)  # the store its builds wrote is checked at the test's teardown
+    server = StdioServerParameters(command=sys.executable, env=ENV, cwd=os.path.dirname(root),
+                                   args=["-m", "forgebuild", "mcp", "-f", os.path.join(root, "Forgefile.toml")])
+    with open(os.devnull, "w") as quiet:
+        async with stdio_client(server, errlog=quiet) as (read, write), ClientSession(read, write) as session:
+            await session.initialize()
+            yield session
+
+
+def call(session: ClientSession, tool: str, **arguments):
+    return session.call_tool(tool, arguments)
+
+
+def test_tools_status_build_path_show(project):
+    project.forgefile(PIPELINE)
+
+    async def agent():
+        async with serve(project.root) as session:
+            tools = {t.name: t for t in (await session.list_tools()).tools}
+            assert set(tools) == TOOLS
+            assert all(t.input_schema["type"] == "object" and t.description for t in tools.values())
+            assert tools["build"].input_schema["properties"]["jobs"]["anyOf"][0] == {"minimum": 1, "type": "integer"}
+
+            status = (await call(session, "status")).structured_content
+            assert status["ok"] and status["exit_code"] == 0
+            assert {e["target"]: e["state"] for e in status["events"]} == {"run:words": "missing",
+                                                                            "run:count": "missing"}
+            progress = []
+
+            async def heard(done, total, message):
+                progress.append((done, total, message))
+
+            built = await session.call_tool("build", {"targets": ["run:count"]}, progress_callback=heard)
+            assert not built.is_error
+            result = built.structured_content
+            assert result["ok"] and [(t["target"], t["action"]) for t in result["summary"]["targets"]] == [
+                ("run:words", "built"), ("run:count", "built")]
+            # one notification per start and per settled stage, rising to the two stages planned
+            assert [(total, message) for _, total, message in progress] == [
+                (2, "build run:words (never built)"), (2, "built run:words"),
+                (2, "build run:count (never built)"), (2, "built run:count")]
+            assert [done for done, *_ in progress] == [0.5, 1, 1.5, 2]
+
+            paths = (await call(session, "path", targets=["run:count"])).structured_content["summary"]["paths"]
+            with open(os.path.join(paths["run:count"], "count.txt")) as f:
+                assert f.read() == "3\n"
+            record = (await call(session, "show", targets=["count"])).structured_content["events"][0]
+            assert record["event"] == "record" and record["target"] == "run:count"
+            again = (await call(session, "build")).structured_content["summary"]["targets"]
+            assert {t["action"] for t in again} == {"cached"}
+            schema = await session.read_resource("forgebuild://schema")
+            assert json.loads(schema.contents[0].text) == (await call(session, "schema")).structured_content
+
+    anyio.run(agent)
+
+
+def test_forgefile_error_is_a_tool_error_and_the_server_goes_on(project):
+    project.forgefile('[run.words]\ncmd = "echo hi > {out}/w.txt"\ncomand = "x"\n')
+
+    async def agent():
+        async with serve(project.root) as session:  # it starts although the Forgefile does not load
+            bad = await call(session, "status")
+            assert bad.is_error
+            assert bad.content[0].text == ("Error executing tool status: Forgefile.toml:3: error: run:words: "
+                                           "key 'comand': unknown key (did you mean 'cmd'?)")
+            refused = await call(session, "build", targets=["--force"])
+            assert refused.is_error and "'--force' starts with '-'" in refused.content[0].text
+            project.forgefile('[run.words]\ncmd = "echo hi > {out}/w.txt; exit 3"\n')
+            failed = (await call(session, "build")).structured_content  # a failed stage is a result, not an error
+            assert (failed["ok"], failed["exit_code"]) == (False, 1)
+            assert [(e["event"], e["reason"]) for e in failed["events"]][-1] == ("failed", "command exited with code 3")
+            project.forgefile('[run.words]\ncmd = "kill -9 $PPID"\n')  # the build process itself dies
+            crashed = await call(session, "build")
+            assert crashed.is_error and crashed.content[0].text.startswith("Error executing tool build: forgebuild build exited -9")
+            assert (await call(session, "schema")).structured_content["title"] == "Forgefile"
+
+    anyio.run(agent)
+
+
+def test_a_cancelled_build_stops_its_stages(project):
+    project.forgefile('[run.slow]\ncmd = "echo $$ > pid.txt; exec sleep 60"\n')
+    pid_file = os.path.join(project.root, "pid.txt")
+
+    async def agent():
+        async with serve(project.root) as session:
+            async with anyio.create_task_group() as group:
+                group.start_soon(call, session, "build")
+                for _ in range(200):
+                    if os.path.exists(pid_file) and open(pid_file).read().strip():
+                        break
+                    await anyio.sleep(0.05)
+                group.cancel_scope.cancel()  # the client gives up: MCP's notifications/cancelled
+            pid = int(open(pid_file).read())
+            for _ in range(200):
+                if not alive(pid):
+                    break
+                await anyio.sleep(0.05)
+            assert not alive(pid)
+            assert (await call(session, "status")).structured_content["events"][0]["state"] == "missing"
+
+    started = time.time()
+    anyio.run(agent)
+    assert time.time() - started < 30  # not the 60 s of the stage
+
+
+def alive(pid: int) -> bool:
+    """Running, not only a zombie waiting to be reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
