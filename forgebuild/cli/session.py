@@ -78,17 +78,20 @@ class Session:
 
     def resolve(self, names: list[str], use_default=False) -> list[str]:
         """Named targets; with none, `[forge] default` (when use_default) or every target."""
+        groups = self.plan.groups  # a matrix's address: all its cells
         if not names:
             default = self.plan.settings.get("default") if use_default else None
-            return list(default) if default else list(self.plan.order)
+            return [c for a in default for c in groups.get(a, [a])] if default else list(self.plan.order)
         found, by_name = [], {}
-        for address in self.plan.targets:
+        for address in [*self.plan.targets, *groups]:
             by_name.setdefault(address.split(":", 1)[1], []).append(address)
         for name in names:
             if name in self.plan.targets:
                 found.append(name)
+            elif name in groups:
+                found.extend(groups[name])
             elif ":" not in name and len(by_name.get(name, [])) == 1:
-                found.append(by_name[name][0])
+                found.extend(groups.get(by_name[name][0], by_name[name]))
             elif ":" not in name and name in by_name:
                 raise UsageError(f"'{name}' is ambiguous: {', '.join(sorted(by_name[name]))}")
             else:

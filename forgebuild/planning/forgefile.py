@@ -17,6 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from forgebuild import limits
+from forgebuild.planning import matrix
 from forgebuild.planning import plan as planlib
 from forgebuild.errors import ForgefileError, Problem, did_you_mean, suggest_address
 from forgebuild.planning.plan import InputSpec, Plan, TargetPlan
@@ -46,6 +47,8 @@ class ForgeSettings(BaseModel):
                                           "holding one, relative to the Forgefile; its own key is always trusted")
     launch: dict | None = Field(None, description="default `launch` of training stages, e.g. { processes = 2 } "
                                                   "(runtime only; a target's own launch wins)")
+    track: dict | None = Field(None, description="default `track` of model and eval targets, e.g. { mlflow = true } "
+                                                 "(runtime only; a target's own track wins)")
     worker_files: Literal["shared", "remote"] = Field(
         "shared", description="how --executor ray workers see the project: `shared` (one machine or a shared "
                               "filesystem) or `remote` (each task builds in its own copy; artifacts meet in the "
@@ -412,6 +415,9 @@ def load(path: str, rules=None) -> Plan:
     declared = set()  # every address written, valid or not: no false "no target" for an invalid one
     used_rules = {}
     validated = {}  # address -> (rule, params, where): for checks across targets
+    cells, groups = matrix.expand({k: v for k, v in data.items() if k in rules},
+                                  lambda path, msg, target, key: problems.append(problem_at(path, msg, target, key)))
+    declared.update(groups)
     for kind, table in data.items():
         if kind == "forge":
             continue
@@ -431,12 +437,17 @@ def load(path: str, rules=None) -> Plan:
             if not NAME.match(target_name):
                 problems.append(problem_at((kind, target_name), f"bad target name '{target_name}': use letters, digits, '_', '-', '.'", address))
                 continue
-            target, found, checked = _validate_target(rule, kind, target_name, body, problem_at, locate,
-                                                      defaults.get(kind, {}))
-            problems += found
-            if target is not None:
-                targets[address] = target
-                validated[address] = checked
+            mine = [c for c in cells[kind].values() if c.declared == target_name]
+            declared.update(f"{kind}:{c.name}" for c in mine)
+            found_in_cells = []
+            for cell in mine:
+                target, found, checked = _validate_target(rule, kind, cell, groups, problem_at, locate,
+                                                          defaults.get(kind, {}))
+                found_in_cells.append(found)
+                if target is not None:
+                    targets[target.address] = target
+                    validated[target.address] = checked
+            problems += _said_once(found_in_cells, address if len(mine) > 1 else None)
 
     problems += _reference_problems(targets, declared, settings, rules, name, locate)
     problems += _dependency_problems(targets, validated)
@@ -452,7 +463,7 @@ def load(path: str, rules=None) -> Plan:
         loop = " -> ".join([*cycle, cycle[0]])
         problems.append(Problem(name, spec.line, f"dependency cycle: {loop}", first.address, spec.key))
     order = graph.topological_order(targets) if not problems else []
-    result = Plan(path, settings.model_dump(mode="json"), targets, order, _rule_files(used_rules))
+    result = Plan(path, settings.model_dump(mode="json"), targets, order, _rule_files(used_rules), groups)
     problems += _source_problems(result)
     if problems:
         raise ForgefileError(problems)
@@ -480,14 +491,42 @@ def value_problems(value, path: list, where) -> list[Problem]:
     return []
 
 
-def _validate_target(rule, kind, target_name, body, problem_at, locate, defaults: dict):
+def _said_once(per_cell: list[list[Problem]], group: str | None) -> list[Problem]:
+    """The problems of a table's cells, one that every cell of a grid has said once, of the grid."""
+    if group is None:
+        return per_cell[0] if per_cell else []
+    said, found = set(), []
+    for problems in per_cell:
+        for p in problems:
+            everywhere = all(any((q.line, q.message, q.key) == (p.line, p.message, p.key) for q in other)
+                             for other in per_cell)
+            if everywhere:
+                p = Problem(p.file, p.line, p.message, group, p.key)
+            if (p.line, p.message, p.key, p.target) not in said:
+                said.add((p.line, p.message, p.key, p.target))
+                found.append(p)
+    return found
+
+
+def _validate_target(rule, kind, cell, groups, problem_at, locate, defaults: dict):
     from forgebuild.rules import hooks, params_class, plain_params, rule_version
 
-    address = f"{kind}:{target_name}"
+    address, declared = f"{kind}:{cell.name}", cell.declared
+    swept = sorted(cell.values, key=len, reverse=True)
+
+    def toml_path(path) -> tuple:
+        """Where a key is written: a swept value on its line of the `matrix` table."""
+        text = key_text(path)
+        mine = next((p for p in swept if text == p or text.startswith(p + ".")), None)
+        return (kind, declared, matrix.MATRIX, mine) if mine else (kind, declared, *path)
 
     def where(path, message):
-        return problem_at((kind, target_name, *path), message, address, key_text(path) or None)
+        return problem_at(toml_path(path), message, address, key_text(path) or None)
 
+    problems: list[Problem] = []
+    body = matrix.substitute(cell.body, groups, cell.paired, [], lambda path, msg: problems.append(where(path, msg)))
+    if problems:
+        return None, problems, None
     unusable = value_problems(body, [], where)
     resources = body.get("resources")
     body = {k: v for k, v in body.items() if k != "resources"}  # every kind takes it: not a rule's param
@@ -510,7 +549,7 @@ def _validate_target(rule, kind, target_name, body, problem_at, locate, defaults
     inputs = []
     for key, specs in rule.inputs(params).items():
         for spec in [specs] if isinstance(specs, str) else specs:
-            line = locate.line((kind, target_name, *key.split(".")))
+            line = locate.line(toml_path(key.split(".")))
             input_kind = planlib.classify(spec)
             if not spec.strip():  # "" joined to the project folder named all of it, silently
                 if not any(p.key == key for p in problems):  # unless the rule's own check said so
@@ -523,13 +562,13 @@ def _validate_target(rule, kind, target_name, body, problem_at, locate, defaults
         if not spec.strip():
             problems.append(where(key.split("."), "an empty path: name a file or folder"))
             continue
-        inputs.append(InputSpec(key, spec, "external", locate.line((kind, target_name, *key.split(".")))))
+        inputs.append(InputSpec(key, spec, "external", locate.line(toml_path(key.split(".")))))
     values, runtime_keys = plain_params(params)
-    line = locate.line((kind, target_name))
-    declared = hooks(rule).environment(params)
+    line = locate.line((kind, declared))
+    environment = hooks(rule).environment(params)
     target = TargetPlan(address, kind, rule_version(rule, params), line, values, runtime_keys, inputs,
-                        hooks(rule).isolate, sorted(declared.get("vars", [])),
-                        _versions(declared.get("libraries", [])), resources)
+                        hooks(rule).isolate, sorted(environment.get("vars", [])),
+                        _versions(environment.get("libraries", [])), resources, cell.group, cell.values)
     return target, problems, (rule, params, where)
 
 

@@ -30,7 +30,9 @@ def canonical(obj) -> str:
 
 
 def derive_seed(project_seed: int, address: str) -> int:
-    """A target's own seed: stable across machines, different for every target."""
+    """A target's own seed: stable across machines, different for every target but the cells of
+    one matrix, which share their table's (a sweep's cells differ by their swept values alone)."""
+    address = address.split("[", 1)[0]
     return xxhash.xxh3_64_intdigest(f"{project_seed}\0{address}".encode()) % (2**31 - 1)
 
 

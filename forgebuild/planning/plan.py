@@ -19,9 +19,10 @@ from functools import cached_property
 from forgebuild import __version__
 from forgebuild.errors import Problem
 
-ADDRESS = re.compile(r"^([a-z][a-z0-9_-]*):([A-Za-z0-9_][A-Za-z0-9_.-]*)$")
+# KIND:NAME, and a matrix cell's values after it: model:sft-v1[lr=0.001,r=8] (planning/matrix.py)
+ADDRESS = re.compile(r"^([a-z][a-z0-9_-]*):([A-Za-z0-9_][A-Za-z0-9_.-]*(?:\[[A-Za-z0-9_.+=,-]+\])?)$")
 GLOB_CHARS = re.compile(r"[*?\[]")
-PLAN_FORMAT = 3
+PLAN_FORMAT = 4  # 4: matrix cells (TargetPlan.group, .cell; Plan.groups)
 
 
 @dataclass
@@ -48,6 +49,8 @@ class TargetPlan:
     env_vars: list[str] = field(default_factory=list)
     libraries: dict[str, str | None] = field(default_factory=dict)
     resources: dict = field(default_factory=dict)  # asked of a Ray task / Slurm job: runtime only
+    group: str | None = None  # a matrix cell's: the address of the table it is a cell of
+    cell: dict = field(default_factory=dict)  # a matrix cell's values: dotted param path -> value
 
     # plain properties: 3.11's cached_property takes a lock on every read, dearer than this 1 us
     @property
@@ -91,6 +94,7 @@ class Plan:
     targets: dict[str, TargetPlan]
     order: list[str]  # topological, dependencies first
     rule_files: dict[str, list] = field(default_factory=dict)  # module file -> [size, mtime_ns]
+    groups: dict[str, list[str]] = field(default_factory=dict)  # a matrix's address -> its cells, in order
 
     @property
     def root(self) -> str:
@@ -248,4 +252,4 @@ def load_cached(path: str, digest: str) -> Plan | None:
         a: TargetPlan(**{**t, "inputs": [InputSpec(**i) for i in t["inputs"]]})
         for a, t in raw["targets"].items()
     }
-    return Plan(raw["forgefile"], raw["settings"], targets, raw["order"], raw["rule_files"])
+    return Plan(raw["forgefile"], raw["settings"], targets, raw["order"], raw["rule_files"], raw["groups"])

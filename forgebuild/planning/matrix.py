@@ -1,0 +1,237 @@
+"""Matrices: one Forgefile table that stands for a grid of targets, each an ordinary target.
+
+    [model.sft-v1]
+    matrix = { "train.lr" = [1e-3, 3e-4], "lora.r" = [8, 16] }   # 4 cells
+
+    [eval.sweep]
+    models = ["model:sft-v1"]            # in an array, a matrix's address means all its cells
+
+    [eval.per-cell]
+    matrix_with = "model:sft-v1"         # one eval per cell: eval:per-cell[lr=0.001,r=8], ...
+    models = ["model:sft-v1"]            # here: that cell's model
+
+Each cell is the table with the matrix's values written into it, validated and keyed like any
+target: its address names its values (`model:sft-v1[lr=0.001,r=8]`, by the last part of each
+dotted key; by the whole key where two would read alike), so adding a value adds cells and
+leaves the others' keys, and their cached artifacts, as they were. The cells of one matrix share
+their seed (keys.py derives it from the address before `[`): two cells differ by their values
+alone, which is what a sweep compares. A search (rules/search) makes cells the same way, from
+proposals instead of a grid: `cell_name` and `with_values` are its entry points.
+
+Reads raw TOML tables and writes new ones, before any rule validates them: standard library only.
+A no-op build never runs it (the plan cache holds the cells).
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+import re
+from dataclasses import dataclass, field
+
+MATRIX, WITH = "matrix", "matrix_with"
+CELL_VALUE = re.compile(r"^[A-Za-z0-9_.+-]+$")  # what a value may look like inside an address
+MAX_CELLS = 10_000  # a grid this big is a typo (a 10^4 sweep of model trainings is not a Forgefile's job)
+
+
+@dataclass
+class Cell:
+    """One target a table stands for: the table itself (no matrix), or one cell of its grid."""
+
+    name: str  # the target's name: "sft-v1", or "sft-v1[lr=0.001,r=8]"
+    declared: str  # the table's name in the Forgefile
+    body: dict  # the raw table, the cell's values written in, `matrix` and `matrix_with` removed
+    values: dict = field(default_factory=dict)  # dotted param path -> value, this cell's (upstream's first)
+    group: str | None = None  # the table's address when it is a grid
+    paired: dict = field(default_factory=dict)  # matrix_with: the group's address -> this cell's cell of it
+
+
+def format_value(value) -> str:
+    """A value as an address shows it: 0.001, 1e-05, 8, true, a name."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def short_names(paths: list[str]) -> dict[str, str]:
+    """Each dotted path by its last part (`train.lr` -> `lr`), or whole where two would read alike."""
+    last = [p.rsplit(".", 1)[-1] for p in paths]
+    return {p: (short if last.count(short) == 1 else p) for p, short in zip(paths, last)}
+
+
+def cell_name(declared: str, values: dict) -> str:
+    """`sft-v1[lr=0.001,r=8]`: the values in the order the matrix wrote them."""
+    names = short_names(list(values))
+    return f"{declared}[{','.join(f'{names[p]}={format_value(v)}' for p, v in values.items())}]"
+
+
+def with_values(body: dict, values: dict) -> dict:
+    """A copy of the raw table with each dotted path set (tables made where missing)."""
+    body = copy.deepcopy(body)
+    for path, value in values.items():
+        *tables, name = path.split(".")
+        node = body
+        for table in tables:
+            node = node.setdefault(table, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"'{table}' is not a table")
+        node[name] = value
+    return body
+
+
+# ------------------------------------------------------------------ a table's own grid
+
+def grid_problems(matrix) -> list[tuple[list, str]]:
+    """(key path inside `matrix`, message) for every way `matrix` is unusable."""
+    if not isinstance(matrix, dict) or not matrix:
+        return [([], 'expected a table of arrays, e.g. { "train.lr" = [1e-3, 3e-4] }')]
+    found, cells = [], 1
+    for path, values in matrix.items():
+        if path in (MATRIX, WITH, "resources") or not all(path.split(".")):
+            found.append(([path], f"'{path}' cannot be swept: name a param, e.g. \"train.lr\""))
+        elif not isinstance(values, list) or not values:
+            found.append(([path], "expected a non-empty array of values"))
+        else:
+            bad = next((v for v in values if isinstance(v, (dict, list))
+                        or (isinstance(v, str) and not CELL_VALUE.match(v))), None)
+            if bad is not None:
+                found.append(([path], "a swept value must be a number, true/false or a name of letters, "
+                                      f"digits and '_.+-', got {_shown(bad)}"))
+            elif len({(type(v), v) for v in values}) != len(values):
+                found.append(([path], "a value is listed twice"))
+            cells *= len(values)
+    if cells > MAX_CELLS:
+        found.append(([], f"{cells} cells: at most {MAX_CELLS}"))
+    return found
+
+
+def _shown(value) -> str:
+    return "a table" if isinstance(value, dict) else "an array" if isinstance(value, list) else repr(value)
+
+
+def grid(matrix: dict) -> list[dict]:
+    """Every combination, the first key varying slowest: [{"train.lr": 0.001, "lora.r": 8}, ...]."""
+    paths = list(matrix)
+    return [dict(zip(paths, combo)) for combo in itertools.product(*(matrix[p] for p in paths))]
+
+
+# ------------------------------------------------------------------ expanding a Forgefile
+
+def expand(data: dict, problem) -> tuple[dict[str, dict[str, Cell]], dict[str, list[str]]]:
+    """Every kind's tables as cells, and each grid's address -> its cells' addresses, in order.
+
+    `problem(toml_path, message, address, key)` records a problem; a table with one keeps its
+    declared name and no matrix, so its other problems are still found by validation.
+    """
+    tables: dict[str, dict[str, Cell]] = {}
+    groups: dict[str, list[str]] = {}
+    pending = []  # (kind, name, body, upstream): `matrix_with` tables, expanded once upstream is
+    for kind, table in data.items():
+        if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
+            continue  # forgefile.load says what is wrong with it
+        for name, body in table.items():
+            own = tables.setdefault(kind, {})
+            upstream = body.get(WITH)
+            if upstream is not None:
+                pending.append((kind, name, body, upstream))
+                continue
+            for cell in _own_cells(kind, name, body, problem):
+                own[cell.name] = cell
+                if cell.group:
+                    groups.setdefault(cell.group, []).append(f"{kind}:{cell.name}")
+    while pending:  # a `with` chain: eval with model with corpus; each round expands what it can
+        ready = [p for p in pending if p[3] in groups or not _declared_grid(p[3], pending)]
+        if not ready:  # every one left waits on another: a loop
+            for kind, name, _, upstream in pending:
+                problem((kind, name, WITH), f"'{upstream}' is matrixed with this target: a loop",
+                        f"{kind}:{name}", WITH)
+            break
+        for item in ready:
+            pending.remove(item)
+            kind, name, body, upstream = item
+            for cell in _with_cells(kind, name, body, upstream, tables, groups, problem):
+                tables[kind][cell.name] = cell
+                if cell.group:
+                    groups.setdefault(cell.group, []).append(f"{kind}:{cell.name}")
+    return tables, groups
+
+
+def _declared_grid(address: str, pending: list) -> bool:
+    return any(f"{kind}:{name}" == address for kind, name, _, _ in pending)
+
+
+def _own_cells(kind: str, name: str, body: dict, problem) -> list[Cell]:
+    plain = {k: v for k, v in body.items() if k not in (MATRIX, WITH)}
+    if MATRIX not in body:
+        return [Cell(name, name, plain)]
+    found = grid_problems(body[MATRIX])
+    for path, message in found:
+        problem((kind, name, MATRIX, *path), message, f"{kind}:{name}", ".".join([MATRIX, *path]))
+    if found:
+        return [Cell(name, name, plain)]
+    return _cells(kind, name, plain, grid(body[MATRIX]), problem) or [Cell(name, name, plain)]
+
+
+def _cells(kind: str, name: str, plain: dict, combos: list[dict], problem, paired=None) -> list[Cell]:
+    cells = []
+    for i, values in enumerate(combos):
+        try:
+            body = with_values(plain, values)
+        except ValueError as e:
+            problem((kind, name, MATRIX), f"cannot set {next(iter(values))}: {e}", f"{kind}:{name}", MATRIX)
+            return []
+        cells.append(Cell(cell_name(name, values), name, body, values, f"{kind}:{name}",
+                          paired[i] if paired else {}))
+    return cells
+
+
+def _with_cells(kind, name, body, upstream, tables, groups, problem) -> list[Cell]:
+    plain = {k: v for k, v in body.items() if k not in (MATRIX, WITH)}
+    address = f"{kind}:{name}"
+    if not isinstance(upstream, str) or upstream not in groups:
+        if not isinstance(upstream, str):
+            message = "expected the address of a target with a `matrix`"
+        elif upstream.split(":", 1)[-1] in tables.get(upstream.split(":", 1)[0], {}):
+            message = f"'{upstream}' is not a matrix: matrix_with names a target with a `matrix`"
+        else:
+            message = f"no target '{upstream}'"
+        problem((kind, name, WITH), message, address, WITH)
+        return [Cell(name, name, plain)]
+    own = [{}]
+    if MATRIX in body:
+        found = grid_problems(body[MATRIX])
+        for path, message in found:
+            problem((kind, name, MATRIX, *path), message, address, ".".join([MATRIX, *path]))
+        own = grid(body[MATRIX]) if not found else own
+    up_kind = upstream.split(":", 1)[0]
+    combos, paired = [], []
+    for cell_address in groups[upstream]:
+        up = tables[up_kind][cell_address.split(":", 1)[1]]
+        for extra in own:
+            combos.append({**up.values, **extra})
+            paired.append({upstream: cell_address, **up.paired})
+    return _cells(kind, name, plain, combos, problem, paired)
+
+
+# ------------------------------------------------------------------ references to a grid
+
+def substitute(value, groups: dict[str, list[str]], paired: dict[str, str], where: list, problem) -> object:
+    """`value` with each grid's address replaced: in an array by all its cells (or, matrixed with
+    it, by the one paired cell); elsewhere by the paired cell, and otherwise a problem: one string
+    cannot name four models."""
+    if isinstance(value, dict):
+        return {k: substitute(v, groups, paired, [*where, k], problem) for k, v in value.items()}
+    if isinstance(value, list):
+        out = []
+        for i, item in enumerate(value):
+            if isinstance(item, str) and item in groups:
+                out.extend([paired[item]] if item in paired else groups[item])
+            else:
+                out.append(substitute(item, groups, paired, [*where, i], problem))
+        return out
+    if isinstance(value, str) and value in groups:
+        if value in paired:
+            return paired[value]
+        cells = groups[value]
+        problem(where, f"'{value}' is a matrix of {len(cells)} cells: name one (e.g. '{cells[0]}'), "
+                       f"list it in an array to take them all, or write matrix_with = \"{value}\"")
+    return value
