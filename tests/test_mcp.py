@@ -139,3 +139,12 @@ def alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_without_the_sdk_it_says_how_to_install_it(project, tmp_path):
+    from forgebuild.engine.preflight import install_command
+
+    (tmp_path / "trap" / "mcp").mkdir(parents=True)  # an `mcp` that fails to import as a missing one does
+    (tmp_path / "trap" / "mcp" / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'mcp'\", name='mcp')\n")
+    proc = project.run("mcp", expect=2, env={"PYTHONPATH": str(tmp_path / "trap")})
+    assert proc.stderr == f"forgebuild: not installed: mcp (for forgebuild mcp); run: {install_command(['agents'])}\n"

@@ -20,10 +20,17 @@ import tempfile
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, NamedTuple
 
-import anyio
-from mcp.server.mcpserver import Context, MCPServer
-from mcp.server.mcpserver.exceptions import ToolError
 from pydantic import AfterValidator, Field
+
+from forgebuild.engine.preflight import install_command
+from forgebuild.errors import UsageError
+
+try:  # the SDK is an extra: without it, `forgebuild mcp` says how to install it (exit 2), not a traceback
+    import anyio
+    from mcp.server.mcpserver import Context, MCPServer
+    from mcp.server.mcpserver.exceptions import ToolError
+except ImportError as e:
+    raise UsageError(f"not installed: {e.name} (for forgebuild mcp); run: {install_command(['agents'])}") from None
 
 
 def _not_an_option(word: str) -> str:
