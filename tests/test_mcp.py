@@ -19,6 +19,11 @@ cmd = "echo hello big world > {out}/words.txt"
 [run.count]
 cmd = "wc -w < {in.words}/words.txt | tr -d ' ' > {out}/count.txt"
 inputs = { words = "run:words" }
+
+[run.cell]
+cmd = ["python3", "-c", "import sys; open(sys.argv[1] + '/n.txt', 'w').write(sys.argv[2])", "{out}", "{params.n}"]
+params = { n = 0 }
+matrix = { "params.n" = [1, 2] }
 """
 TOOLS = {"build", "status", "explain", "show", "path", "diff", "metrics_diff", "log", "graph", "exp",
          "search_history", "schema"}
@@ -50,10 +55,13 @@ def test_tools_status_build_path_show(project):
             assert all(t.input_schema["type"] == "object" and t.description for t in tools.values())
             assert tools["build"].input_schema["properties"]["jobs"]["anyOf"][0] == {"minimum": 1, "type": "integer"}
 
-            status = (await call(session, "status")).structured_content
+            status = (await call(session, "status", targets=["run:count"])).structured_content
             assert status["ok"] and status["exit_code"] == 0
             assert {e["target"]: e["state"] for e in status["events"]} == {"run:words": "missing",
                                                                             "run:count": "missing"}
+            unbuilt = (await call(session, "path", targets=["run:words"])).structured_content
+            assert (unbuilt["ok"], unbuilt["exit_code"], unbuilt["messages"]) == (False, 1, [
+                "forgebuild: run:words is missing (never built); build it with `forgebuild run:words`"])
             progress = []
 
             async def heard(done, total, message):
@@ -75,8 +83,14 @@ def test_tools_status_build_path_show(project):
                 assert f.read() == "3\n"
             record = (await call(session, "show", targets=["count"])).structured_content["events"][0]
             assert record["event"] == "record" and record["target"] == "run:count"
-            again = (await call(session, "build")).structured_content["summary"]["targets"]
+            again = (await call(session, "build", targets=["run:count"])).structured_content["summary"]["targets"]
             assert {t["action"] for t in again} == {"cached"}
+            cell = "run:cell[n=2]"  # a matrix cell's address goes through as one argument
+            built = (await call(session, "build", targets=[cell])).structured_content["summary"]["targets"]
+            assert [(t["target"], t["action"]) for t in built] == [(cell, "built")]
+            paths = (await call(session, "path", targets=[cell])).structured_content["summary"]["paths"]
+            with open(os.path.join(paths[cell], "n.txt")) as f:
+                assert f.read() == "2"
             schema = await session.read_resource("forgebuild://schema")
             assert json.loads(schema.contents[0].text) == (await call(session, "schema")).structured_content
 
