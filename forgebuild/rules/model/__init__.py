@@ -1,7 +1,7 @@
 """model: a trained language model, made by one of the training recipes.
 
     [model.base]
-    recipe = "pretrain"              # import, pretrain, continue, sft, dpo, online-dpo, reward, grpo
+    recipe = "pretrain"              # import, pretrain, continue, sft, dpo, online-dpo, reward, grpo, select
     tokens = "tokens:web"
     tokenizer = "tokenizer:bpe"
     arch = { family = "llama", hidden = 128, layers = 2, heads = 4 }
@@ -35,6 +35,7 @@ RECIPES = {
     "online-dpo": "online_dpo",
     "reward": "reward_model",
     "grpo": "grpo",
+    "select": "select",
 }
 
 # what every training recipe imports (forgebuild/rules/model/training.py); all in the `train` extra

@@ -1,0 +1,183 @@
+"""The select recipe end to end, on tiny models really trained: of three SFTs of one base, one learns
+to answer " yes" (lr 5e-3) and two barely move (lr 1e-7); an eval scores all three, and select
+targets pick the learner, refuse to choose between the two that did not learn (their scores are
+equal: within noise) unless told how, and stand for the winner downstream."""
+from __future__ import annotations
+
+import json
+import os
+
+import tinylab
+
+FORGEFILE = """
+[forge]
+seed = 3
+
+[dataset.yes]
+source = "data/yes.jsonl"
+format = "prompt_completion"
+
+[model.yes]
+recipe = "sft"
+base = "model:base"
+data = "dataset:yes"
+max_length = 32
+train = { lr = 5e-3, steps = 25, batch_size = 8, schedule = "constant" }
+threads = 1
+
+[model.flat-a]
+recipe = "sft"
+base = "model:base"
+data = "dataset:yes"
+max_length = 32
+train = { lr = 1e-7, steps = 6, batch_size = 8, schedule = "constant" }
+threads = 1
+
+[model.flat-b]
+recipe = "sft"
+base = "model:base"
+data = "dataset:yes"
+max_length = 32
+train = { lr = 1e-7, steps = 3, batch_size = 8, schedule = "constant" }
+threads = 1
+
+[corpus.text]
+sources = ["text/*.txt"]
+holdout = 0.3
+
+[eval.all]
+models = ["model:flat-a", "model:yes", "model:flat-b"]
+benchmarks = ["bench/yes.jsonl", { name = "holdout", kind = "perplexity", corpus = "corpus:text", seq_len = 32 }]
+generation = { max_new_tokens = 4 }
+threads = 1
+
+[model.best]
+recipe = "select"
+candidates = ["model:flat-a", "model:yes", "model:flat-b"]
+evals = ["eval:all"]
+metric = "yes.exact_match"
+
+[model.flat]
+recipe = "select"
+candidates = ["model:flat-a", "model:flat-b"]
+evals = ["eval:all"]
+metric = "yes.exact_match"
+
+[model.flat-first]
+recipe = "select"
+candidates = ["model:flat-a", "model:flat-b"]
+evals = ["eval:all"]
+metric = "yes.exact_match"
+tie_break = "first"
+
+[model.flat-cheap]
+recipe = "select"
+candidates = ["model:flat-a", "model:flat-b"]
+evals = ["eval:all"]
+metric = "yes.exact_match"
+tie_break = "cheapest"
+
+[model.fluent]
+recipe = "select"
+candidates = ["model:yes", "model:flat-a"]
+evals = ["eval:all"]
+metric = "holdout.perplexity"
+
+[model.next]
+recipe = "sft"
+base = "model:best"
+data = "dataset:yes"
+"""
+
+REFUSED = """\
+model:flat: 2 candidates are within noise on yes.exact_match (max) at 95%; none chosen:
+  model:flat-a  0 [0, 0] n=16  best
+  model:flat-b  0 [0, 0] n=16  model:flat-a better by +0, 95% lower bound +0 on 16 paired examples
+set tie_break = "first" or "cheapest" to choose among them"""
+
+
+def write_task(root: str) -> None:
+    """24 prompts answered " yes" to train on; the first 16 as the benchmark (what the learner learnt)."""
+    prompts = [f"Question {i}: is the sky up?\nAnswer:" for i in range(24)]
+    tinylab.write_jsonl(os.path.join(root, "data/yes.jsonl"), ({"prompt": q, "completion": " yes"} for q in prompts))
+    tinylab.write_jsonl(os.path.join(root, "bench/yes.jsonl"), ({"prompt": q, "answer": "yes"} for q in prompts[:16]))
+
+
+def files_of(folder: str) -> dict[str, bytes]:
+    found = {}
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            with open(os.path.join(parent, name), "rb") as f:
+                found[os.path.relpath(os.path.join(parent, name), folder)] = f.read()
+    return found
+
+
+def test_select_picks_the_learner_and_refuses_a_tie_unless_told(project, tiny_base):
+    p = project
+    write_task(p.root)
+    tinylab.write_stdlib_text(p.root, files=12, max_chars=3000)
+    p.forgefile(tinylab.imported_base(tiny_base) + FORGEFILE)
+    built = p.build("model:best", "model:flat-first", "model:flat-cheap", "model:fluent", timeout=600)
+    assert {built[t] for t in ("model:best", "model:flat-first", "model:flat-cheap", "model:fluent")} == {"built"}
+
+    # the eval really separates the learner: its interval lies above both of the others'
+    results = json.loads(p.read(".forge/out/eval/all/report.json"))["results"]
+    learner = results["model:yes"]["yes.exact_match"]
+    assert learner["n"] == 16 and learner["low"] >= 0.8
+    for flat in ("model:flat-a", "model:flat-b"):
+        assert results[flat]["yes.exact_match"]["high"] < learner["low"]
+
+    selection = json.loads(p.read(".forge/out/model/best/selection.json"))
+    assert selection["winner"] == "model:yes" and selection["goal"] == "max" and selection["tied"] == ["model:yes"]
+    rows = {r["address"]: r for r in selection["candidates"]}
+    assert [r["address"] for r in selection["candidates"]] == ["model:flat-a", "model:yes", "model:flat-b"]
+    assert all(rows[f]["within_noise"] is False and rows[f]["bound"] > 0.5 for f in ("model:flat-a", "model:flat-b"))
+    assert selection["reason"].startswith("model:yes has the highest yes.exact_match (")
+    # model:best is the learner: the same files, byte for byte, beside selection.json
+    learner_files = files_of(p.run("path", "model:yes").stdout.strip())
+    best_files = files_of(p.run("path", "model:best").stdout.strip())
+    assert set(best_files) == set(learner_files) | {"selection.json"} and "model.safetensors" in learner_files
+    assert all(best_files[name] == data for name, data in learner_files.items())
+    record = json.loads(p.run("show", "model:best").stdout)
+    assert record["metrics"]["selected"] == "model:yes" and record["metrics"]["reason"] == selection["reason"]
+    # and it stands for the learner downstream: a model built on it plans
+    assert "would build model:next" in p.run("-n", "model:next").stdout
+
+    first = json.loads(p.read(".forge/out/model/flat-first/selection.json"))
+    cheap = json.loads(p.read(".forge/out/model/flat-cheap/selection.json"))
+    assert first["winner"] == "model:flat-a" and cheap["winner"] == "model:flat-b"  # 3 steps cost less than 6
+    compute = {r["address"]: r["compute"] for r in cheap["candidates"]}
+    assert compute["model:flat-a"] == 2 * compute["model:flat-b"] > 0
+
+    # by perplexity (lower is better) on held-out text, the model taught one word is the worse one
+    fluent = json.loads(p.read(".forge/out/model/fluent/selection.json"))
+    assert fluent["goal"] == "min" and fluent["winner"] == "model:flat-a"
+    assert results["model:yes"]["holdout.perplexity"]["low"] > results["model:flat-a"]["holdout.perplexity"]["high"]
+    worse = next(r for r in fluent["candidates"] if r["address"] == "model:yes")
+    assert worse["pairs"] == results["model:yes"]["holdout.perplexity"]["n"] and worse["bound"] > 0
+
+    # between the two that did not learn: refused, with the evidence; asked again, the same from the cache
+    for _ in range(2):
+        refused = p.run("model:flat", expect=1)
+        assert REFUSED in refused.stdout, refused.stdout
+    assert json.loads(p.read(".forge/out/model/flat/selection.json"))["winner"] is None
+
+
+def test_select_forgefile_error_exits_2(project):
+    project.forgefile("""
+        [model.a]
+        recipe = "import"
+        path = "m"
+
+        [model.pick]
+        recipe = "select"
+        candidates = ["model:a"]
+        evals = ["eval:none"]
+        metric = "acc"
+    """)
+    os.makedirs(os.path.join(project.root, "m"))
+    lines = project.run("-n", expect=2).stderr.strip().splitlines()
+    assert "Forgefile.toml:8: error: model:pick: key 'candidates': a selection needs two candidates or more, " \
+           "got 1" in lines, lines
+    assert "Forgefile.toml:10: error: model:pick: key 'metric': 'acc' is not a metric: write BENCH.METRIC as the " \
+           "eval's report names it, e.g. \"arith.exact_match\"" in lines, lines
