@@ -9,6 +9,7 @@ import os
 
 import torch  # this module runs inside an eval's build process only
 
+from forgebuild.rules.eval.cells import cells_of
 from forgebuild.rules.eval.gate import OPS, gate_conditions, judged_models, stated
 
 # Lower is better for these: a comparison's "better" direction and the report's reading depend on it.
@@ -301,6 +302,7 @@ def assemble(ctx, per_model: dict) -> dict:
         "gates": gates(ctx, results, gated, produced),
         "generation": p.generation.model_dump(mode="json"),
         "samples": {a: {b.name: sample_path(a, b.name) for b in p.benchmarks} for a in models},
+        "cells": cells_of(models),  # each matrix cell's swept values, read from its address
     }
     report["passed"] = all(g["passed"] for g in report["gates"])
     return report

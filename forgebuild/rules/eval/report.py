@@ -1,14 +1,18 @@
 """report.md and report.html from an eval's report dict (the content of report.json).
 
-Markdown is for a pull request: a PASS/FAIL header, then the gate, metric and
-comparison tables (every measurement as value [95% interval] n=examples), what
-each model's training did (each logged quantity's first against its last tenth:
-"reward rose from 0.210 to 0.470"), the models (with digests) and the
-benchmarks. HTML is one self-contained file: the same tables and trends, inline
-CSS, and matplotlib figures embedded as base64 PNG data URIs (a bar chart per
-benchmark metric across models with 95% interval error bars, and per model a
-small chart of each training quantity its training_log.jsonl holds: the loss,
-DPO's reward margins and accuracies, GRPO's reward per reward function, total
+Markdown is for a pull request: a PASS/FAIL header, then the gate and metric
+tables (every measurement as value [95% interval] n=examples), a table per
+matrix with two or more cells evaluated (each cell's swept values, read from its
+address by cells.py, and metrics), the comparisons, what each model's training did
+(each logged quantity's first against its last tenth: "reward rose from 0.210
+to 0.470"), the models (with digests) and the benchmarks. HTML is one
+self-contained file: the same tables and trends, inline CSS, and matplotlib
+figures embedded as base64 PNG data URIs (a bar chart per benchmark metric
+across models with 95% interval error bars; per such matrix, each metric against
+each swept param, a point with its interval per cell and a line per combination
+of the other swept params; and per model a small chart of each training
+quantity its training_log.jsonl holds: the loss, DPO's reward margins and
+accuracies, GRPO's reward per reward function, total
 reward and KL). No scripts, no external URLs. Both are deterministic: the same
 report gives the same bytes (no timestamps, PNGs saved without a Software tag,
 a fixed matplotlib style).
@@ -27,6 +31,8 @@ import os
 import re
 import threading
 
+from forgebuild.planning.matrix import format_value
+from forgebuild.rules.eval.cells import chart, swept, sweeps
 from forgebuild.rules.eval.gate import stated
 
 MISSING = "—"
@@ -59,6 +65,10 @@ METRICS_NOTE = "Value [bootstrap 95% interval] n=examples it is the mean of (per
 COMPARISONS_NOTE = "Difference B − A [paired bootstrap 95% interval] n=examples both models were scored on."
 TRENDS = ("Each training quantity: the mean of its first tenth of logged steps against the mean of its last "
           "tenth (1 to 100 steps each); the charts draw the raw steps faint under that trailing mean.")
+SWEEPS_NOTE = ("Each matrix with two or more of its cells evaluated: a row per cell, its values as its address names "
+               "them, and each metric as value [bootstrap 95% interval] n=examples.")
+SWEEP_CHARTS = ("Each metric against each param the cells sweep (two or more values), with its 95% interval "
+                "as an error bar; a line per combination of the other swept params.")
 _PLOT_LOCK = threading.Lock()   # rc_context is process-global; builds run in threads
 
 
@@ -213,6 +223,8 @@ def render_markdown(report: dict, training_logs: dict[str, list[dict]] | None = 
                       for metric in _metric_rows(report)],
                      ["l", *("r" * len(models))])
 
+    out += _md_sweeps(report)
+
     out += ["", "## Comparisons", ""]
     comps = report.get("comparisons", [])
     if comps:
@@ -252,6 +264,29 @@ def render_markdown(report: dict, training_logs: dict[str, list[dict]] | None = 
         out.append("")
         out += [f"- {_md(m)} / {_md(b)}: `{p}`" for m, b, p in samples]
     return "\n".join(out) + "\n"
+
+
+def _sweep_rows(report: dict, cells: dict[str, dict]) -> tuple[list[str], list[list], list[str]]:
+    """(param names, per cell [its values, then each metric's entry], metrics): a matrix's table."""
+    names = list(dict.fromkeys(n for values in cells.values() for n in values))
+    metrics = _metric_rows(report)
+    rows = [[*(format_value(values[n]) if n in values else MISSING for n in names),
+             *(_cell(report, address, m) for m in metrics)] for address, values in cells.items()]
+    return names, rows, metrics
+
+
+def _md_sweeps(report: dict) -> list[str]:
+    """The Sweeps section: a table per matrix with two or more cells evaluated; nothing without one."""
+    found = sweeps(report.get("models", []))
+    if not found:
+        return []
+    out = ["", "## Sweeps", "", SWEEPS_NOTE]
+    for group, cells in found.items():
+        names, rows, metrics = _sweep_rows(report, cells)
+        out += ["", f"**{_md(group)}**: {len(cells)} cells", ""]
+        out += _md_table([*names, *metrics], [[*row[:len(names)], *map(_interval, row[len(names):])] for row in rows],
+                         ["l"] * len(names) + ["r"] * len(metrics))
+    return out
 
 
 # ---------------------------------------------------------------- figures
@@ -449,6 +484,62 @@ def _panel_chart(rows: list[dict], key: str, color: str) -> str:
     return _png(fig)
 
 
+def sweep_charts(report: dict) -> list[tuple[str, dict[str, dict], list[dict]]]:
+    """(matrix address, its cells, the data of each chart) per matrix with two or more cells evaluated:
+    a chart per metric and per param with two or more values (cells.chart), metrics outermost."""
+    results = report.get("results", {})
+    return [(group, cells, [data for metric in _metric_rows(report) for param in swept(cells)
+                            if (data := chart(results, cells, metric, param))])
+            for group, cells in sweeps(report.get("models", [])).items()]
+
+
+def _dodge(data: dict, line: int) -> float:
+    """How far a line's points sit beside the value (a fraction of a step on a category axis, of the
+    span on a numeric one: in decades on a log axis), so that overlapping intervals stay apart."""
+    k = len(data["lines"])
+    if k == 1:
+        return 0.0
+    xs = [x for x, _ in data["ticks"]]
+    span = 1.0 if not data["numeric"] else (
+        math.log10(max(xs) / min(xs)) if data["log"] else (max(xs) - min(xs)) or 1.0)
+    return (line - (k - 1) / 2) * min(0.25 / k, 0.06) * (span if data["numeric"] else 4)
+
+
+def _sweep_chart(data: dict) -> str:
+    """A metric against a swept param: a point per cell with its 95% interval, a line per combination
+    of the other swept params (named in the legend), the swept values as the ticks."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import NullLocator
+
+    fig = Figure(figsize=BAR_SIZE, layout="constrained")
+    ax = fig.add_subplot()
+    if data["log"]:
+        ax.set_xscale("log")
+    for i, line in enumerate(data["lines"]):
+        shift = _dodge(data, i)
+        xs = [p["x"] * 10 ** shift if data["log"] else p["x"] + shift for p in line["points"]]
+        ys = [p["value"] for p in line["points"]]
+        err = [[max(p["value"] - p["low"], 0.0) if p["low"] is not None else 0.0 for p in line["points"]],
+               [max(p["high"] - p["value"], 0.0) if p["high"] is not None else 0.0 for p in line["points"]]]
+        ax.errorbar(xs, ys, yerr=err, color=COLORS[i % len(COLORS)], marker="o", markersize=4.5, capsize=4,
+                    elinewidth=1.1, linewidth=1.4, linestyle="-" if line["joined"] else "none",
+                    label=line["label"] or None)
+    ticks = data["ticks"]
+    if len(ticks) <= 12 or not data["numeric"]:     # beyond 12 numbers the axis picks its own ticks
+        labels = [label for _, label in ticks]
+        slanted = sum(len(t) for t in labels) > 40
+        ax.set_xticks([x for x, _ in ticks], labels, rotation=30 if slanted else 0,
+                      ha="right" if slanted else "center")
+        ax.xaxis.set_minor_locator(NullLocator())
+    if not data["numeric"]:
+        ax.set_xlim(-0.5, len(ticks) - 0.5)
+    ax.set_xlabel(data["param"] + (" (log scale)" if data["log"] else ""))
+    ax.set_title(f"{data['metric']} against {data['param']}")
+    if any(line["label"] for line in data["lines"]):
+        ax.legend(loc="best", frameon=False, fontsize=7)
+    return _png(fig)
+
+
 # ---------------------------------------------------------------- html
 
 _CSS = """
@@ -537,6 +628,8 @@ def render_html(report: dict, training_logs: dict[str, list[dict]] | None) -> st
         panels = {model: [(key, _panel_chart(training_logs.get(model) or [], key, COLORS[i % len(COLORS)]))
                           for key in _panel_keys(training_logs.get(model) or [])]
                   for i, model in enumerate(models)}
+        swept_charts = [(group, cells, [(data, _sweep_chart(data)) for data in charts])
+                        for group, cells, charts in sweep_charts(report)]
 
     n_fail = sum(1 for g in gates if not g.get("passed"))
     summary = ("no gates" if not gates else
@@ -574,6 +667,8 @@ def render_html(report: dict, training_logs: dict[str, list[dict]] | None) -> st
         caption=METRICS_NOTE, table_id="metrics", stack=len(models) > 3))
     p.append('<div class="figs">' + "".join(_img(b, f"{metric} across models", size) for metric, (b, size) in bars)
              + "</div>")
+
+    p += _html_sweeps(report, swept_charts)
 
     p.append("<h2>Comparisons</h2>")
     comps = report.get("comparisons", [])
@@ -617,6 +712,24 @@ def render_html(report: dict, training_logs: dict[str, list[dict]] | None) -> st
         p.append("</ul>")
     p.append("</main></body></html>")
     return "\n".join(p) + "\n"
+
+
+def _html_sweeps(report: dict, drawn: list) -> list[str]:
+    """The Sweeps section: per matrix its cells' table (id sweep-1, sweep-2...) and its charts."""
+    if not drawn:
+        return []
+    p = ["<h2>Sweeps</h2>", f'<p class="note">{_e(SWEEP_CHARTS)}</p>']
+    for i, (group, cells, charts) in enumerate(drawn, start=1):
+        names, rows, metrics = _sweep_rows(report, cells)
+        p.append(f"<h3>{_e(group)}: {len(cells)} cells</h3>")
+        p.append(_html_table([*names, *metrics],
+                             [("", [*(("", _e(v)) for v in row[:len(names)]),
+                                    *(("num", _h_interval(entry)) for entry in row[len(names):])]) for row in rows],
+                             caption=SWEEPS_NOTE, table_id=f"sweep-{i}", stack=len(metrics) > 3))
+        p.append('<div class="figs">' + "".join(
+            _img(b64, f"{group}: {data['metric']} against {data['param']}", BAR_SIZE) for data, b64 in charts)
+                 + "</div>")
+    return p
 
 
 def write_reports(folder: str, report: dict, training_logs: dict[str, list[dict]] | None) -> None:
