@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import sys
 import time
 
@@ -122,28 +123,59 @@ def test_forgefile_error_is_a_tool_error_and_the_server_goes_on(project):
 
 def test_a_cancelled_build_stops_its_stages(project):
     project.forgefile('[run.slow]\ncmd = "echo $$ > pid.txt; exec sleep 60"\n')
-    pid_file = os.path.join(project.root, "pid.txt")
 
     async def agent():
         async with serve(project.root) as session:
             async with anyio.create_task_group() as group:
                 group.start_soon(call, session, "build")
-                for _ in range(200):
-                    if os.path.exists(pid_file) and open(pid_file).read().strip():
-                        break
-                    await anyio.sleep(0.05)
+                stage = await started(project.root)
                 group.cancel_scope.cancel()  # the client gives up: MCP's notifications/cancelled
-            pid = int(open(pid_file).read())
-            for _ in range(200):
-                if not alive(pid):
-                    break
-                await anyio.sleep(0.05)
-            assert not alive(pid)
+            assert await gone(stage)
             assert (await call(session, "status")).structured_content["events"][0]["state"] == "missing"
 
-    started = time.time()
+    clock = time.time()
     anyio.run(agent)
-    assert time.time() - started < 30  # not the 60 s of the stage
+    assert time.time() - clock < 30  # not the 60 s of the stage
+
+
+def test_a_server_stopped_by_its_host_stops_its_builds(project):
+    project.forgefile('[run.slow]\ncmd = "echo $$ > pid.txt; exec sleep 60"\n')
+
+    async def agent():
+        with anyio.CancelScope() as scope:
+            async with serve(project.root) as session, anyio.create_task_group() as group:
+                group.start_soon(call, session, "build")
+                stage = await started(project.root)
+                os.kill(parent(parent(stage)), signal.SIGTERM)  # the stage's forgebuild's parent: the server
+                assert await gone(stage)
+                scope.cancel()
+
+    anyio.run(agent)
+
+
+async def started(root: str) -> int:
+    """The pid of the stage that wrote ROOT/pid.txt, once it has."""
+    path = os.path.join(root, "pid.txt")
+    for _ in range(400):
+        if os.path.exists(path) and open(path).read().strip():
+            return int(open(path).read())
+        await anyio.sleep(0.05)
+    raise AssertionError("the stage never started")
+
+
+async def gone(pid: int) -> bool:
+    """Whether the process ends within 10 s (if not, it is killed: a failed test leaves nothing running)."""
+    for _ in range(200):
+        if not alive(pid):
+            return True
+        await anyio.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    return False
+
+
+def parent(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
 
 
 def alive(pid: int) -> bool:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -229,5 +230,8 @@ def make_server(project: Project) -> MCPServer:
 def cmd_mcp(args, session, report) -> int:
     flags = [*(["--remote", args.remote] if args.remote else []), *(["--no-push"] if args.no_push else []),
              *(["--require-remote"] if args.require_remote else [])]
+    # a host stops its server with SIGTERM (the SDK's client, 2 s after closing stdin): as Ctrl-C does, it
+    # cancels the calls in flight, which kills their builds; the default would leave them running
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     make_server(Project(os.path.abspath(args.file or "Forgefile.toml"), flags)).run("stdio")
     return 0
