@@ -8,39 +8,25 @@ import json
 import os
 
 import tinylab
+from forgebuild.hashing import file_digest, walk_files
+from test_eval import YES_MODEL, taught_yes
 
-FORGEFILE = """
-[forge]
-seed = 3
+# the learner is test_eval's model:yes (lr 5e-3, 25 steps: exact match 1 on its 8 benchmark prompts)
+TRAINED = YES_MODEL.split("[model.yes]")[1]
 
-[dataset.yes]
-source = "data/yes.jsonl"
-format = "prompt_completion"
 
-[model.yes]
-recipe = "sft"
-base = "model:base"
-data = "dataset:yes"
-max_length = 32
-train = { lr = 5e-3, steps = 25, batch_size = 8, schedule = "constant" }
-threads = 1
+def flat(name: str, steps: int) -> str:
+    """An SFT of the same data at lr 1e-7: it barely moves from the base, which never answers " yes"."""
+    return f"\n[model.{name}]" + TRAINED.replace("lr = 5e-3, steps = 25", f"lr = 1e-7, steps = {steps}")
 
-[model.flat-a]
-recipe = "sft"
-base = "model:base"
-data = "dataset:yes"
-max_length = 32
-train = { lr = 1e-7, steps = 6, batch_size = 8, schedule = "constant" }
-threads = 1
 
-[model.flat-b]
-recipe = "sft"
-base = "model:base"
-data = "dataset:yes"
-max_length = 32
-train = { lr = 1e-7, steps = 3, batch_size = 8, schedule = "constant" }
-threads = 1
+def select(name: str, candidates: list[str], metric: str = "yes.exact_match", extra: str = "") -> str:
+    return (f'\n[model.{name}]\nrecipe = "select"\ncandidates = {json.dumps(candidates)}\nevals = ["eval:all"]\n'
+            f'metric = "{metric}"\n{extra}')
 
+
+FLATS = ["model:flat-a", "model:flat-b"]
+FORGEFILE = YES_MODEL + flat("flat-a", 6) + flat("flat-b", 3) + """
 [corpus.text]
 sources = ["text/*.txt"]
 holdout = 0.3
@@ -51,70 +37,29 @@ benchmarks = ["bench/yes.jsonl", { name = "holdout", kind = "perplexity", corpus
 generation = { max_new_tokens = 4 }
 threads = 1
 
-[model.best]
-recipe = "select"
-candidates = ["model:flat-a", "model:yes", "model:flat-b"]
-evals = ["eval:all"]
-metric = "yes.exact_match"
-
-[model.flat]
-recipe = "select"
-candidates = ["model:flat-a", "model:flat-b"]
-evals = ["eval:all"]
-metric = "yes.exact_match"
-
-[model.flat-first]
-recipe = "select"
-candidates = ["model:flat-a", "model:flat-b"]
-evals = ["eval:all"]
-metric = "yes.exact_match"
-tie_break = "first"
-
-[model.flat-cheap]
-recipe = "select"
-candidates = ["model:flat-a", "model:flat-b"]
-evals = ["eval:all"]
-metric = "yes.exact_match"
-tie_break = "cheapest"
-
-[model.fluent]
-recipe = "select"
-candidates = ["model:yes", "model:flat-a"]
-evals = ["eval:all"]
-metric = "holdout.perplexity"
-
 [model.next]
 recipe = "sft"
 base = "model:best"
 data = "dataset:yes"
-"""
+""" + (select("best", ["model:flat-a", "model:yes", "model:flat-b"]) + select("flat", FLATS)
+       + select("flat-first", FLATS, extra='tie_break = "first"\n')
+       + select("flat-cheap", FLATS, extra='tie_break = "cheapest"\n')
+       + select("fluent", ["model:yes", "model:flat-a"], metric="holdout.perplexity"))
 
 REFUSED = """\
 model:flat: 2 candidates are within noise on yes.exact_match (max) at 95%; none chosen:
-  model:flat-a  0 [0, 0] n=16  best
-  model:flat-b  0 [0, 0] n=16  model:flat-a better by +0, 95% lower bound +0 on 16 paired examples
+  model:flat-a  0 [0, 0] n=8  best
+  model:flat-b  0 [0, 0] n=8  model:flat-a better by +0, 95% lower bound +0 on 8 paired examples
 set tie_break = "first" or "cheapest" to choose among them"""
 
 
-def write_task(root: str) -> None:
-    """24 prompts answered " yes" to train on; the first 16 as the benchmark (what the learner learnt)."""
-    prompts = [f"Question {i}: is the sky up?\nAnswer:" for i in range(24)]
-    tinylab.write_jsonl(os.path.join(root, "data/yes.jsonl"), ({"prompt": q, "completion": " yes"} for q in prompts))
-    tinylab.write_jsonl(os.path.join(root, "bench/yes.jsonl"), ({"prompt": q, "answer": "yes"} for q in prompts[:16]))
-
-
-def files_of(folder: str) -> dict[str, bytes]:
-    found = {}
-    for parent, _, names in os.walk(folder):
-        for name in names:
-            with open(os.path.join(parent, name), "rb") as f:
-                found[os.path.relpath(os.path.join(parent, name), folder)] = f.read()
-    return found
+def files_of(folder: str) -> dict[str, str]:
+    return {rel: file_digest(path) for rel, path, _ in walk_files(folder)}
 
 
 def test_select_picks_the_learner_and_refuses_a_tie_unless_told(project, tiny_base):
     p = project
-    write_task(p.root)
+    taught_yes(p)
     tinylab.write_stdlib_text(p.root, files=12, max_chars=3000)
     p.forgefile(tinylab.imported_base(tiny_base) + FORGEFILE)
     built = p.build("model:best", "model:flat-first", "model:flat-cheap", "model:fluent", timeout=600)
@@ -123,7 +68,7 @@ def test_select_picks_the_learner_and_refuses_a_tie_unless_told(project, tiny_ba
     # the eval really separates the learner: its interval lies above both of the others'
     results = json.loads(p.read(".forge/out/eval/all/report.json"))["results"]
     learner = results["model:yes"]["yes.exact_match"]
-    assert learner["n"] == 16 and learner["low"] >= 0.8
+    assert learner["n"] == 8 and learner["low"] >= 0.8
     for flat in ("model:flat-a", "model:flat-b"):
         assert results[flat]["yes.exact_match"]["high"] < learner["low"]
 
@@ -133,11 +78,11 @@ def test_select_picks_the_learner_and_refuses_a_tie_unless_told(project, tiny_ba
     assert [r["address"] for r in selection["candidates"]] == ["model:flat-a", "model:yes", "model:flat-b"]
     assert all(rows[f]["within_noise"] is False and rows[f]["bound"] > 0.5 for f in ("model:flat-a", "model:flat-b"))
     assert selection["reason"].startswith("model:yes has the highest yes.exact_match (")
-    # model:best is the learner: the same files, byte for byte, beside selection.json
+    # model:best is the learner: the same files (their digests), beside selection.json
     learner_files = files_of(p.run("path", "model:yes").stdout.strip())
     best_files = files_of(p.run("path", "model:best").stdout.strip())
     assert set(best_files) == set(learner_files) | {"selection.json"} and "model.safetensors" in learner_files
-    assert all(best_files[name] == data for name, data in learner_files.items())
+    assert all(best_files[name] == digest for name, digest in learner_files.items())
     record = json.loads(p.run("show", "model:best").stdout)
     assert record["metrics"]["selected"] == "model:yes" and record["metrics"]["reason"] == selection["reason"]
     # and it stands for the learner downstream: a model built on it plans

@@ -3,6 +3,7 @@ clear winner, a tie refused or broken (first, cheapest), a lower-is-better metri
 candidate did not score, and the same answer every time; and its Forgefile checks."""
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -114,86 +115,66 @@ path = "m"
 [eval.e]
 models = ["model:m1", "model:m2"]
 benchmarks = ["bench/arith.jsonl", { name = "lm", kind = "lm-eval", path = "tasks", tasks = ["t"] }]
+
+[eval.short]
+models = ["model:m3"]
+benchmarks = ["bench/arith.jsonl"]
+generation = { max_new_tokens = 2 }
+
+[eval.same]
+models = ["model:m3"]
+benchmarks = ["bench/arith.jsonl"]
 """
 
 
-def errors(lab, table: str) -> list[str]:
+def table(candidates, evals=("eval:e",), metric="arith.exact_match", extra="") -> str:
+    """[model.best], a select; its `candidates` on line 33 of the Forgefile, `evals` 34, `metric` 35."""
+    return (f'\n[model.best]\nrecipe = "select"\ncandidates = {json.dumps(candidates)}\nevals = {json.dumps(evals)}\n'
+            f'metric = "{metric}"\n{extra}')
+
+
+def planned(lab, table: str):
     lab.write("d.jsonl", '{"prompt": "1+1=", "completion": "2"}\n')
     lab.write("bench/arith.jsonl", '{"prompt": "1+1=", "answer": "2"}\n')
     lab.write("m/config.json", "{}")
     lab.write("tasks/t.yaml", "task: t\n")
+    return lab.plan(PROJECT + table)
+
+
+@pytest.mark.parametrize("select, expected", [
+    (table(["model:m1", "model:m1", "m3"], metric="exact_match", extra='confidence = 1.0\ntie_break = "cheap"\n'), [
+        "Forgefile.toml:36: error: model:best: key 'confidence': expected a number < 1, got float 1.0",
+        "Forgefile.toml:37: error: model:best: key 'tie_break': expected one of refuse, first, cheapest, got "
+        "string \"cheap\" (did you mean 'cheapest'?)"]),
+    (table(["model:m1", "model:m1", "m3"], metric="exact_match"), [
+        "Forgefile.toml:33: error: model:best: key 'candidates[1]': model:m1 is listed twice",
+        "Forgefile.toml:33: error: model:best: key 'candidates[2]': 'm3' is not a target reference: write KIND:NAME",
+        "Forgefile.toml:35: error: model:best: key 'metric': 'exact_match' is not a metric: write BENCH.METRIC as "
+        "the eval's report names it, e.g. \"arith.exact_match\""]),
+    (table(["model:m1"]), [
+        "Forgefile.toml:33: error: model:best: key 'candidates': a selection needs two candidates or more, got 1"]),
+    (table(["model:m1", "dataset:d"], evals=["eval:e", "model:m2"]), [
+        "Forgefile.toml:33: error: model:best: key 'candidates[1]': dataset:d is a dataset target, not a model",
+        "Forgefile.toml:34: error: model:best: key 'evals[1]': model:m2 is a model target, not an eval"]),
+    (table(["model:m1", "model:m3"], metric="arith.accuracy"), [
+        "Forgefile.toml:35: error: model:best: key 'metric': no eval in evals produces 'arith.accuracy'; they "
+        "produce arith.exact_match, lm.t.*"]),
+    (table(["model:m1", "model:m3"], metric="lm.t.acc"), [
+        "Forgefile.toml:35: error: model:best: key 'metric': lm is an lm-eval benchmark of eval:e: select "
+        "compares the per-example scores of generate, choice and perplexity benchmarks"]),
+    (table(["model:m1", "model:m3"]), [
+        "Forgefile.toml:33: error: model:best: key 'candidates[1]': no eval in evals scores model:m3 on "
+        "arith.exact_match: add it to the models of eval:e"]),
+    (table(["model:m1", "model:m3"], evals=["eval:e", "eval:short"]), [
+        "Forgefile.toml:34: error: model:best: key 'evals[1]': eval:short scores benchmark 'arith' differently from "
+        "eval:e (its definition or generation settings): select pairs the same examples scored the same way"]),
+])
+def test_forgefile_errors_name_the_key(lab, select, expected):
     with pytest.raises(ForgefileError) as e:
-        lab.plan(PROJECT + table)
-    return str(e.value).splitlines()
+        planned(lab, select)
+    assert str(e.value).splitlines() == expected
 
 
-def test_forgefile_errors_name_the_key(lab):
-    assert errors(lab, """
-[model.best]
-recipe = "select"
-candidates = ["model:m1", "model:m1", "m3"]
-evals = ["eval:e"]
-metric = "exact_match"
-confidence = 1.0
-tie_break = "cheap"
-""") == [
-        "Forgefile.toml:27: error: model:best: key 'confidence': expected a number < 1, got float 1.0",
-        "Forgefile.toml:28: error: model:best: key 'tie_break': expected one of refuse, first, cheapest, got "
-        "string \"cheap\" (did you mean 'cheapest'?)",
-    ]
-    assert errors(lab, """
-[model.best]
-recipe = "select"
-candidates = ["model:m1", "model:m1", "m3"]
-evals = ["eval:e"]
-metric = "exact_match"
-""") == [
-        "Forgefile.toml:24: error: model:best: key 'candidates[1]': model:m1 is listed twice",
-        "Forgefile.toml:24: error: model:best: key 'candidates[2]': 'm3' is not a target reference: write KIND:NAME",
-        "Forgefile.toml:26: error: model:best: key 'metric': 'exact_match' is not a metric: write BENCH.METRIC as "
-        "the eval's report names it, e.g. \"arith.exact_match\"",
-    ]
-    assert errors(lab, """
-[model.best]
-recipe = "select"
-candidates = ["model:m1"]
-evals = ["eval:e"]
-metric = "arith.exact_match"
-""") == ["Forgefile.toml:24: error: model:best: key 'candidates': a selection needs two candidates or more, got 1"]
-
-
-def test_forgefile_errors_against_the_evals(lab):
-    assert errors(lab, """
-[model.best]
-recipe = "select"
-candidates = ["model:m1", "dataset:d"]
-evals = ["eval:e", "model:m2"]
-metric = "arith.exact_match"
-""") == [
-        "Forgefile.toml:24: error: model:best: key 'candidates[1]': dataset:d is a dataset target, not a model",
-        "Forgefile.toml:25: error: model:best: key 'evals[1]': model:m2 is a model target, not an eval",
-    ]
-    assert errors(lab, """
-[model.best]
-recipe = "select"
-candidates = ["model:m1", "model:m3"]
-evals = ["eval:e"]
-metric = "arith.accuracy"
-""")[-1] == ("Forgefile.toml:26: error: model:best: key 'metric': no eval in evals produces 'arith.accuracy'; they "
-             "produce arith.exact_match, lm.t.*")
-    assert errors(lab, """
-[model.best]
-recipe = "select"
-candidates = ["model:m1", "model:m3"]
-evals = ["eval:e"]
-metric = "lm.t.acc"
-""")[-1] == ("Forgefile.toml:26: error: model:best: key 'metric': lm is an lm-eval benchmark of eval:e: select "
-             "compares the per-example scores of generate, choice and perplexity benchmarks")
-    assert errors(lab, """
-[model.best]
-recipe = "select"
-candidates = ["model:m1", "model:m3"]
-evals = ["eval:e"]
-metric = "arith.exact_match"
-""")[-1] == ("Forgefile.toml:24: error: model:best: key 'candidates[1]': no eval in evals scores model:m3 on "
-             "arith.exact_match: add it to the models of eval:e")
+def test_a_select_reads_its_candidates_and_the_evals_that_scored_them(lab):
+    plan = planned(lab, table(["model:m1", "model:m3"], evals=["eval:e", "eval:same"]))
+    assert sorted(plan.targets["model:best"].deps) == ["eval:e", "eval:same", "model:m1", "model:m3"]
