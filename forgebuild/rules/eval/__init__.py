@@ -31,6 +31,7 @@ from forgebuild import limits
 from forgebuild.rules.eval.gate import UNSIGNED, conditions, gate_conditions, judged_models, tail_problem
 from forgebuild.planning.plan import ADDRESS
 from forgebuild.rules import runtime
+from forgebuild.rules.model.common import Track
 
 version = "1"
 
@@ -99,6 +100,14 @@ class Params(BaseModel):
     batch_size: int = runtime(8, ge=1, le=limits.BATCH, description="examples per forward pass. Not in the key")
     threads: int = runtime(0, ge=0, le=limits.THREADS, description="CPU threads for torch; 0 means every core. Not in the key")
     device: Literal["auto", "cpu", "cuda"] = runtime("auto", description="where to evaluate. Not in the key")
+    track: Track | None = runtime(None, description=(
+        "log each model's metrics (value, low, high) to MLflow and/or TensorBoard, one run per eval key and "
+        "model. Not in the key"))
+
+
+def forge_defaults() -> dict:
+    """`[forge] track`: the tracking of every eval that sets none, as for the training stages."""
+    return {"track": Track}
 
 
 def inputs(params: Params) -> dict:
@@ -125,6 +134,8 @@ def requires(params: Params) -> dict[str, str]:
     modules = {"torch": "eval", "transformers": "eval", "pyarrow": "eval", "matplotlib": "eval"}
     if any(b.kind == "lm-eval" for b in params.benchmarks):
         modules.update(lm_eval="eval", yaml="eval")
+    if params.track is not None:
+        modules.update(params.track.modules())
     return modules
 
 

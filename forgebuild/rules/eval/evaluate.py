@@ -17,7 +17,7 @@ LOWER_IS_BETTER = ("perplexity", "loss")
 
 
 def evaluate(ctx) -> None:
-    from forgebuild.rules.model import training
+    from forgebuild.rules.model import tracking, training
 
     prepare(ctx)
     p = ctx.params
@@ -36,6 +36,7 @@ def evaluate(ctx) -> None:
     training.write_json(os.path.join(ctx.out, "report.json"), report)
     write_reports(ctx.out, report, logs)
     ctx.metrics({f"{a} {m}": r["value"] for a, results in report["results"].items() for m, r in results.items()})
+    tracking.log_eval(ctx, report)  # `track`: each model's metrics to MLflow, TensorBoard (runtime only)
     failed = [g for g in report["gates"] if not g["passed"]]
     if failed:
         ctx.log(gate_table(report["gates"]))

@@ -109,14 +109,16 @@ def requires(params) -> dict:
     modules = dict.fromkeys(TRAIN_MODULES, "train")
     if getattr(getattr(params, "launch", None), "backend", None) == "deepspeed":
         modules["deepspeed"] = "train"
+    if getattr(params, "track", None) is not None:
+        modules.update(params.track.modules())
     return modules
 
 
 def forge_defaults() -> dict:
-    """`[forge] launch`: the launch of every training stage that sets none."""
-    from forgebuild.rules.model.common import Launch
+    """`[forge] launch` and `[forge] track`: the launch and tracking of every training stage that sets none."""
+    from forgebuild.rules.model.common import Launch, Track
 
-    return {"launch": Launch}
+    return {"launch": Launch, "track": Track}
 
 
 def resources(runtime: dict) -> dict:

@@ -5,10 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
+from pydantic_core import PydanticCustomError
 
 from forgebuild import limits
-from forgebuild.planning.plan import ADDRESS
+from forgebuild.planning.plan import ADDRESS, outside_root
 from forgebuild.rules import runtime
 
 Schedule = Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr", "inverse_sqrt"]
@@ -66,6 +67,39 @@ class Launch(BaseModel):
     offload: Literal["none", "cpu"] = Field("none", description="deepspeed: keep the optimizer states in CPU memory")
 
 
+class Track(BaseModel):
+    """`track = { mlflow = true, tensorboard = true }`: where training curves and eval metrics stream
+    (forgebuild/rules/model/tracking.py). Runtime only: turning it on or off rebuilds nothing."""
+    model_config = ConfigDict(extra="forbid")
+    mlflow: StrictBool | StrictStr = Field(
+        False, description="true: the MLflow store MLFLOW_TRACKING_URI names, else the project's own SQLite store "
+                           ".forge/mlflow.db; a string: a tracking URI (sqlite:///runs.db, http://host:5000)")
+    tensorboard: StrictBool | StrictStr = Field(
+        False, description="true: TensorBoard event files under .forge/tensorboard/; a string: a folder of the project")
+    experiment: StrictStr | None = Field(
+        None, min_length=1, description="the MLflow experiment (default: the name of the Forgefile's folder)")
+
+    @field_validator("mlflow", "tensorboard")
+    @classmethod
+    def _named(cls, value, info):
+        # A PydanticCustomError's message reaches the Forgefile error as written (no "Value error, ").
+        if value == "":
+            raise PydanticCustomError("track", "empty: write true for the default place, or name one")
+        if info.field_name == "tensorboard" and isinstance(value, str) and outside_root(value):
+            raise PydanticCustomError("track", f"'{value}' is outside the project folder: name a folder inside it")
+        return value
+
+    def modules(self) -> dict[str, str]:
+        """What a build that tracks imports, by the extra that installs it (checked before it starts);
+        MLflow's SQLite store (the default) takes sqlalchemy and alembic besides mlflow-skinny."""
+        modules = {"tensorboard": "track"} if self.tensorboard else {}
+        if self.mlflow:
+            modules["mlflow"] = "track"
+            if not isinstance(self.mlflow, str) or self.mlflow.startswith("sqlite:"):
+                modules.update(sqlalchemy="track", alembic="track")
+        return modules
+
+
 class Recipe(BaseModel):
     """Runtime settings every recipe has; none of them enters the action key."""
     model_config = ConfigDict(extra="forbid")
@@ -79,6 +113,9 @@ class Recipe(BaseModel):
     log_every: int = runtime(10, ge=1, le=limits.STEPS, description="steps between progress lines in the stage log. Not in the key")
     checkpoint_every: int = runtime(
         50, ge=1, le=limits.STEPS, description="steps between checkpoints (a killed build resumes from the last). Not in the key")
+    track: Track | None = runtime(None, description=(
+        "stream the training curve to MLflow and/or TensorBoard, in a run named by the action key (a resumed "
+        "build continues it; a cached one logs nothing). Not in the key"))
 
 
 def reference_problems(params: BaseModel, keys) -> list[tuple[str, str]]:

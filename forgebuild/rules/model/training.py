@@ -230,10 +230,14 @@ def train(ctx, trainer):
     """Run the trainer from the last complete checkpoint of this action key, if any."""
     from transformers.trainer_callback import PrinterCallback
 
+    from forgebuild.rules.model import tracking
+
     watch = Watch(ctx)
     trainer.remove_callback(PrinterCallback)  # Watch writes the progress lines, once every log_every steps
     trainer.add_callback(watch)
     resume = last_checkpoint(checkpoints_dir(ctx))
+    for callback in tracking.training_callbacks(ctx):  # `track`: MLflow, TensorBoard (runtime only)
+        trainer.add_callback(callback)
     if resume and is_main():
         ctx.log(f"resuming from {os.path.basename(resume)} of an earlier, interrupted build")
     started = time.time()
