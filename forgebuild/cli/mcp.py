@@ -23,7 +23,6 @@ from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import AfterValidator, Field
 
-from forgebuild.engine.preflight import install_command
 from forgebuild.errors import UsageError
 
 try:  # the SDK is an extra: without it, `forgebuild mcp` says how to install it (exit 2), not a traceback
@@ -31,6 +30,8 @@ try:  # the SDK is an extra: without it, `forgebuild mcp` says how to install it
     from mcp.server.mcpserver import Context, MCPServer
     from mcp.server.mcpserver.exceptions import ToolError
 except ImportError as e:
+    from forgebuild.engine.preflight import install_command
+
     raise UsageError(f"not installed: {e.name} (for forgebuild mcp); run: {install_command(['agents'])}") from None
 
 
@@ -114,6 +115,7 @@ class Project:
     async def run(self, words: list[str], progress: Progress | None = None) -> dict:
         """The verb's result: its events, its summary, its exit code; its error event as a tool error."""
         events: list[dict] = []
+        stray: list[str] = []  # a line that is no event (a library printing on stdout) must not end a build
         with tempfile.TemporaryFile() as err:
             async with await anyio.open_process(self.argv([*words, "--json", "-f", self.forgefile, *self.flags]),
                                                 stdin=subprocess.DEVNULL, stderr=err, cwd=self.cwd) as child:
@@ -122,19 +124,31 @@ class Project:
                     pending += chunk
                     *lines, pending = pending.split(b"\n")
                     for line in lines:
-                        events.append(json.loads(line))
+                        event = event_of(line)
+                        if event is None:
+                            stray.append(line.decode(errors="replace"))
+                            continue
+                        events.append(event)
                         if progress:
-                            await progress.tell(events[-1])
+                            await progress.tell(event)
                 code = await child.wait()
             err.seek(0)
-            messages = err.read().decode(errors="replace").splitlines()
-        return result(words, code, events, messages)
+            messages = [*stray, *err.read().decode(errors="replace").splitlines()]
+        return result(words, code, events, [m for m in messages if m.strip()])
 
     async def schema(self) -> str:
         done = await anyio.run_process(self.argv(["schema"]), check=False)
         if done.returncode:
             raise ToolError(f"forgebuild schema exited {done.returncode}: {done.stderr.decode(errors='replace')}")
         return done.stdout.decode()
+
+
+def event_of(line: bytes) -> dict | None:
+    try:
+        found = json.loads(line)
+    except ValueError:
+        return None
+    return found if isinstance(found, dict) and "event" in found else None
 
 
 def result(words, code: int, events: list[dict], messages: list[str]) -> dict:
