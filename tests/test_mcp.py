@@ -46,7 +46,7 @@ def call(session: ClientSession, tool: str, **arguments):
     return session.call_tool(tool, arguments)
 
 
-def test_tools_status_build_path_show(project):
+def test_an_agent_lists_the_tools_builds_and_reads_what_it_built(project):
     project.forgefile(PIPELINE)
 
     async def agent():
@@ -92,6 +92,12 @@ def test_tools_status_build_path_show(project):
             paths = (await call(session, "path", targets=[cell])).structured_content["summary"]["paths"]
             with open(os.path.join(paths[cell], "n.txt")) as f:
                 assert f.read() == "2"
+            project.forgefile(PIPELINE.replace("hello big world", "hello world"))
+            assert (await call(session, "build", targets=["run:count"])).structured_content["ok"]
+            diff = (await call(session, "diff", a="run:count@2", b="run:count@1")).structured_content["events"]
+            assert diff[0]["dependencies"][0]["target"] == "run:words" and diff[0]["outputs"]["changed"] == ["count.txt"]
+            metrics = (await call(session, "metrics_diff", a="run:count@2", b="run:count@1")).structured_content
+            assert [(e["target"], e["metric"]) for e in metrics["events"]] == [("run:count", "build_seconds")]
             schema = await session.read_resource("forgebuild://schema")
             assert json.loads(schema.contents[0].text) == (await call(session, "schema")).structured_content
 
