@@ -311,7 +311,8 @@ def candidate_scores(ctx, address: str, reports: dict) -> tuple[str, dict, dict]
                                 f"build reads ({reading[:12]}): build {eval_address} again")
         folder = ctx.inputs[f"evals.{ctx.params.evals.index(eval_address)}"]
         return eval_address, stat, example_scores(ctx, folder, report, address)
-    raise ctx.bad_input(f"no eval in evals ({', '.join(reports)}) scored {address} on {metric}")
+    raise ctx.bad_input(f"no eval in evals ({', '.join(reports)}) scored {address} on {metric}: add it to the "
+                        f"models of {ctx.params.evals[0]}")
 
 
 def example_scores(ctx, folder: str, report: dict, address: str) -> dict:
