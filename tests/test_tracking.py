@@ -43,6 +43,7 @@ train = { lr = 3e-3, steps = 16, batch_size = 4 }
 threads = 1
 checkpoint_every = 4
 log_every = 1
+MODEL_TRACK
 
 [eval.ppl]
 models = ["model:tiny"]
@@ -54,8 +55,9 @@ EVAL_TRACK
 """
 
 
-def forgefile(forge_track: str = "", eval_track: str = "") -> str:
-    return FORGEFILE.replace("FORGE_TRACK", forge_track).replace("EVAL_TRACK", eval_track)
+def forgefile(forge_track: str = "", eval_track: str = "", model_track: str = "") -> str:
+    return (FORGEFILE.replace("FORGE_TRACK", forge_track).replace("EVAL_TRACK", eval_track)
+            .replace("MODEL_TRACK", model_track))
 
 
 def keys(lab: Project) -> dict[str, str]:
@@ -143,41 +145,21 @@ def test_a_tracked_stage_streams_its_curve_a_killed_one_continues_its_run_and_a_
     assert sorted(glob.glob(os.path.join(board, "events.out.tfevents.*"))) == event_files
     # and turning tracking off leaves every target fresh
     lab.forgefile(forgefile())
-    assert {e["target"]: e["state"] for e in lab.events("status")[:-1]} == dict.fromkeys(untracked, "fresh")
-    assert keys(lab)["model:tiny"] == key
-
-
-BAD = """
-[corpus.stdlib]
-sources = ["text/*.txt"]
-
-[tokenizer.bpe]
-corpus = "corpus:stdlib"
-vocab_size = 300
-
-[model.tiny]
-recipe = "pretrain"
-tokenizer = "tokenizer:bpe"
-corpus = "corpus:stdlib"
-arch = { family = "llama", hidden = 32, layers = 1, heads = 2 }
-track = { mlflow = 1, tensorboard = "../elsewhere" }
-
-[eval.ppl]
-models = ["model:tiny"]
-benchmarks = [{ name = "holdout", kind = "perplexity", corpus = "corpus:stdlib" }]
-track = { mlflow = "", wandb = true }
-"""
+    status = lab.events("status")[:-1]
+    assert {e["target"]: e["state"] for e in status} == dict.fromkeys(untracked, "fresh")
+    assert {e["target"]: e["key"] for e in status}["model:tiny"] == key
 
 
 def test_a_bad_track_is_a_forgefile_error(tmp_path):
     lab = Project(str(tmp_path))
     lab.write("text/a.txt", "a line\n")
-    lab.forgefile(BAD)
+    lab.forgefile(forgefile(eval_track='track = { mlflow = "", wandb = true }',
+                            model_track='track = { mlflow = 1, tensorboard = "../elsewhere" }'))
     proc = lab.run("status", expect=2)
     assert proc.stderr.splitlines() == [
-        "Forgefile.toml:14: error: model:tiny: key 'track.mlflow': expected true or false or a string, got integer 1",
-        "Forgefile.toml:14: error: model:tiny: key 'track.tensorboard': '../elsewhere' is outside the project "
+        "Forgefile.toml:24: error: model:tiny: key 'track.mlflow': expected true or false or a string, got integer 1",
+        "Forgefile.toml:24: error: model:tiny: key 'track.tensorboard': '../elsewhere' is outside the project "
         "folder: name a folder inside it",
-        "Forgefile.toml:19: error: eval:ppl: key 'track.mlflow': empty: write true for the default place, or name one",
-        "Forgefile.toml:19: error: eval:ppl: key 'track.wandb': unknown key",
+        "Forgefile.toml:32: error: eval:ppl: key 'track.mlflow': empty: write true for the default place, or name one",
+        "Forgefile.toml:32: error: eval:ppl: key 'track.wandb': unknown key",
     ]

@@ -60,9 +60,11 @@ def test_the_model_rule_says_its_shape_from_launch():
     assert model.resources({"device": "cuda", "launch": {"processes": 8}}) == {"cpus": 1, "gpus": 8}
     assert model.resources({"threads": 2, "launch": None}) == {"cpus": 2, "gpus": 0}
     assert (model.nodes({"launch": {"nodes": 2}}), model.nodes({"launch": None})) == (2, 1)
-    assert list(model.forge_defaults()) == ["launch"]
-    # every other built-in rule spans one machine and takes no [forge] default
-    for kind in ("run", "corpus", "dataset", "tokenizer", "tokens", "eval", "release"):
+    assert list(model.forge_defaults()) == ["launch", "track"]
+    # an eval takes [forge] track too; every other built-in rule spans one machine and takes no [forge] default
+    evaluation = hooks(load_rule("eval"))
+    assert list(evaluation.forge_defaults()) == ["track"] and evaluation.nodes({}) == 1
+    for kind in ("run", "corpus", "dataset", "tokenizer", "tokens", "release"):
         assert hooks(load_rule(kind)).forge_defaults() == {} and hooks(load_rule(kind)).nodes({}) == 1, kind
 
 
