@@ -12,37 +12,19 @@ import pytest
 import tinylab
 from conftest import Project
 
-FORGEFILE = """
-[forge]
-seed = 11
-
-[corpus.stdlib]
-sources = ["text/*.txt"]
-holdout = 0.3
-
-[tokenizer.bpe]
-corpus = "corpus:stdlib"
-vocab_size = 512
-
-[model.lm]
-recipe = "pretrain"
-tokenizer = "tokenizer:bpe"
-corpus = "corpus:stdlib"
-seq_len = 64
-arch = { family = "llama", hidden = 64, layers = 2, heads = 4 }
-train = { lr = 3e-3, steps = STEPS, batch_size = 8, warmup_steps = 1 }
-threads = 1
-
+# the session's tiny base (tinylab), pretrained STEPS steps with more held-out documents (12 of 40), evaluated
+BASE = tinylab.BASE_FORGEFILE.replace("holdout = 0.1", "holdout = 0.3").replace("steps = 30", "steps = STEPS")
+FORGEFILE = BASE + """
 [eval.code]
-models = ["model:lm"]
+models = ["model:base"]
 benchmarks = [
     { name = "code", kind = "choice", data = "bench/code.jsonl" },
     { name = "holdout", kind = "perplexity", corpus = "corpus:stdlib", seq_len = 64 },
 ]
 threads = 1
 """
-REPORT_METRICS = ["model:lm code.accuracy", "model:lm code.accuracy_norm", "model:lm holdout.loss",
-                  "model:lm holdout.perplexity"]
+REPORT_METRICS = ["model:base code.accuracy", "model:base code.accuracy_norm", "model:base holdout.loss",
+                  "model:base holdout.perplexity"]
 
 
 def write_choices(root: str, n: int = 80) -> None:
@@ -87,10 +69,10 @@ def test_two_builds_of_an_eval_side_by_side(two_evals):
     # the choice benchmark's examples are paired too (by line, prompt and reference)
     assert (rows[0]["test"], rows[0]["pairs"]) == ("paired", b["code.accuracy"]["n"])
     assert rows[-1]["timing"] and rows[-1]["apart"] is None
-    assert summary["ok"] and summary["metrics"] == 5 and "eval:code model:lm holdout.perplexity" in summary["apart"]
+    assert summary["ok"] and summary["metrics"] == 5 and "eval:code model:base holdout.perplexity" in summary["apart"]
     text = p.run("metrics", "diff", "eval:code@2", "eval:code@1").stdout.splitlines()
     assert text[0] == "forgebuild metrics diff eval:code@2 eval:code@1"
-    line = next(x for x in text if x.startswith("  model:lm holdout.perplexity "))
+    line = next(x for x in text if x.startswith("  model:base holdout.perplexity "))
     assert line.endswith(f"  apart (paired, {n} examples)")
     assert text[-1] == "timing: depends on the machine and its load; not comparable across machines"
 
@@ -98,22 +80,22 @@ def test_two_builds_of_an_eval_side_by_side(two_evals):
 def test_two_lock_files_every_target(two_evals):
     p = two_evals
     text = p.run("metrics", "diff", "a.lock", "b.lock", "--format", "markdown").stdout
-    assert "### model:lm" in text and "### eval:code" in text
+    assert "### model:base" in text and "### eval:code" in text
     assert "| steps | 2 | 40 | +38 |  |" in text
     assert "the same build on both sides: corpus:stdlib, tokenizer:bpe" in text
     # an entry this store has no record of, and a target only one lock file lists: said, no crash
     with open(os.path.join(p.root, "b.lock"), encoding="utf-8") as f:
         lock = json.load(f)
-    lock["targets"]["model:lm"]["digest"] = "0" * 64
+    lock["targets"]["model:base"]["digest"] = "0" * 64
     del lock["targets"]["corpus:stdlib"]
     with open(os.path.join(p.root, "c.lock"), "w", encoding="utf-8") as f:
         json.dump(lock, f)
     summary = p.events("metrics", "diff", "a.lock", "c.lock")[-1]
     assert summary["notes"] == [
         {"target": "corpus:stdlib", "note": "B: not in its lock file"},
-        {"target": "model:lm", "note": "B: no build record of model:lm with output 000000000000 in this store "
+        {"target": "model:base", "note": "B: no build record of model:base with output 000000000000 in this store "
                                        "(built elsewhere, or its record was removed)"}]
-    assert [t["target"] for t in summary["targets"]] == ["corpus:stdlib", "eval:code", "model:lm", "tokenizer:bpe"]
+    assert [t["target"] for t in summary["targets"]] == ["corpus:stdlib", "eval:code", "model:base", "tokenizer:bpe"]
 
 
 def test_a_bad_name_is_one_line_and_exit_2(two_evals):
