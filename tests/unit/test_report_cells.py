@@ -152,3 +152,18 @@ def test_the_reports_show_the_sweep(tmp_path):
     # no matrix, no section
     plain = {**REPORT, "models": ["model:base", GRID[0]]}
     assert "Sweeps" not in render_markdown(plain) and "Sweeps" not in render_html(plain, None)
+
+
+def test_a_browser_shows_the_sweep_table_and_charts(tmp_path):
+    from test_eval_report import Dom, chromium
+
+    write_reports(str(tmp_path), REPORT, None)
+    proc = chromium("--dump-dom", (tmp_path / "report.html").as_uri(), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    dom = Dom(proc.stdout)
+    assert dom.tables["sweep-1"][0] == ["lr", "batch_size", "arith.exact_match", "holdout.perplexity"]
+    assert [row[:3] for row in dom.tables["sweep-1"][1:]] == [
+        ["0.001", "4", "0.200 [0.150, 0.250] n=80"], ["0.001", "8", "0.300 [0.250, 0.350] n=80"],
+        ["0.0001", "4", "0.400 [0.350, 0.450] n=80"], ["0.0001", "8", "0.500 [0.450, 0.550] n=80"]]
+    alts = [img["alt"] for img in dom.imgs]
+    assert alts == ["arith.exact_match across models", "holdout.perplexity across models", *CHARTS]
