@@ -45,6 +45,15 @@ checkpoint_every = 4
 log_every = 1
 MODEL_TRACK
 
+[model.nan]
+recipe = "pretrain"
+tokenizer = "tokenizer:bpe"
+corpus = "corpus:stdlib"
+seq_len = 32
+arch = { family = "llama", hidden = 32, layers = 1, heads = 2 }
+train = { lr = 1e30, steps = 4, batch_size = 4, max_grad_norm = 0.0 }
+threads = 1
+
 [eval.ppl]
 models = ["model:tiny"]
 benchmarks = [{ name = "holdout", kind = "perplexity", corpus = "corpus:stdlib", seq_len = 32 }]
@@ -114,7 +123,9 @@ def test_a_tracked_stage_streams_its_curve_a_killed_one_continues_its_run_and_a_
     (killed,) = runs_of(client, key)
     assert killed.info.status == "RUNNING" and loss_steps(client, killed)[:8] == list(range(1, 9))
 
-    assert lab.build("eval:ppl", timeout=300)["model:tiny"] == "built"
+    # with a stage that fails beside it (-j 2: both open the store at once)
+    built = lab.build("eval:ppl", "model:nan", "-k", "-j", "2", expect=1, timeout=300)
+    assert (built["model:tiny"], built["model:nan"]) == ("built", "failed")
     assert "resuming from checkpoint-8" in lab.read(".forge/logs/model/tiny.log")
     (run,) = runs_of(client, key)  # the same run, its curve continued: one point per step
     assert run.info.run_id == killed.info.run_id and run.info.status == "FINISHED"
@@ -137,16 +148,19 @@ def test_a_tracked_stage_streams_its_curve_a_killed_one_continues_its_run_and_a_
     assert metrics["holdout.perplexity.low"] <= metrics["holdout.perplexity"] <= metrics["holdout.perplexity.high"]
     assert not os.path.exists(os.path.join(lab.root, ".forge/tensorboard/eval-ppl"))  # mlflow only, as asked
 
+    (failed,) = runs_of(client, keys(lab)["model:nan"])  # a NaN loss: the run says so
+    assert failed.info.status == "FAILED" and failed.data.tags["forgebuild.target"] == "model:nan"
+
     # a cache hit runs no build: no new run, no new point, no new event file
     assert set(lab.build("eval:ppl").values()) == {"cached"}
     experiment = client.get_experiment_by_name("tracked").experiment_id
-    assert len(client.search_runs([experiment])) == 1 and len(runs_of(evals, keys(lab)["eval:ppl"], "evals")) == 1
+    assert len(client.search_runs([experiment])) == 2 and len(runs_of(evals, keys(lab)["eval:ppl"], "evals")) == 1
     assert loss_steps(client, runs_of(client, key)[0]) == list(range(1, 17))
     assert sorted(glob.glob(os.path.join(board, "events.out.tfevents.*"))) == event_files
-    # and turning tracking off leaves every target fresh
+    # and turning tracking off leaves every built target fresh
     lab.forgefile(forgefile())
     status = lab.events("status")[:-1]
-    assert {e["target"]: e["state"] for e in status} == dict.fromkeys(untracked, "fresh")
+    assert {e["target"]: e["state"] for e in status} == {**dict.fromkeys(untracked, "fresh"), "model:nan": "missing"}
     assert {e["target"]: e["key"] for e in status}["model:tiny"] == key
 
 
@@ -160,6 +174,6 @@ def test_a_bad_track_is_a_forgefile_error(tmp_path):
         "Forgefile.toml:24: error: model:tiny: key 'track.mlflow': expected true or false or a string, got integer 1",
         "Forgefile.toml:24: error: model:tiny: key 'track.tensorboard': '../elsewhere' is outside the project "
         "folder: name a folder inside it",
-        "Forgefile.toml:32: error: eval:ppl: key 'track.mlflow': empty: write true for the default place, or name one",
-        "Forgefile.toml:32: error: eval:ppl: key 'track.wandb': unknown key",
+        "Forgefile.toml:41: error: eval:ppl: key 'track.mlflow': empty: write true for the default place, or name one",
+        "Forgefile.toml:41: error: eval:ppl: key 'track.wandb': unknown key",
     ]

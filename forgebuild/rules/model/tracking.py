@@ -24,6 +24,7 @@ at that run and folder; logging is synchronous (a killed build loses no point it
 """
 from __future__ import annotations
 
+import atexit
 import fcntl
 import json
 import math
@@ -54,7 +55,12 @@ def training_callbacks(ctx) -> list:
             if state.is_world_process_zero:
                 store, run_id, self.logged_until = keyed_run(ctx, {})
                 self._ml_flow.set_tracking_uri(store.tracking_uri)
+                if self._ml_flow.active_run() is not None:  # left open by a stage that failed in this process
+                    self._ml_flow.end_run("FAILED")
                 self._ml_flow.start_run(run_id=run_id)
+                # on_train_end ends the run FINISHED; a stage that raises (a NaN loss) never gets there, and
+                # mlflow's own exit handler would call it FINISHED too. This one runs first (last registered).
+                atexit.register(lambda: self._ml_flow.active_run() and self._ml_flow.end_run("FAILED"))
             self._auto_end_run, self._async_log, self._initialized = True, False, True
 
         def on_log(self, args, state, control, logs, model=None, **kwargs):
