@@ -104,7 +104,7 @@ def log_eval(ctx, report: dict) -> None:
         if track.mlflow:
             tags = {MODEL_TAG: address, "forgebuild.model_digest": ctx.digest_of(address) or ""}
             store, run_id, logged_until = keyed_run(ctx, tags)
-            if logged_until < 0:  # else a build of this key killed after logging them logged them
+            if logged_until < 0:  # points already there: logged by a build of this key killed after it
                 store.log_batch(run_id, metrics=metric_rows(values))
             store.set_terminated(run_id)
         if track.tensorboard:
