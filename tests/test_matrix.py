@@ -38,6 +38,9 @@ def test_a_2x2_sweep_builds_4_cells_and_a_new_value_builds_only_its_cells(recipe
     # each cell is a target of its own: its own artifact, its own key
     digests = {p.run("path", c).stdout.strip() for c in cells}
     assert len(digests) == 4
+    rows = {e["target"]: e for e in p.events("exp", "model:sft") if e["event"] == "cell"}
+    assert list(rows) == cells and {r["state"] for r in rows.values()} == {"fresh"}
+    assert rows[cells[1]]["values"] == {"train.lr": 1e-3, "train.batch_size": 8} and "loss" in rows[cells[1]]["metrics"]
 
     p.forgefile(p.preamble + SWEEP.format(lrs="1e-3, 3e-4, 1e-4"))
     status = p.run("status", "model:sft").stdout

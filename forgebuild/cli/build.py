@@ -11,6 +11,10 @@ def cmd_build(args, session: Session, report) -> int:
 
         check_remote_files(args.executor, session.remote)
     addresses = session.resolve(args.targets, use_default=True)
+    if not args.dry_run and any(session.plan.targets[a].kind == "search" for a in session.plan.closure(addresses)):
+        from forgebuild.cli.search import fill  # proposals first, each trial built as it is recorded
+
+        fill(args, session, report, addresses, lambda trials: _trials_built(args, session, report, worker_files, trials))
     decisions = session.decide(addresses, force=args.force)
     if args.frozen:
         from forgebuild.cli.lock import frozen_problems
@@ -35,6 +39,18 @@ def cmd_build(args, session: Session, report) -> int:
                     "seconds": 0.0} for a, d in decisions.items()]
         report({"event": "summary", "ok": True, "targets": targets})
         return 0
+    results = _execute(args, session, report, worker_files, addresses, decisions)
+    ok = all(r.action in ("built", "cached") for r in results)
+    if ok and args.frozen:  # a dependency rebuilt to another output changes its readers' keys only now
+        from forgebuild.cli.lock import frozen_results
+
+        ok = not frozen_results(args, session, results, report)
+    report({"event": "summary", "ok": ok, "targets": [r.as_dict() for r in results]})
+    failures = [r.exit_code or 1 for r in results if r.action == "failed"]
+    return max(failures, default=0 if ok else 1)  # 2 when a stage found its input data bad
+
+
+def _execute(args, session: Session, report, worker_files: str, addresses, decisions) -> list:
     from forgebuild.engine import preflight
 
     # a missing package or a bad file: exit 2 now, not after minutes of work
@@ -44,19 +60,18 @@ def cmd_build(args, session: Session, report) -> int:
     jobs = args.jobs or session.plan.settings.get("jobs") or 1
     from forgebuild.engine.backends import make_runner
 
+    ws = session.workspace
     executor = Executor(session.plan, ws, session.store, session.stat_cache, report, lambda: session.rules,
                         jobs=jobs, keep_going=args.keep_going, force=args.force, remote=session.remote,
                         runner=make_runner(args.executor, ws.dir, worker_files, session.remote, session.plan.forgefile,
                                            session.store.root))
-    results = executor.run(addresses, decisions)
-    ok = all(r.action in ("built", "cached") for r in results)
-    if ok and args.frozen:  # a dependency rebuilt to another output changes its readers' keys only now
-        from forgebuild.cli.lock import frozen_results
+    return executor.run(addresses, decisions)
 
-        ok = not frozen_results(args, session, results, report)
-    report({"event": "summary", "ok": ok, "targets": [r.as_dict() for r in results]})
-    failures = [r.exit_code or 1 for r in results if r.action == "failed"]
-    return max(failures, default=0 if ok else 1)  # 2 when a stage found its input data bad
+
+def _trials_built(args, session: Session, report, worker_files: str, trials: list[str]) -> bool:
+    """A search's new trials built (cli/search.py): whether all were."""
+    results = _execute(args, session, report, worker_files, trials, session.decide(trials, force=args.force))
+    return all(r.action in ("built", "cached") for r in results)
 
 
 def cmd_lock(args, session, report) -> int:

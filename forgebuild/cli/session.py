@@ -25,21 +25,26 @@ class Session:
             raise UsageError(f"cannot read {given}: {e.strerror}") from None
         self.workspace = Workspace(os.path.dirname(path))
         self._warned: set[str] = set()  # a cache file that cannot be saved is said once
-        digest = planlib.forgefile_digest(data + path.encode())
-        self.plan = planlib.load_cached(self.workspace.plan_path, digest)
+        self.report = report
+        self._digest = planlib.forgefile_digest(data + path.encode())
+        self.plan = planlib.load_cached(self.workspace.plan_path, self._digest)
         self._rules = None
         if self.plan is None:
-            from forgebuild.planning import forgefile
-
-            self.plan = forgefile.load(path, self.rules)
-            self._save_cache(report, "plan cache", self.workspace.plan_path,
-                             lambda: planlib.save(self.plan, self.workspace.plan_path, digest))
+            self.replan(path, report)
         cache = self.plan.settings.get("cache")
         from forgebuild.store.local import Store
 
         self.store = Store(os.path.join(self.plan.root, cache) if cache else self.workspace.dir)
         self.stat_cache = StatCache(self.workspace.statcache_path)
         self.args, self.report, self._remote = args, report, False
+
+    def replan(self, path: str | None = None, report=None) -> None:
+        """Read the Forgefile (and the files beside it that planning reads: search records) again."""
+        from forgebuild.planning import forgefile
+
+        self.plan = forgefile.load(path or self.plan.forgefile, self.rules)
+        self._save_cache(report if report is not None else self.report, "plan cache", self.workspace.plan_path,
+                         lambda: planlib.save(self.plan, self.workspace.plan_path, self._digest))
 
     @property
     def remote(self):

@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from forgebuild import limits
-from forgebuild.planning import matrix
+from forgebuild.planning import matrix, trials
 from forgebuild.planning import plan as planlib
 from forgebuild.errors import ForgefileError, Problem, did_you_mean, suggest_address
 from forgebuild.planning.plan import InputSpec, Plan, TargetPlan
@@ -415,8 +415,13 @@ def load(path: str, rules=None) -> Plan:
     declared = set()  # every address written, valid or not: no false "no target" for an invalid one
     used_rules = {}
     validated = {}  # address -> (rule, params, where): for checks across targets
-    cells, groups = matrix.expand({k: v for k, v in data.items() if k in rules},
-                                  lambda path, msg, target, key: problems.append(problem_at(path, msg, target, key)))
+    record_problem = lambda path, msg, target, key: problems.append(problem_at(path, msg, target, key))
+    searches = trials.searches(data, os.path.dirname(path), record_problem) if "search" in rules else []
+    cells, groups = matrix.expand({k: v for k, v in data.items() if k in rules}, record_problem, searches)
+    for search in searches:  # the search rule reads its trials as a param: the record, as planning read it
+        if search["name"] in cells.get("search", {}):
+            cells["search"][search["name"]].body["trials"] = [
+                {k: t.get(k) for k in ("params", "by", "rationale", "target", "objective")} for t in search["trials"]]
     declared.update(groups)
     for kind, table in data.items():
         if kind == "forge":
@@ -463,7 +468,8 @@ def load(path: str, rules=None) -> Plan:
         loop = " -> ".join([*cycle, cycle[0]])
         problems.append(Problem(name, spec.line, f"dependency cycle: {loop}", first.address, spec.key))
     order = graph.topological_order(targets) if not problems else []
-    result = Plan(path, settings.model_dump(mode="json"), targets, order, _rule_files(used_rules), groups)
+    read_from = {**_rule_files(used_rules), **_record_files(os.path.dirname(path), searches)}
+    result = Plan(path, settings.model_dump(mode="json"), targets, order, read_from, groups)
     problems += _source_problems(result)
     if problems:
         raise ForgefileError(problems)
@@ -677,4 +683,18 @@ def _rule_files(rules: dict) -> dict[str, list]:
         if module_file:
             st = os.stat(module_file)
             files[module_file] = [st.st_size, st.st_mtime_ns]
+    return files
+
+
+def _record_files(root: str, searches: list[dict]) -> dict[str, list]:
+    """Each search record's [size, mtime_ns] ([-1, -1]: none yet): a new proposal re-reads the plan."""
+    files = {}
+    for search in searches:
+        if search.get("record"):
+            full = os.path.join(root, search["record"])
+            try:
+                st = os.stat(full)
+                files[full] = [st.st_size, st.st_mtime_ns]
+            except OSError:
+                files[full] = [-1, -1]
     return files

@@ -116,11 +116,12 @@ def grid(matrix: dict) -> list[dict]:
 
 # ------------------------------------------------------------------ expanding a Forgefile
 
-def expand(data: dict, problem) -> tuple[dict[str, dict[str, Cell]], dict[str, list[str]]]:
+def expand(data: dict, problem, searches=()) -> tuple[dict[str, dict[str, Cell]], dict[str, list[str]]]:
     """Every kind's tables as cells, and each grid's address -> its cells' addresses, in order.
 
     `problem(toml_path, message, address, key)` records a problem; a table with one keeps its
-    declared name and no matrix, so its other problems are still found by validation.
+    declared name and no matrix, so its other problems are still found by validation. `searches`
+    (planning/trials.py) add each recorded trial's cells of the search's target and objective.
     """
     tables: dict[str, dict[str, Cell]] = {}
     groups: dict[str, list[str]] = {}
@@ -152,7 +153,53 @@ def expand(data: dict, problem) -> tuple[dict[str, dict[str, Cell]], dict[str, l
                 tables[kind][cell.name] = cell
                 if cell.group:
                     groups.setdefault(cell.group, []).append(f"{kind}:{cell.name}")
+    for search in searches:
+        _trial_cells(data, search, tables, problem)
     return tables, groups
+
+
+def _trial_cells(data: dict, search: dict, tables: dict, problem) -> None:
+    """A search's trials as cells of its target and of its objective (which takes the trial's cell
+    where it names the target; the objective may be the target itself). Not a grid: the target's
+    address still means the target itself. Each trial learns its two cells' addresses."""
+    found = []
+    for key, address in (("target", search["target"]), ("objective.target", search["objective"])):
+        kind, _, name = (address or "").partition(":")
+        body = data.get(kind, {}).get(name) if isinstance(data.get(kind), dict) else None
+        where = ("search", search["name"], *key.split("."))
+        if not isinstance(body, dict):
+            if address and ":" in address:  # another shape: the rule's validation says
+                problem(where, f"no target '{address}'", search["search"], key)
+            return
+        if MATRIX in body or WITH in body:
+            problem(where, f"'{address}' is a matrix: a search's target and objective are plain targets",
+                    search["search"], key)
+            return
+        found.append((kind, name, dict(body)))
+    (t_kind, t_name, t_body), (o_kind, o_name, o_body) = found
+    same = search["target"] == search["objective"]
+    if o_kind == "eval" and not same and search["target"] not in (o_body.get("models") or []):
+        problem(("search", search["name"], "objective", "target"),
+                f"{search['objective']} does not evaluate {search['target']}: its `models` must name it, so that "
+                "each trial's eval scores the trial", search["search"], "objective.target")
+        return
+    for trial in search["trials"]:
+        values = trial["params"]
+        try:
+            cell = Cell(cell_name(t_name, values), t_name, with_values(t_body, values), values, search["search"])
+        except ValueError as e:
+            problem(("search", search["name"], "record"), f"{search['record']}: cannot set {values}: {e}",
+                    search["search"], "record")
+            return
+        trial["target"] = f"{t_kind}:{cell.name}"
+        tables[t_kind].setdefault(cell.name, cell)
+        if same:
+            trial["objective"] = trial["target"]
+            continue
+        judge = Cell(cell_name(o_name, values), o_name, o_body, values, search["search"],
+                     {search["target"]: trial["target"]})
+        trial["objective"] = f"{o_kind}:{judge.name}"
+        tables[o_kind].setdefault(judge.name, judge)
 
 
 def _declared_grid(address: str, pending: list) -> bool:
@@ -171,7 +218,9 @@ def _own_cells(kind: str, name: str, body: dict, problem) -> list[Cell]:
     return _cells(kind, name, plain, grid(body[MATRIX]), problem) or [Cell(name, name, plain)]
 
 
-def _cells(kind: str, name: str, plain: dict, combos: list[dict], problem, paired=None) -> list[Cell]:
+def _cells(kind: str, name: str, plain: dict, combos: list[dict], problem, paired=None, named=None) -> list[Cell]:
+    """A cell per combination of this table's own values; `named`: each cell's upstream values, which
+    name it (matrix_with) but are the upstream table's params, never written into this one."""
     cells = []
     for i, values in enumerate(combos):
         try:
@@ -179,7 +228,8 @@ def _cells(kind: str, name: str, plain: dict, combos: list[dict], problem, paire
         except ValueError as e:
             problem((kind, name, MATRIX), f"cannot set {next(iter(values))}: {e}", f"{kind}:{name}", MATRIX)
             return []
-        cells.append(Cell(cell_name(name, values), name, body, values, f"{kind}:{name}",
+        shown = {**named[i], **values} if named else values
+        cells.append(Cell(cell_name(name, shown), name, body, shown, f"{kind}:{name}",
                           paired[i] if paired else {}))
     return cells
 
@@ -203,13 +253,14 @@ def _with_cells(kind, name, body, upstream, tables, groups, problem) -> list[Cel
             problem((kind, name, MATRIX, *path), message, address, ".".join([MATRIX, *path]))
         own = grid(body[MATRIX]) if not found else own
     up_kind = upstream.split(":", 1)[0]
-    combos, paired = [], []
+    combos, paired, named = [], [], []
     for cell_address in groups[upstream]:
         up = tables[up_kind][cell_address.split(":", 1)[1]]
         for extra in own:
-            combos.append({**up.values, **extra})
+            combos.append(extra)
+            named.append(up.values)
             paired.append({upstream: cell_address, **up.paired})
-    return _cells(kind, name, plain, combos, problem, paired)
+    return _cells(kind, name, plain, combos, problem, paired, named)
 
 
 # ------------------------------------------------------------------ references to a grid
@@ -223,14 +274,14 @@ def substitute(value, groups: dict[str, list[str]], paired: dict[str, str], wher
     if isinstance(value, list):
         out = []
         for i, item in enumerate(value):
-            if isinstance(item, str) and item in groups:
+            if isinstance(item, str) and (item in paired or item in groups):
                 out.extend([paired[item]] if item in paired else groups[item])
             else:
                 out.append(substitute(item, groups, paired, [*where, i], problem))
         return out
+    if isinstance(value, str) and value in paired:
+        return paired[value]
     if isinstance(value, str) and value in groups:
-        if value in paired:
-            return paired[value]
         cells = groups[value]
         problem(where, f"'{value}' is a matrix of {len(cells)} cells: name one (e.g. '{cells[0]}'), "
                        f"list it in an array to take them all, or write matrix_with = \"{value}\"")

@@ -93,7 +93,9 @@ class Plan:
     settings: dict
     targets: dict[str, TargetPlan]
     order: list[str]  # topological, dependencies first
-    rule_files: dict[str, list] = field(default_factory=dict)  # module file -> [size, mtime_ns]
+    # the files besides the Forgefile the plan was read from: rule modules, search records (planning/trials.py)
+    # -> [size, mtime_ns], or [-1, -1] for a record not written yet
+    rule_files: dict[str, list] = field(default_factory=dict)
     groups: dict[str, list[str]] = field(default_factory=dict)  # a matrix's address -> its cells, in order
 
     @property
@@ -245,6 +247,8 @@ def load_cached(path: str, digest: str) -> Plan | None:
         try:
             st = os.stat(module_file)
         except OSError:
+            if size == -1:  # a search record that is still not written
+                continue
             return None
         if st.st_size != size or st.st_mtime_ns != mtime_ns:
             return None

@@ -151,3 +151,14 @@ matrix = [1, 2]
         "Forgefile.toml:36: error: run:shape: key 'matrix': expected a table of arrays, e.g. "
         '{ "train.lr" = [1e-3, 3e-4] }',
     ]
+
+
+def test_a_cell_matrixed_with_another_is_named_by_its_values_but_keeps_its_own_params(lab):
+    plan = lab.plan(GRID + """
+[run.each]
+matrix_with = "run:gen"
+cmd = ["echo", "{in.g}"]
+inputs = { g = "run:gen" }
+""")
+    each = plan.targets["run:each[lr=0.001,r=8]"]
+    assert each.values["params"] == {} and each.cell == {"params.lr": 1e-3, "params.r": 8}
