@@ -138,8 +138,13 @@ def rounded(value, distribution):
 def ask_optuna(values: dict, history: list[dict], number: int) -> dict:
     """Trial `number`'s proposal: a study rebuilt from the history, its sampler seeded with the search's
     seed and the trial's number, so a proposal depends on the history alone, never on when it is asked."""
-    import optuna
+    try:
+        import optuna
+    except ImportError:
+        from forgebuild.engine.preflight import install_command
 
+        raise ProposalError(f"not installed: optuna (for optimizer = \"{values['optimizer']}\"); run: "
+                            f"{install_command(['search'])}") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     seed = values["seed"] + number
     sampler = (optuna.samplers.TPESampler(seed=seed, n_startup_trials=STARTUP) if values["optimizer"] == "tpe"
