@@ -58,3 +58,15 @@ def test_each_model_gets_a_run_of_its_results_once(tmp_path):
     events = EventAccumulator(os.path.join(root, "runs", "eval-sweep", "ab" * 8, "model-b[lr=0.001]"))
     events.Reload()
     assert [(s.step, s.value) for s in events.Scalars("holdout.perplexity.high")] == [(0, 14.0)]
+
+
+def test_mlflow_true_takes_the_environment_s_tracking_uri(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from forgebuild.rules.model.tracking import log_eval
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path}/shared.db")
+    log_eval(eval_context(str(tmp_path), {"mlflow": True, "experiment": "team"}), REPORT)
+    client = MlflowClient(f"sqlite:///{tmp_path}/shared.db")
+    assert len(client.search_runs([client.get_experiment_by_name("team").experiment_id])) == 2
+    assert not os.path.exists(os.path.join(tmp_path, ".forge", "mlflow.db"))
