@@ -58,6 +58,7 @@ class MetricsDiff(Auditor):
     """The builds two arguments name, paired target by target, and their metrics side by side."""
 
     def compare(self, arg_a: str, arg_b: str) -> dict:
+        self.read: dict[str, list] = {}    # a samples file's path -> its rows
         a, b = self.resolve(arg_a), self.resolve(arg_b)
         result = {"a": side_info(a), "b": side_info(b), "targets": [], "rows": [], "same": [], "notes": []}
         for target, ba, bb in self.pairs(a, b):
@@ -135,11 +136,13 @@ class MetricsDiff(Auditor):
         path = self.blob(item["digest"]) if item else None
         if path is None:
             return []
-        try:
-            with open(path, encoding="utf-8") as f:
-                return [json.loads(line) for line in f if line.strip()]
-        except (OSError, ValueError):
-            return []
+        if path not in self.read:  # a benchmark's file serves each of its metrics
+            try:
+                with open(path, encoding="utf-8") as f:
+                    self.read[path] = [json.loads(line) for line in f if line.strip()]
+            except (OSError, ValueError):
+                self.read[path] = []
+        return self.read[path]
 
 
 # ------------------------------------------------------------------ the values of one build
