@@ -237,7 +237,7 @@ def bootstrap(columns: list[list], point: float, statistic) -> dict | None:
     try:
         import numpy as np
         from scipy.stats import bootstrap as scipy_bootstrap
-    except ImportError:  # SciPy comes with the data extra (datasketch); without it, the intervals
+    except ImportError:  # SciPy comes with the data and eval extras; without it, the intervals
         return None
     found = scipy_bootstrap([np.asarray(c, dtype=float) for c in columns], statistic, n_resamples=RESAMPLES,
                             paired=True, vectorized=True, method="percentile", rng=np.random.default_rng(SEED))
