@@ -63,8 +63,9 @@ def fill(args, session, report, addresses, execute) -> None:
 
 def history_of(session, values: dict) -> list[dict]:
     """Each recorded trial with its status and, when its objective is built, the metric."""
-    from forgebuild.rules.search import metric_of
+    from forgebuild.rules import load_rule
 
+    metric_of = load_rule("search").metric_of
     metric = values["objective"]["metric"]
     judged = [t["objective"] for t in values["trials"]]
     decisions = session.decide(judged) if judged else {}

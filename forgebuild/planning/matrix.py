@@ -25,11 +25,11 @@ from __future__ import annotations
 
 import copy
 import itertools
-import re
 from dataclasses import dataclass, field
 
+from forgebuild.planning.plan import CELL_VALUE
+
 MATRIX, WITH = "matrix", "matrix_with"
-CELL_VALUE = re.compile(r"^[A-Za-z0-9_.+-]+$")  # what a value may look like inside an address
 MAX_CELLS = 10_000  # a grid this big is a typo (a 10^4 sweep of model trainings is not a Forgefile's job)
 
 

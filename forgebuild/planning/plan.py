@@ -21,6 +21,7 @@ from forgebuild.errors import Problem
 
 # KIND:NAME, and a matrix cell's values after it: model:sft-v1[lr=0.001,r=8] (planning/matrix.py)
 ADDRESS = re.compile(r"^([a-z][a-z0-9_-]*):([A-Za-z0-9_][A-Za-z0-9_.-]*(?:\[[A-Za-z0-9_.+=,-]+\])?)$")
+CELL_VALUE = re.compile(r"^[A-Za-z0-9_.+-]+$")  # a matrix cell's value as its address shows it (matrix.py)
 GLOB_CHARS = re.compile(r"[*?\[]")
 PLAN_FORMAT = 4  # 4: matrix cells (TargetPlan.group, .cell; Plan.groups)
 

@@ -25,8 +25,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from forgebuild import limits
-from forgebuild.planning.matrix import CELL_VALUE
-from forgebuild.planning.plan import ADDRESS
+from forgebuild.planning.plan import ADDRESS, CELL_VALUE
 
 version = "1"
 isolate = False  # reads a few report.json files: a child Python would cost more than the build
