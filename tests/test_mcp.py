@@ -200,3 +200,39 @@ def test_without_the_sdk_it_says_how_to_install_it(project, tmp_path):
     (tmp_path / "trap" / "mcp" / "__init__.py").write_text("raise ModuleNotFoundError(\"No module named 'mcp'\", name='mcp')\n")
     proc = project.run("mcp", expect=2, env={"PYTHONPATH": str(tmp_path / "trap")})
     assert proc.stderr == f"forgebuild: not installed: mcp (for forgebuild mcp); run: {install_command(['agents'])}\n"
+
+
+SEARCH = """
+[run.train]
+cmd = ["python3", "-c", "import sys; open(sys.argv[1] + '/w.txt', 'w').write(sys.argv[2])", "{out}", "{params.lr}"]
+params = { lr = 0.1 }
+matrix = { "params.lr" = [0.1, 0.01] }
+
+[run.fit]
+cmd = ["python3", "-c", "import json, sys; json.dump({'loss': abs(float(sys.argv[1]) - 0.02)}, open(sys.argv[2] + '/metrics.json', 'w'))", "{params.lr}", "{out}"]
+params = { lr = 0.1 }
+
+[search.lr]
+target = "run:fit"
+objective = { target = "run:fit", metric = "loss", goal = "min" }
+space = { "params.lr" = { loguniform = [0.001, 1.0] } }
+budget = 3
+"""
+
+
+def test_an_agent_reads_a_sweep_and_a_search_through_exp(project):
+    project.forgefile(SEARCH)
+
+    async def agent():
+        async with serve(project.root) as session:
+            assert (await call(session, "build", targets=["run:train", "search:lr"])).structured_content["ok"]
+            cells = (await call(session, "exp", targets=["run:train"])).structured_content["events"]
+            assert [(c["target"], c["values"], c["state"]) for c in cells] == [
+                ("run:train[lr=0.1]", {"params.lr": 0.1}, "fresh"), ("run:train[lr=0.01]", {"params.lr": 0.01}, "fresh")]
+            trials = (await call(session, "search_history", target="search:lr")).structured_content["events"]
+            assert len(trials) == 3 and {t["by"] for t in trials} == {"tpe"}
+            losses = [t["metrics"]["loss"]["value"] for t in trials]
+            assert [t["best"] for t in trials] == [v == min(losses) for v in losses]
+            assert losses == [abs(t["values"]["params.lr"] - 0.02) for t in trials]
+
+    anyio.run(agent)

@@ -91,8 +91,8 @@ TOOLS = {
     "log": Verb(("log",), (TARGETS, LIMIT), "Build history, oldest first."),
     "graph": Verb(("graph",), (TARGETS, STATES, FORMAT), "The dependency graph: nodes, edges and a drawing."),
     "exp": Verb(("exp",), (TARGETS,), "The cells of sweeps and searches: params, metrics, status, time."),
-    "search_history": Verb(("exp",), (SEARCH,), "A search's trials as its agent command reads them: the params, "
-                           "metrics and status of each, to propose the next params from."),
+    "search_history": Verb(("exp",), (SEARCH,), "A search's trials: the params of each, who proposed it and why, "
+                           "the objective's value with its interval, its status, and the best; to propose from."),
 }
 SCHEMA = "The JSON Schema of the Forgefile: every key of [forge] and of every installed rule."
 
