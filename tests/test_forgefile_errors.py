@@ -831,3 +831,17 @@ def test_an_empty_path_is_an_error_for_every_rule(tmp_path):
         Forgefile.toml:9: error: dataset:e: key 'source': an empty path: name a file, folder, glob or KIND:NAME
         Forgefile.toml:13: error: model:i: key 'path': an empty path: name a file or folder
     """)
+
+
+def test_a_forge_default_that_two_rules_take_is_said_once(tmp_path):
+    # [forge] track defaults both the model and the eval rule's `track`: one key, one problem
+    proc = forge(tmp_path, """\
+        [forge]
+        track = { mlflow = 3 }
+
+        [run.a]
+        cmd = ["true"]
+    """)
+    check_errors(proc, """
+        Forgefile.toml:2: error: [forge]: key 'track.mlflow': expected true or false or a string, got integer 3
+    """)

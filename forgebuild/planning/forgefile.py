@@ -637,7 +637,8 @@ def _forge_defaults(settings, rules, name, locate) -> tuple[list[Problem], dict[
             except ValidationError as e:
                 where = lambda p, msg, key=key: Problem(name, locate.line(("forge", key, *p)), msg, "[forge]",
                                                         key_text((key, *p)))
-                problems += validation_problems(e, model, raw[key], where)
+                # two rules may default a param from one key ([forge] track: model and eval): said once
+                problems += [p for p in validation_problems(e, model, raw[key], where) if p not in problems]
     return problems, defaults
 
 
