@@ -225,7 +225,16 @@ def test_an_agent_reads_a_sweep_and_a_search_through_exp(project):
 
     async def agent():
         async with serve(project.root) as session:
-            assert (await call(session, "build", targets=["run:train", "search:lr"])).structured_content["ok"]
+            progress = []
+
+            async def heard(done, total, message):
+                progress.append((done, total))
+
+            built = await session.call_tool("build", {"targets": ["run:train", "search:lr"]}, progress_callback=heard)
+            assert built.structured_content["ok"]
+            # the total grows as the search proposes trials: 2 cells and search:lr planned, then 3 trials
+            assert [d for d, _ in progress] == sorted({d for d, _ in progress}) and progress[-1] == (6, 6)
+            assert all(d <= total for d, total in progress) and progress[0][1] < 6
             cells = (await call(session, "exp", targets=["run:train"])).structured_content["events"]
             assert [(c["target"], c["values"], c["state"]) for c in cells] == [
                 ("run:train[lr=0.1]", {"params.lr": 0.1}, "fresh"), ("run:train[lr=0.01]", {"params.lr": 0.01}, "fresh")]

@@ -164,15 +164,15 @@ def result(words, code: int, events: list[dict], messages: list[str]) -> dict:
 
 
 class Progress:
-    """A build's events as MCP progress: `progress` counts the settled stages of the closure (`total`, from a
-    dry run), plus a fraction below one while some are running, so that a start moves it on too (MCP asks
-    every notification to increase it): r running give r/(r+1); a stage settling adds 1 and ends at most one
-    running, which takes less than 1 away."""
+    """A build's events as MCP progress: `progress` counts the settled stages, `total` the stages planned (the
+    closure, from a dry run, and what a search adds to it as it proposes trials), and while r stages run,
+    progress has r/(r+1) more, so that a start moves it on too: MCP asks every notification to raise it (a
+    stage settling adds 1 and ends at most one running, which takes less than 1 away)."""
 
     SETTLED = ("built", "cached", "failed", "skipped")
 
-    def __init__(self, ctx: Context, total: int):
-        self.ctx, self.total, self.done, self.running = ctx, total, 0, set()
+    def __init__(self, ctx: Context, planned: list[str]):
+        self.ctx, self.stages, self.settled, self.running, self.sent = ctx, set(planned), set(), set(), 0.0
 
     async def tell(self, event: dict) -> None:
         kind, target = event["event"], event.get("target", "")
@@ -180,15 +180,20 @@ class Progress:
             self.running.add(target)
             message = f"build {target} ({event['reason']})"
         elif kind in self.SETTLED:
-            self.done += 1
+            self.settled.add(target)
             self.running.discard(target)
             message = f"{kind} {target}" + (f": {event['reason']}" if kind in ("failed", "skipped") else "")
-        elif kind == "summary" and self.done < self.total:  # a no-op build settles everything at once
-            self.done, message = self.total, "up to date"
+        elif kind == "summary":  # a no-op build settles everything at once
+            self.settled |= self.stages
+            message = "up to date"
         else:
             return
+        self.stages |= self.settled | self.running
         running = len(self.running)
-        await self.ctx.report_progress(self.done + running / (running + 1), self.total, message)
+        progress = len(self.settled) + running / (running + 1)
+        if progress > self.sent:  # not so when a search's trial, built, is read from the cache again
+            self.sent = progress
+            await self.ctx.report_progress(progress, len(self.stages), message)
 
 
 def tool_function(project: Project, name: str, verb: Verb):
@@ -200,7 +205,7 @@ def tool_function(project: Project, name: str, verb: Verb):
         if verb.words != ("build",) or values["dry_run"]:
             return await project.run(words)
         planned = await project.run([*words, "--dry-run"])  # how many stages: the progress's total
-        return await project.run(words, Progress(ctx, len(planned["summary"]["targets"])))
+        return await project.run(words, Progress(ctx, [t["target"] for t in planned["summary"]["targets"]]))
 
     parameters = [inspect.Parameter(a.name, inspect.Parameter.KEYWORD_ONLY, default=a.default,
                                     annotation=Annotated[a.type, Field(description=a.help)]) for a in verb.args]
