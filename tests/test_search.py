@@ -151,3 +151,53 @@ def test_an_agent_command_drives_a_search_and_its_rationale_is_kept(search_proje
     assert proc.stderr.strip() == ("forgebuild: search:lr: the agent `python3 agent.py` proposed train.lr = 5: "
                                    "expected a number in [0.0001, 0.03]")
     assert len(record(p)["trials"]) == 2  # nothing recorded for a refused proposal
+
+
+PRUNED = """
+[model.sft]
+recipe = "sft"
+base = "model:base"
+data = "dataset:sft"
+max_length = 32
+train = { lr = 1e-3, steps = 150, batch_size = 4 }
+threads = 1
+log_every = 2
+
+[search.lr]
+target = "model:sft"
+objective = { target = "model:sft", metric = "train_loss", goal = "min" }
+space = { "train.lr" = { loguniform = [1e-8, 1e-2] } }
+budget = 3
+optimizer = "agent"
+agent = ["python3", "agent.py"]
+prune = { metric = "loss", startup = 2, warmup = 4 }
+"""
+
+FIXED_AGENT = '''
+import json, sys
+seen = json.load(sys.stdin)
+lr = [3e-3, 2e-3, 1e-8][len(seen["trials"])]
+print(json.dumps({"params": {"train.lr": lr}, "rationale": "a fixed list"}))
+'''
+
+
+def test_a_trial_whose_curve_trails_the_others_is_pruned_and_never_built_again(recipe_project):
+    p = recipe_project
+    p.write("agent.py", FIXED_AGENT)
+    p.forgefile(p.preamble + PRUNED)
+    events = p.events("search:lr", timeout=900)
+    pruned = [t for e in events if e.get("event") == "pruned" for t in e["trials"]]
+    assert [t["number"] for t in pruned] == [2] and 4 <= pruned[0]["step"] < 150
+    assert events[-1]["ok"]  # the search itself: two trials judged, one pruned
+    trials = record(p)["trials"]
+    assert [bool(t.get("pruned")) for t in trials] == [False, False, True]
+    stopped = trials[2]["pruned"]
+    assert str(stopped["step"]) in stopped["intermediate"]
+    rows = outcome(p)["trials"]
+    assert rows[2]["metric"] is None and rows[2]["pruned"] == stopped and outcome(p)["best"]["number"] in (0, 1)
+    states = [e["state"] for e in p.events("exp", "search:lr") if e["event"] == "cell"]
+    assert states == ["built", "built", "pruned"]
+
+    shutil.rmtree(os.path.join(p.root, ".forge"))  # from scratch: the pruned trial is never built again
+    built = p.build("search:lr", timeout=900)
+    assert "model:sft[lr=1e-08]" not in built and built["model:sft[lr=0.003]"] == "built"

@@ -68,10 +68,10 @@ def _execute(args, session: Session, report, worker_files: str, addresses, decis
     return executor.run(addresses, decisions)
 
 
-def _trials_built(args, session: Session, report, worker_files: str, trials: list[str]) -> bool:
-    """A search's new trials built (cli/search.py): whether all were."""
+def _trials_built(args, session: Session, report, worker_files: str, trials: list[str]) -> list[str]:
+    """A search's new trials built (cli/search.py): the targets that failed."""
     results = _execute(args, session, report, worker_files, trials, session.decide(trials, force=args.force))
-    return all(r.action in ("built", "cached") for r in results)
+    return [r.target for r in results if r.action not in ("built", "cached")]
 
 
 def cmd_lock(args, session, report) -> int:

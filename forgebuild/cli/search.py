@@ -56,9 +56,33 @@ def fill(args, session, report, addresses, execute) -> None:
             report({"event": "proposed", "target": address,
                     "trials": [{"number": done + i, **p} for i, p in enumerate(proposals)]})
             session.replan()
-            new = [t["objective"] for t in session.plan.targets[address].values["trials"][done:]]
-            if not execute(new) and not args.keep_going:
+            values = session.plan.targets[address].values
+            failed, pruned = built_watched(session, values, history, done, execute)
+            if pruned:
+                record(session, address, [], pruned)
+                report({"event": "pruned", "target": address,
+                        "trials": [{"number": n, "step": p["step"]} for n, p in sorted(pruned.items())]})
+                session.replan()
+            stopped = {values["trials"][n][cell] for n in pruned for cell in ("target", "objective")}
+            if set(failed) - stopped and not args.keep_going:
                 break  # a trial failed: the search's own build reports it; -k goes on proposing
+
+
+def built_watched(session, values: dict, history: list[dict], done: int, execute) -> tuple[list, dict]:
+    """Build the trials from number `done` on: (the targets that failed, {number: pruned} when a
+    `prune` watcher stopped some)."""
+    new = list(enumerate(values["trials"]))[done:]
+    watcher = None
+    if values.get("prune"):
+        from forgebuild.cli.pruning import Watcher
+
+        watcher = Watcher(session, values, history, new)
+        watcher.start()
+    try:
+        failed = execute([t["objective"] for _, t in new])
+    finally:
+        pruned = watcher.finish() if watcher else {}
+    return failed, pruned
 
 
 def history_of(session, values: dict) -> list[dict]:
@@ -67,12 +91,23 @@ def history_of(session, values: dict) -> list[dict]:
 
     metric_of = load_rule("search").metric_of
     metric = values["objective"]["metric"]
-    judged = [t["objective"] for t in values["trials"]]
+    judged = [t["objective"] for t in values["trials"] if not t.get("pruned")]
     decisions = session.decide(judged) if judged else {}
     rows = []
+    pruning = values.get("prune")
+    targets = session.decide([t["target"] for t in values["trials"]]) if pruning and values["trials"] else {}
     for number, trial in enumerate(values["trials"]):
         row = {"number": number, "params": trial["params"], "status": "missing", "value": None,
                "by": trial.get("by"), "rationale": trial.get("rationale")}
+        if trial.get("pruned"):
+            rows.append({**row, "status": "pruned", "step": trial["pruned"]["step"],
+                         "intermediate": trial["pruned"]["intermediate"]})
+            continue
+        built = targets.get(trial["target"])
+        if built is not None and built.state == "fresh":  # the curve the pruner compares against
+            from forgebuild.cli.pruning import curve
+
+            row["intermediate"] = curve(session.workspace.artifact_dir(built.digest), pruning["metric"])
         decision = decisions.get(trial["objective"])
         if decision is not None and decision.state == "fresh":
             found = metric_of(session.workspace.artifact_dir(decision.digest), trial["target"], metric)
@@ -85,8 +120,9 @@ def history_of(session, values: dict) -> list[dict]:
     return rows
 
 
-def record(session, address: str, proposals: list[dict]) -> None:
-    """Append the proposals to the search's record (made with the study it belongs to, first time)."""
+def record(session, address: str, proposals: list[dict], pruned: dict | None = None) -> None:
+    """Append the proposals to the search's record (made with the study it belongs to, first time),
+    and mark the trials numbered in `pruned` as stopped early."""
     from forgebuild.planning.forgefile import read_toml
 
     name = address.split(":", 1)[1]
@@ -96,6 +132,8 @@ def record(session, address: str, proposals: list[dict]) -> None:
     found = recordlib.read(path) or {"format": recordlib.RECORD_FORMAT, "search": address,
                                      "study": recordlib.study(body), "trials": []}
     found["trials"].extend(proposals)
+    for number, stopped in (pruned or {}).items():
+        found["trials"][number]["pruned"] = stopped
     recordlib.write(path, found)
 
 
@@ -153,11 +191,14 @@ def ask_optuna(values: dict, history: list[dict], number: int) -> dict:
     goal = values["objective"]["goal"]
     study = optuna.create_study(direction="maximize" if goal == "max" else "minimize", sampler=sampler)
     dists = distributions(values["space"])
+    states = optuna.trial.TrialState
     for row in history:
         finished = row["status"] == "complete" and isinstance(row["value"], (int, float)) and math.isfinite(row["value"])
+        state = states.COMPLETE if finished else states.PRUNED if row["status"] == "pruned" else states.FAIL
         study.add_trial(optuna.trial.create_trial(
-            params=row["params"], distributions=dists, value=row["value"] if finished else None,
-            state=optuna.trial.TrialState.COMPLETE if finished else optuna.trial.TrialState.FAIL))
+            params=row["params"], distributions=dists, value=row["value"] if finished else None, state=state,
+            intermediate_values={int(k): v for k, v in row.get("intermediate", {}).items()}
+            if state == states.PRUNED else None))
     trial = study.ask(dists)
     return {"params": {p: rounded(trial.params[p], dists[p]) for p in dists}, "by": values["optimizer"],
             "rationale": None}

@@ -421,7 +421,7 @@ def load(path: str, rules=None) -> Plan:
     for search in searches:  # the search rule reads its trials as a param: the record, as planning read it
         if search["name"] in cells.get("search", {}):
             cells["search"][search["name"]].body["trials"] = [
-                {k: t.get(k) for k in ("params", "by", "rationale", "target", "objective")} for t in search["trials"]]
+                {k: t.get(k) for k in ("params", "by", "rationale", "target", "objective", "pruned")} for t in search["trials"]]
     declared.update(groups)
     for kind, table in data.items():
         if kind == "forge":

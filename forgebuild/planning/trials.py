@@ -24,7 +24,7 @@ import json
 import os
 
 RECORD_FORMAT = 1
-STUDY_KEYS = ("target", "space", "objective", "optimizer", "seed", "agent")
+STUDY_KEYS = ("target", "space", "objective", "optimizer", "seed", "agent", "prune")
 
 
 def record_path(root: str, name: str, body: dict) -> str:

@@ -80,12 +80,24 @@ class Objective(BaseModel):
         return value
 
 
+class Prune(BaseModel):
+    """`prune = { metric = "loss" }`: stop a trial whose training curve trails the others' (Optuna's
+    median rule: below the median of the finished trials at the same step)."""
+    model_config = ConfigDict(extra="forbid")
+    metric: str = Field(description="a quantity the target's recipe logs as it trains, e.g. loss or eval_loss "
+                                    "(model recipes log every step; eval_loss with eval_split)")
+    goal: Literal["max", "min"] = Field("min", description="which way the intermediate quantity is better")
+    startup: int = Field(2, ge=0, le=limits.AMOUNT, description="trials finished before any is pruned")
+    warmup: int = Field(0, ge=0, le=limits.STEPS, description="steps of a trial before it may be pruned")
+
+
 class Trial(BaseModel):
     """A recorded proposal, as planning read it from the record (never written in a Forgefile)."""
     model_config = ConfigDict(extra="forbid")
     params: dict[str, str | Int | float | bool]
     by: str | None = None
     rationale: str | None = None
+    pruned: dict | None = None  # {"step", "intermediate": {step: value}}: stopped early, never judged
     target: str  # the trial's cell of the search's target
     objective: str  # the trial's cell of the objective (the same, when the objective is the target)
 
@@ -103,6 +115,8 @@ class Params(BaseModel):
         "optimizer = \"agent\": a command (argv) that reads the history as JSON on stdin and writes "
         "{\"params\": {...}, \"rationale\": \"...\"} on stdout"))
     seed: int = Field(0, ge=0, le=2**31 - 1, description="the optimiser's seed (with the trial's number)")
+    prune: Prune | None = Field(None, description="{ metric, goal, startup, warmup }: stop trials whose "
+                                                  "training curve trails the finished ones' (unset: none)")
     record: str | None = Field(None, description="the record of proposals, relative to the Forgefile "
                                                  "(default searches/NAME.json); commit it")
     trials: list[Trial] = Field(default_factory=list, description="the recorded trials: written by forgebuild "
@@ -129,7 +143,8 @@ def check(params: Params) -> list:
 
 def inputs(params: Params) -> dict:
     # the trials' evals alone: the target and the eval as written are templates, never built for a search
-    return {"trials": [t.objective for t in params.trials]} if params.trials else {}
+    judged = [t.objective for t in params.trials if not t.pruned]
+    return {"trials": judged} if judged else {}
 
 
 def metric_of(folder: str, cell: str, metric: str) -> dict | None:
@@ -156,8 +171,8 @@ def outcome(params: Params, folders: list[str]) -> dict:
     rows = []
     for number, (trial, folder) in enumerate(zip(params.trials, folders)):
         rows.append({"number": number, "params": trial.params, "by": trial.by, "rationale": trial.rationale,
-                     "target": trial.target, "objective": trial.objective,
-                     "metric": metric_of(folder, trial.target, params.objective.metric)})
+                     "target": trial.target, "objective": trial.objective, "pruned": trial.pruned,
+                     "metric": metric_of(folder, trial.target, params.objective.metric) if folder else None})
     scored = [r for r in rows if r["metric"]]
     sign = 1 if params.objective.goal == "max" else -1
     best = max(scored, key=lambda r: (sign * r["metric"]["value"], -r["number"]), default=None)
@@ -168,8 +183,8 @@ def outcome(params: Params, folders: list[str]) -> dict:
 def build(ctx) -> None:
     p = ctx.params
     by_address = dict(zip([t.objective for t in p.trials], ctx.inputs.get("trials", [])))
-    found = {"search": ctx.target, **outcome(p, [by_address[t.objective] for t in p.trials])}
-    missing = [r["objective"] for r in found["trials"] if r["metric"] is None]
+    found = {"search": ctx.target, **outcome(p, [by_address.get(t.objective) for t in p.trials])}
+    missing = [r["objective"] for r in found["trials"] if r["metric"] is None and not r["pruned"]]
     if missing:
         raise ctx.bad_input(f"{p.objective.metric} is not a number in the artifact of {', '.join(missing)}")
     with open(os.path.join(ctx.out, "trials.json"), "w", encoding="utf-8") as f:
