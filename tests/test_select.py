@@ -126,3 +126,33 @@ def test_select_forgefile_error_exits_2(project):
            "got 1" in lines, lines
     assert "Forgefile.toml:10: error: model:pick: key 'metric': 'acc' is not a metric: write BENCH.METRIC as the " \
            "eval's report names it, e.g. \"arith.exact_match\"" in lines, lines
+
+
+SWEEP = YES_MODEL.replace("[model.yes]", "[model.sweep]") + """
+        matrix = { "train.lr" = [1e-7, 5e-3] }
+
+        [eval.sweep]
+        models = ["model:sweep"]
+        benchmarks = ["bench/yes.jsonl"]
+        generation = { max_new_tokens = 4 }
+        threads = 1
+
+        [model.sweep-best]
+        recipe = "select"
+        candidates = ["model:sweep"]
+        evals = ["eval:sweep"]
+        metric = "yes.exact_match"
+"""
+
+
+def test_select_picks_the_cell_of_a_sweep_that_clearly_wins(project, tiny_base):
+    p = project
+    taught_yes(p)
+    p.forgefile(tinylab.imported_base(tiny_base) + SWEEP)
+    p.run("model:sweep-best", timeout=600)
+    selection = json.loads(p.read(".forge/out/model/sweep-best/selection.json"))
+    assert [r["address"] for r in selection["candidates"]] == ["model:sweep[lr=1e-07]", "model:sweep[lr=0.005]"]
+    assert selection["winner"] == "model:sweep[lr=0.005]" and selection["tied"] == ["model:sweep[lr=0.005]"]
+    winner = p.run("path", "model:sweep[lr=0.005]").stdout.strip()
+    chosen = files_of(p.run("path", "model:sweep-best").stdout.strip())
+    assert {k: v for k, v in chosen.items() if k != "selection.json"} == files_of(winner)
