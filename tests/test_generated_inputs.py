@@ -343,3 +343,63 @@ def test_generated_rows_build_a_dataset_or_fail_with_a_located_message(project, 
     assert code in (0, 2), out + err  # bad data is bad input (2), never a failed rule (1)
     if bad:
         assert re.search(r"FAILED  dataset:e: rows\.jsonl:\d+: ", out), out
+
+
+# ------------------------------------------------------------------ generated matrices, searches and records
+
+GRID_VALUES = st.one_of(st.lists(SCALARS, max_size=3), SCALARS, st.dictionaries(st.just("x"), SCALARS, max_size=1))
+GRID_KEYS = st.sampled_from(["params.p", "params.q", "timeout", "cmd", "cmd.x", "matrix", "", "a..b", "params",
+                             "resources"])
+SEARCH_KEYS = {
+    "target": st.sampled_from(["run:g", "run:a", "run:w", "run:nope", "model:x", "", "run:g[p=1]"]),
+    "objective": st.one_of(st.fixed_dictionaries({"target": st.sampled_from(["run:w", "run:g", "eval:e", "x"]),
+                                                  "metric": st.sampled_from(["loss", "a.b", "", "x y"])},
+                                                 optional={"goal": st.sampled_from(["max", "min", "up"])}),
+                           SCALARS),
+    "space": st.dictionaries(st.sampled_from(["params.p", "params.q", "x"]),
+                             st.one_of(st.dictionaries(st.sampled_from(["loguniform", "uniform", "int", "choice"]),
+                                                       st.lists(SCALARS, max_size=3), max_size=2), SCALARS),
+                             max_size=2),
+    "budget": st.one_of(st.integers(-1, 3), SCALARS),
+    "optimizer": st.sampled_from(["tpe", "random", "agent", "grid"]),
+    "agent": st.one_of(st.lists(st.sampled_from(["true", ""]), max_size=2), SCALARS),
+    "prune": st.one_of(st.fixed_dictionaries({"metric": st.sampled_from(["loss", ""])}), SCALARS),
+    "trials": st.lists(SCALARS, max_size=1),
+    "record": st.sampled_from(["searches/s.json", "../out.json", "/abs.json", ""]),
+}
+RECORDS = st.one_of(
+    st.just(None), st.just("{not json"), st.just("[]"), st.just('{"format": 1, "trials": {}}'),
+    st.builds(lambda trials: json.dumps({"format": 1, "study": {}, "trials": trials}),
+              st.lists(st.one_of(st.fixed_dictionaries({"params": st.dictionaries(
+                  st.sampled_from(["params.p", "params.q", "cmd", "cmd.x", "", "timeout"]),
+                  st.one_of(SCALARS, st.lists(SCALARS, max_size=1)), max_size=2)},
+                  optional={"pruned": st.one_of(SCALARS, st.just({"step": 1, "intermediate": {}}))}),
+                  SCALARS), max_size=3)))
+
+
+@st.composite
+def grid_and_search(draw):
+    grid = {"cmd": ["true", "{params.p}"], "params": {"p": 0},
+            "matrix": draw(st.one_of(st.dictionaries(GRID_KEYS, GRID_VALUES, max_size=3), SCALARS))}
+    user = {"cmd": ["true", "{in.x}"], "inputs": {"x": draw(st.sampled_from(["run:g", ["run:g"], ["run:g", "run:a"]]))}}
+    if draw(st.booleans()):
+        user["matrix_with"] = draw(st.sampled_from(["run:g", "run:a", "run:nope", "run:w", 3, ""]))
+    keys = draw(st.lists(st.sampled_from(sorted(SEARCH_KEYS)), unique=True, max_size=len(SEARCH_KEYS)))
+    search = {k: draw(SEARCH_KEYS[k]) for k in keys}
+    text = render({"run": {"a": {"cmd": "true"}, "g": grid, "w": user}, "search": {"s": search}})
+    return text, draw(RECORDS)
+
+
+@settings(max_examples=150, **SETTINGS)
+@given(case=grid_and_search())
+def test_generated_matrices_searches_and_records_plan_or_say_where(project, case):
+    forgefile, record = case
+    path = os.path.join(project, "searches", "s.json")
+    if record is None:
+        if os.path.exists(path):
+            os.remove(path)
+    else:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(record)
+    check_outcome(*forge(project, forgefile, "-n"), forgefile + f"\n--- record:\n{record}", codes=(0, 2))

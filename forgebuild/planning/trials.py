@@ -21,7 +21,10 @@ discarded. Standard library only.
 from __future__ import annotations
 
 import json
+import math
 import os
+
+from forgebuild.planning.plan import CELL_VALUE
 
 RECORD_FORMAT = 1
 STUDY_KEYS = ("target", "space", "objective", "optimizer", "seed", "agent", "prune")
@@ -56,6 +59,14 @@ def read(path: str) -> dict | None:
     for i, trial in enumerate(found["trials"]):
         if not isinstance(trial, dict) or not isinstance(trial.get("params"), dict) or not trial["params"]:
             raise ValueError(f"trial {i} has no params")
+        for path, value in trial["params"].items():
+            shaped = isinstance(value, (int, float)) or (isinstance(value, str) and CELL_VALUE.match(value))
+            if not all(path.split(".")) or not shaped or (isinstance(value, float) and not math.isfinite(value)):
+                raise ValueError(f"trial {i}: {path!r} = {json.dumps(value)} is no param a cell can take")
+        if trial.get("pruned") is not None and not (isinstance(trial["pruned"], dict)
+                                                    and isinstance(trial["pruned"].get("step"), int)
+                                                    and isinstance(trial["pruned"].get("intermediate"), dict)):
+            raise ValueError(f"trial {i}: 'pruned' must be {{\"step\": N, \"intermediate\": {{...}}}}")
     return found
 
 
