@@ -20,6 +20,11 @@ resources = { cpus = 1, memory_gb = 0.5 }
 """
 
 FAILING = """
+[run.cell]
+cmd = "echo {params.n} > {out}/n"
+params = { n = 0 }
+matrix = { "params.n" = [1, 2] }
+
 [run.bad]
 cmd = "echo oops; exit 3"
 
@@ -40,8 +45,11 @@ def test_independent_targets_run_in_parallel_and_failures_read_as_local(project,
     assert max(s for s, _ in spans) < min(e for _, e in spans)  # the two ran at the same time
     assert project.read(".forge/logs/run/p.log").splitlines()[1] == runner + ")"
     assert project.read(".forge/logs/run/q.log").splitlines()[1] == runner + ", 0.5 GB)"  # its `resources`
-    failed = project.run("--executor", executor, "run:after", expect=1)
+    failed = project.run("--executor", executor, "-k", "run:after", "run:cell", expect=1)
     assert "FAILED  run:bad: command exited with code 3" in failed.stdout and "  | oops" in failed.stdout
+    for n in (1, 2):  # a matrix's cells are tasks like any target
+        assert project.read(f".forge/logs/run/cell[n={n}].log").splitlines()[1] == runner + ")"
+        assert project.read(f".forge/out/run/cell[n={n}]/n") == f"{n}\n"
     assert "missing run:bad" in project.run("status").stdout  # nothing cached for the failure
 
 
