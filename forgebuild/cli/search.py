@@ -112,8 +112,9 @@ def history_of(session, values: dict) -> list[dict]:
         if decision is not None and decision.state == "fresh":
             found = metric_of(session.workspace.artifact_dir(decision.digest), trial["target"], metric)
             if found is None:  # every trial would be judged by nothing: stop at the first
-                raise ProposalError(f"{trial['objective']} has no number {metric} for {trial['target']}: name "
-                                    "one of its metrics in the search's objective.metric")
+                whose = "" if trial["objective"] == trial["target"] else f" for {trial['target']}"
+                raise ProposalError(f"{trial['objective']} has no number {metric}{whose}: name one of its metrics "
+                                    "in the search's objective.metric (and remove the record to start again)")
             row.update(status="complete", value=found["value"], low=found.get("low"), high=found.get("high"),
                        n=found.get("n"))
         rows.append(row)

@@ -25,7 +25,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from forgebuild import limits
-from forgebuild.planning.plan import ADDRESS, CELL_VALUE
+from forgebuild.planning.plan import ADDRESS, CELL_VALUE, outside_root
 
 version = "1"
 isolate = False  # reads a few report.json files: a child Python would cost more than the build
@@ -136,7 +136,7 @@ def check(params: Params) -> list:
         problems.append(("agent", "optimizer = \"agent\" needs the agent's command"))
     if params.optimizer != "agent" and params.agent:
         problems.append(("agent", f"is used only with optimizer = \"agent\" (optimizer is \"{params.optimizer}\")"))
-    if params.record is not None and (os.path.isabs(params.record) or params.record.startswith("..")):
+    if params.record is not None and (outside_root(params.record) or not params.record.strip()):
         problems.append(("record", "must be a path inside the project"))
     return problems
 
