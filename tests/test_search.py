@@ -201,3 +201,20 @@ def test_a_trial_whose_curve_trails_the_others_is_pruned_and_never_built_again(r
     shutil.rmtree(os.path.join(p.root, ".forge"))  # from scratch: the pruned trial is never built again
     built = p.build("search:lr", timeout=900)
     assert "model:sft[lr=1e-08]" not in built and built["model:sft[lr=0.003]"] == "built"
+
+
+def test_a_search_that_cannot_be_judged_or_recorded_says_so(project):
+    p = project
+    p.forgefile(RUN_SEARCH.format(budget=2).replace('metric = "loss"', 'metric = "los"'))
+    proc = p.run("search:lr", expect=2)
+    cell = "run:score[lr={},width={}]".format(*record(p)["trials"][0]["params"].values())
+    assert proc.stderr == (f"forgebuild: {cell} has no number los for {cell.replace('score', 'train')}: name one "
+                           "of its metrics in the search's objective.metric (and remove the record to start again)\n")
+    # the record was made for objective.metric = "los": fixing it is another study
+    p.forgefile(RUN_SEARCH.format(budget=2))
+    assert p.run("status", expect=2).stderr == (
+        "Forgefile.toml:10: error: search:lr: searches/lr.json records trials of another study (objective "
+        "changed): remove the file, or set `record` to a new one, to start a new search\n")
+    p.forgefile(RUN_SEARCH.format(budget=2) + 'record = "searches/../../lr.json"\n')
+    assert p.run("status", expect=2).stderr == (
+        "Forgefile.toml:16: error: search:lr: key 'record': must be a path inside the project\n")
