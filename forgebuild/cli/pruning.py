@@ -33,12 +33,11 @@ def curve(folder: str, metric: str) -> dict[int, float]:
     return found
 
 
-def should_prune(values: dict, history: list[dict], params: dict, reported: dict[int, float]) -> bool:
+def should_prune(values: dict, dists: dict, history: list[dict], params: dict, reported: dict[int, float]) -> bool:
     """Whether a trial of `params` with the curve `reported` so far trails the finished trials
-    (history rows with "intermediate": {step: value}), by Optuna's MedianPruner."""
+    (history rows with "intermediate": {step: value}), by Optuna's MedianPruner; `dists`: the
+    space as Optuna's distributions."""
     import optuna
-
-    from forgebuild.cli.search import distributions
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     prune, goal = values["prune"], values["objective"]["goal"]
@@ -46,7 +45,6 @@ def should_prune(values: dict, history: list[dict], params: dict, reported: dict
     study = optuna.create_study(direction="maximize" if goal == "max" else "minimize",
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=prune["startup"],
                                                                    n_warmup_steps=prune["warmup"]))
-    dists = distributions(values["space"])
     for row in history:
         if row["status"] not in ("complete", "pruned") or not row.get("intermediate"):
             continue
@@ -65,11 +63,11 @@ def should_prune(values: dict, history: list[dict], params: dict, reported: dict
 class Watcher(threading.Thread):
     """Follows the stage logs of trials being built; kills and notes each one the pruner stops."""
 
-    def __init__(self, session, values: dict, history: list[dict], trials: list[tuple[int, dict]]):
+    def __init__(self, session, values: dict, dists: dict, history: list[dict], trials: list[tuple[int, dict]]):
         super().__init__(daemon=True)
         from forgebuild.engine.launcher import marker
 
-        self.values, self.history, self.stop_event = values, history, threading.Event()
+        self.values, self.dists, self.history, self.stop_event = values, dists, history, threading.Event()
         self.pruned: dict[int, dict] = {}
         decisions = session.decide([t["target"] for _, t in trials])
         ws = session.workspace
@@ -113,7 +111,7 @@ class Watcher(threading.Thread):
                 if isinstance(value, (int, float)):
                     reported[int(m.group(1))] = float(value)
                     fresh = True
-        if fresh and should_prune(self.values, self.history, params, reported):
+        if fresh and should_prune(self.values, self.dists, self.history, params, reported):
             kill_leftovers(tag)
             step = max(reported)
             self.pruned[number] = {"step": step, "intermediate": {str(s): v for s, v in sorted(reported.items())}}

@@ -76,7 +76,7 @@ def built_watched(session, values: dict, history: list[dict], done: int, execute
     if values.get("prune"):
         from forgebuild.cli.pruning import Watcher
 
-        watcher = Watcher(session, values, history, new)
+        watcher = Watcher(session, values, distributions(values["space"]), history, new)
         watcher.start()
     try:
         failed = execute([t["objective"] for _, t in new])
