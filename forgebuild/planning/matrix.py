@@ -129,16 +129,13 @@ def expand(data: dict, problem, searches=()) -> tuple[dict[str, dict[str, Cell]]
     for kind, table in data.items():
         if not isinstance(table, dict) or not all(isinstance(v, dict) for v in table.values()):
             continue  # forgefile.load says what is wrong with it
+        tables.setdefault(kind, {})
         for name, body in table.items():
-            own = tables.setdefault(kind, {})
             upstream = body.get(WITH)
             if upstream is not None:
                 pending.append((kind, name, body, upstream))
                 continue
-            for cell in _own_cells(kind, name, body, problem):
-                own[cell.name] = cell
-                if cell.group:
-                    groups.setdefault(cell.group, []).append(f"{kind}:{cell.name}")
+            _add(kind, _own_cells(kind, name, body, problem), tables, groups)
     while pending:  # a `with` chain: eval with model with corpus; each round expands what it can
         ready = [p for p in pending if p[3] in groups or not _declared_grid(p[3], pending)]
         if not ready:  # every one left waits on another: a loop
@@ -149,13 +146,17 @@ def expand(data: dict, problem, searches=()) -> tuple[dict[str, dict[str, Cell]]
         for item in ready:
             pending.remove(item)
             kind, name, body, upstream = item
-            for cell in _with_cells(kind, name, body, upstream, tables, groups, problem):
-                tables[kind][cell.name] = cell
-                if cell.group:
-                    groups.setdefault(cell.group, []).append(f"{kind}:{cell.name}")
+            _add(kind, _with_cells(kind, name, body, upstream, tables, groups, problem), tables, groups)
     for search in searches:
         _trial_cells(data, search, tables, problem)
     return tables, groups
+
+
+def _add(kind: str, cells: list[Cell], tables: dict, groups: dict) -> None:
+    for cell in cells:
+        tables[kind][cell.name] = cell
+        if cell.group:
+            groups.setdefault(cell.group, []).append(f"{kind}:{cell.name}")
 
 
 def _trial_cells(data: dict, search: dict, tables: dict, problem) -> None:
@@ -206,16 +207,29 @@ def _declared_grid(address: str, pending: list) -> bool:
     return any(f"{kind}:{name}" == address for kind, name, _, _ in pending)
 
 
-def _own_cells(kind: str, name: str, body: dict, problem) -> list[Cell]:
-    plain = {k: v for k, v in body.items() if k not in (MATRIX, WITH)}
+def _own_grid(kind: str, name: str, body: dict, problem) -> list[dict] | None:
+    """The combinations of the table's own `matrix` ([{}] without one), or None when it is unusable
+    (each of its problems recorded)."""
     if MATRIX not in body:
-        return [Cell(name, name, plain)]
+        return [{}]
     found = grid_problems(body[MATRIX])
     for path, message in found:
         problem((kind, name, MATRIX, *path), message, f"{kind}:{name}", ".".join([MATRIX, *path]))
-    if found:
-        return [Cell(name, name, plain)]
-    return _cells(kind, name, plain, grid(body[MATRIX]), problem) or [Cell(name, name, plain)]
+    return None if found else grid(body[MATRIX])
+
+
+def _plain(body: dict) -> dict:
+    return {k: v for k, v in body.items() if k not in (MATRIX, WITH)}
+
+
+def _own_cells(kind: str, name: str, body: dict, problem) -> list[Cell]:
+    """The table's cells; the table itself when it has no usable matrix (validation still reads it)."""
+    plain = _plain(body)
+    if MATRIX in body and (combos := _own_grid(kind, name, body, problem)):
+        cells = _cells(kind, name, plain, combos, problem)
+        if cells:
+            return cells
+    return [Cell(name, name, plain)]
 
 
 def _cells(kind: str, name: str, plain: dict, combos: list[dict], problem, paired=None, named=None) -> list[Cell]:
@@ -235,7 +249,7 @@ def _cells(kind: str, name: str, plain: dict, combos: list[dict], problem, paire
 
 
 def _with_cells(kind, name, body, upstream, tables, groups, problem) -> list[Cell]:
-    plain = {k: v for k, v in body.items() if k not in (MATRIX, WITH)}
+    plain = _plain(body)
     address = f"{kind}:{name}"
     if not isinstance(upstream, str) or upstream not in groups:
         if not isinstance(upstream, str):
@@ -246,12 +260,7 @@ def _with_cells(kind, name, body, upstream, tables, groups, problem) -> list[Cel
             message = f"no target '{upstream}'"
         problem((kind, name, WITH), message, address, WITH)
         return [Cell(name, name, plain)]
-    own = [{}]
-    if MATRIX in body:
-        found = grid_problems(body[MATRIX])
-        for path, message in found:
-            problem((kind, name, MATRIX, *path), message, address, ".".join([MATRIX, *path]))
-        own = grid(body[MATRIX]) if not found else own
+    own = _own_grid(kind, name, body, problem) or [{}]
     up_kind = upstream.split(":", 1)[0]
     combos, paired, named = [], [], []
     for cell_address in groups[upstream]:
