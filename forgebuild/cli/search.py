@@ -76,7 +76,7 @@ def built_watched(session, values: dict, history: list[dict], done: int, execute
     if values.get("prune"):
         from forgebuild.cli.pruning import Watcher
 
-        watcher = Watcher(session, values, distributions(values["space"]), history, new)
+        watcher = Watcher(session, values["prune"]["metric"], prune_judge(values, history), new)
         watcher.start()
     try:
         failed = execute([t["objective"] for _, t in new])
@@ -91,11 +91,11 @@ def history_of(session, values: dict) -> list[dict]:
 
     metric_of = load_rule("search").metric_of
     metric = values["objective"]["metric"]
-    judged = [t["objective"] for t in values["trials"] if not t.get("pruned")]
-    decisions = session.decide(judged) if judged else {}
-    rows = []
     pruning = values.get("prune")
-    targets = session.decide([t["target"] for t in values["trials"]]) if pruning and values["trials"] else {}
+    wanted = [t["objective"] for t in values["trials"] if not t.get("pruned")]
+    wanted += [t["target"] for t in values["trials"]] if pruning else []  # the curves the pruner compares
+    decisions = session.decide(wanted) if wanted else {}
+    rows = []
     for number, trial in enumerate(values["trials"]):
         row = {"number": number, "params": trial["params"], "status": "missing", "value": None,
                "by": trial.get("by"), "rationale": trial.get("rationale")}
@@ -103,7 +103,7 @@ def history_of(session, values: dict) -> list[dict]:
             rows.append({**row, "status": "pruned", "step": trial["pruned"]["step"],
                          "intermediate": trial["pruned"]["intermediate"]})
             continue
-        built = targets.get(trial["target"])
+        built = decisions.get(trial["target"]) if pruning else None
         if built is not None and built.state == "fresh":  # the curve the pruner compares against
             from forgebuild.cli.pruning import curve
 
@@ -178,6 +178,57 @@ def rounded(value, distribution):
 def ask_optuna(values: dict, history: list[dict], number: int) -> dict:
     """Trial `number`'s proposal: a study rebuilt from the history, its sampler seeded with the search's
     seed and the trial's number, so a proposal depends on the history alone, never on when it is asked."""
+    optuna = _optuna(values)
+    seed = values["seed"] + number
+    sampler = (optuna.samplers.TPESampler(seed=seed, n_startup_trials=STARTUP) if values["optimizer"] == "tpe"
+               else optuna.samplers.RandomSampler(seed=seed))
+    dists = distributions(values["space"])
+    trial = rebuilt_study(values, history, dists, sampler=sampler).ask(dists)
+    return {"params": {p: rounded(trial.params[p], dists[p]) for p in dists}, "by": values["optimizer"],
+            "rationale": None}
+
+
+def prune_judge(values: dict, history: list[dict]):
+    """`trails(params, reported)`: whether a trial of `params` whose curve so far is `reported`
+    ({step: value}) trails the finished trials' curves at the same step, by Optuna's MedianPruner."""
+    prune, dists, sign = values["prune"], distributions(values["space"]), curve_sign(values)
+    curves = [r for r in history if r["status"] in ("complete", "pruned") and r.get("intermediate")]
+
+    def trails(params: dict, reported: dict[int, float]) -> bool:
+        pruner = _optuna(values).pruners.MedianPruner(n_startup_trials=prune["startup"], n_warmup_steps=prune["warmup"])
+        study = rebuilt_study(values, curves, dists, pruner=pruner)
+        study.enqueue_trial(params)
+        trial = study.ask(dists)
+        for step, value in sorted(reported.items()):
+            trial.report(sign * value, step)
+        return trial.should_prune()
+
+    return trails
+
+
+def curve_sign(values: dict) -> float:
+    """Optuna reads a trial's curve in the objective's direction: -1 when `prune.goal` is the other one."""
+    prune = values.get("prune")
+    return -1.0 if prune and prune["goal"] != values["objective"]["goal"] else 1.0
+
+
+def rebuilt_study(values: dict, history: list[dict], dists: dict, sampler=None, pruner=None):
+    """A study holding the history: complete trials with their value, pruned ones as pruned, the rest
+    failed; each with the curve it has ("intermediate"), in the objective's direction."""
+    optuna = _optuna(values)
+    goal, sign, states = values["objective"]["goal"], curve_sign(values), optuna.trial.TrialState
+    study = optuna.create_study(direction="maximize" if goal == "max" else "minimize", sampler=sampler, pruner=pruner)
+    for row in history:
+        finished = row["status"] == "complete" and isinstance(row["value"], (int, float)) and math.isfinite(row["value"])
+        state = states.COMPLETE if finished else states.PRUNED if row["status"] == "pruned" else states.FAIL
+        curve = {int(step): sign * v for step, v in (row.get("intermediate") or {}).items()}
+        study.add_trial(optuna.trial.create_trial(
+            params=row["params"], distributions=dists, value=row["value"] if finished else None, state=state,
+            intermediate_values=curve or None))
+    return study
+
+
+def _optuna(values: dict):
     try:
         import optuna
     except ImportError:
@@ -186,23 +237,7 @@ def ask_optuna(values: dict, history: list[dict], number: int) -> dict:
         raise ProposalError(f"not installed: optuna (for optimizer = \"{values['optimizer']}\"); run: "
                             f"{install_command(['search'])}") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    seed = values["seed"] + number
-    sampler = (optuna.samplers.TPESampler(seed=seed, n_startup_trials=STARTUP) if values["optimizer"] == "tpe"
-               else optuna.samplers.RandomSampler(seed=seed))
-    goal = values["objective"]["goal"]
-    study = optuna.create_study(direction="maximize" if goal == "max" else "minimize", sampler=sampler)
-    dists = distributions(values["space"])
-    states = optuna.trial.TrialState
-    for row in history:
-        finished = row["status"] == "complete" and isinstance(row["value"], (int, float)) and math.isfinite(row["value"])
-        state = states.COMPLETE if finished else states.PRUNED if row["status"] == "pruned" else states.FAIL
-        study.add_trial(optuna.trial.create_trial(
-            params=row["params"], distributions=dists, value=row["value"] if finished else None, state=state,
-            intermediate_values={int(k): v for k, v in row.get("intermediate", {}).items()}
-            if state == states.PRUNED else None))
-    trial = study.ask(dists)
-    return {"params": {p: rounded(trial.params[p], dists[p]) for p in dists}, "by": values["optimizer"],
-            "rationale": None}
+    return optuna
 
 
 def ask_agent(values: dict, history: list[dict], address: str, root: str) -> dict:
