@@ -58,11 +58,12 @@ def matrix_rows(session: Session, group: str) -> list[dict]:
 
 def search_rows(session: Session, address: str) -> list[dict]:
     from forgebuild.cli.search import history_of
+    from forgebuild.rules import load_rule
 
     values = session.plan.targets[address].values
     history = history_of(session, values) if values["trials"] else []
     metric = values["objective"]["metric"]
-    rows, best = [], None
+    rows = []
     for trial, found in zip(values["trials"], history):
         record = _record(session, trial["target"])
         judged = {"value": found["value"], **{k: found.get(k) for k in ("low", "high", "n") if found.get(k) is not None}}
@@ -70,10 +71,7 @@ def search_rows(session: Session, address: str) -> list[dict]:
                      "state": "built" if found["status"] == "complete" else found["status"],
                      "seconds": (record or {}).get("seconds"), "metrics": {metric: judged} if found["value"] is not None else {},
                      "by": trial.get("by"), "rationale": trial.get("rationale"), "best": False})
-        if found["value"] is not None:
-            sign = 1 if values["objective"]["goal"] == "max" else -1
-            if best is None or sign * found["value"] > sign * rows[best]["metrics"][metric]["value"]:
-                best = len(rows) - 1
+    best = load_rule("search").best_of([found["value"] for found in history], values["objective"]["goal"])
     if best is not None:
         rows[best]["best"] = True
     return rows

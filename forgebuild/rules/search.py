@@ -166,6 +166,13 @@ def metric_of(folder: str, cell: str, metric: str) -> dict | None:
     return found if ok else None
 
 
+def best_of(values: list, goal: str) -> int | None:
+    """The index of the best value by the goal (None: unjudged), the earliest of equals."""
+    sign = 1 if goal == "max" else -1
+    judged = [(sign * v, -i) for i, v in enumerate(values) if v is not None]
+    return -max(judged)[1] if judged else None
+
+
 def outcome(params: Params, folders: list[str]) -> dict:
     """trials.json: each trial with its metric (value, low, high, n) and the best by the goal."""
     rows = []
@@ -173,11 +180,9 @@ def outcome(params: Params, folders: list[str]) -> dict:
         rows.append({"number": number, "params": trial.params, "by": trial.by, "rationale": trial.rationale,
                      "target": trial.target, "objective": trial.objective, "pruned": trial.pruned,
                      "metric": metric_of(folder, trial.target, params.objective.metric) if folder else None})
-    scored = [r for r in rows if r["metric"]]
-    sign = 1 if params.objective.goal == "max" else -1
-    best = max(scored, key=lambda r: (sign * r["metric"]["value"], -r["number"]), default=None)
+    best = best_of([r["metric"]["value"] if r["metric"] else None for r in rows], params.objective.goal)
     return {"metric": params.objective.metric, "goal": params.objective.goal, "budget": params.budget,
-            "trials": rows, "best": best}
+            "trials": rows, "best": rows[best] if best is not None else None}
 
 
 def build(ctx) -> None:
