@@ -423,6 +423,10 @@ def load(path: str, rules=None) -> Plan:
             cells["search"][search["name"]].body["trials"] = [
                 {k: t.get(k) for k in ("params", "by", "rationale", "target", "objective", "pruned")} for t in search["trials"]]
     declared.update(groups)
+    by_table: dict[tuple, list] = {}  # (kind, declared name) -> its cells: one pass, not one per table
+    for kind, found in cells.items():
+        for cell in found.values():
+            by_table.setdefault((kind, cell.declared), []).append(cell)
     for kind, table in data.items():
         if kind == "forge":
             continue
@@ -442,7 +446,7 @@ def load(path: str, rules=None) -> Plan:
             if not NAME.match(target_name):
                 problems.append(problem_at((kind, target_name), f"bad target name '{target_name}': use letters, digits, '_', '-', '.'", address))
                 continue
-            mine = [c for c in cells[kind].values() if c.declared == target_name]
+            mine = by_table.get((kind, target_name), [])
             declared.update(f"{kind}:{c.name}" for c in mine)
             found_in_cells = []
             for cell in mine:
