@@ -72,7 +72,8 @@ from forgebuild.errors import ForgeError
 GROUP = "forgebuild.rules"
 # Used when forgebuild runs from a source tree that was never pip-installed,
 # so its own entry points are not registered.
-BUILTIN = {kind: f"forgebuild.rules.{kind}" for kind in ("run", "corpus", "dataset", "tokenizer", "tokens", "model", "eval", "release", "search")}
+BUILTIN = {kind: f"forgebuild.rules.{kind}" for kind in ("run", "corpus", "dataset", "tokenizer", "tokens", "model", "eval",
+                                                            "release", "search", "generate", "curate")}
 REQUIRED = ("version", "Params", "inputs", "build")
 KIND = re.compile(r"^[a-z][a-z0-9_-]*$")
 
