@@ -127,23 +127,36 @@ def reference_problems(params: BaseModel, keys) -> list[tuple[str, str]]:
     return problems
 
 
+# The kinds whose artifact is a dataset's (SPLIT.jsonl and dataset.json): where a recipe takes a dataset
+# target, a curate target (verified samples shaped for training) will do.
+DATA_KINDS = ("dataset", "curate")
+
+
 def kind_problems(params: BaseModel, deps: dict, expected: dict) -> list[tuple[str, str]]:
-    """`expected` maps a key to the kind its target must be: base -> model, data -> dataset."""
+    """`expected` maps a key to the kind its target must be: base -> model, data -> dataset (or curate)."""
     problems = []
     for key, kind in expected.items():
         address = getattr(params, key, None)
-        if address in deps and deps[address]["kind"] != kind:
-            problems.append((key, f"{address} is a {deps[address]['kind']} target; '{key}' takes a {kind} target"))
+        accepted = DATA_KINDS if kind == "dataset" else (kind,)
+        if address in deps and deps[address]["kind"] not in accepted:
+            problems.append((key, f"{address} is a {deps[address]['kind']} target; '{key}' takes a "
+                                  f"{' or '.join(accepted)} target"))
     return problems
 
 
 def dataset_format_problem(params: BaseModel, deps: dict, key: str, allowed: tuple, recipe: str):
-    """A dataset target whose declared format this recipe cannot train on (format "auto" is checked at build)."""
+    """A dataset target whose declared format this recipe cannot train on (format "auto" is checked at build),
+    or a curate target whose shape makes such a format."""
     address = getattr(params, key, None)
     dep = deps.get(address)
-    if dep is None or dep["kind"] != "dataset":
+    if dep is None or dep["kind"] not in DATA_KINDS:
         return None
-    declared = getattr(dep["params"], "format", "auto")
+    if dep["kind"] == "curate":
+        from forgebuild.rules.synth.shapes import FORMATS
+
+        declared = FORMATS[dep["params"].shape]
+    else:
+        declared = getattr(dep["params"], "format", "auto")
     if declared != "auto" and declared not in allowed:
         return (key, f"{address} is a '{declared}' dataset; recipe \"{recipe}\" trains on "
                      f"{' or '.join(repr(a) for a in allowed)} data")
