@@ -61,27 +61,63 @@ class BuildContext:
         way, so adding one file to a thousand processes one file. Without
         `produce` it only looks: None when no earlier build made it.
         """
+        found = self.recall(name, [material])[0]
+        if found is None and produce is not None:
+            found = self.keep(name, [material], produce)
+        return found
+
+    def recall(self, name: str, materials: list[dict]) -> list[str | None]:
+        """For each material, the read-only folder of an earlier result of step `name` that holds its
+        item (see `keep`), or None. Items kept together come back as one folder, materialised once."""
+        store, ws = self._store_and_workspace()
+        found, folders = [], {}
+        for material in materials:
+            key = self._memo_key(name, material)
+            entry = store.get_action(key, f"{self.target} ({name})")
+            if entry is not None and entry["digest"] not in folders:
+                folders[entry["digest"]] = self._handed_folder(key, name, entry)
+            folder = folders.get(entry["digest"]) if entry is not None else None
+            if folder is not None:
+                self._lines().memo(key)  # the build's cache entry lists them, so gc keeps them
+            found.append(folder)
+        return found
+
+    def keep(self, name: str, materials: list[dict], produce) -> str:
+        """Store one result of step `name` that holds several items (a batch of generated samples):
+        `produce(folder)` writes it once, and each material's key names it, so a later build finds
+        every item alone with `recall`, whatever batch it was made in. Its read-only folder."""
+        store, _ = self._store_and_workspace()
+        keys = [self._memo_key(name, m) for m in materials]
+        # Under the scratch folder, removed with it when the build ends: one rmdir per
+        # step costs ~2.5 ms on this disk, seconds for a thousand-file corpus.
+        folder = os.path.join(self.scratch_dir, MEMO_DIR, keys[0])
+        if os.path.exists(folder):
+            from forgebuild.store.workspace import remove_tree
+
+            remove_tree(folder)
+        os.makedirs(folder)
+        produce(folder)
+        tree = store.ingest_tree(folder)
+        for key in keys:  # one small entry per item, all naming the same tree (stored once)
+            store.put_action(key, {**tree, "target": self.target, "key": key, "memo": name})
+            self._lines().memo(key)
+        return self._handed_folder(keys[0], name, {**tree, "key": keys[0]})
+
+    def _memo_key(self, name: str, material: dict) -> str:
         from forgebuild.planning.keys import action_key
 
-        store, ws = self._store_and_workspace()
-        key = action_key({"memo": name, "rule": self.kind, "version": self.version, "material": material})
-        entry = store.get_action(key, f"{self.target} ({name})")
-        if entry is None:
-            if produce is None:
-                return None
-            # Under the scratch folder, removed with it when the build ends: one rmdir per
-            # step costs ~2.5 ms on this disk, seconds for a thousand-file corpus.
-            folder = os.path.join(self.scratch_dir, MEMO_DIR, key)
-            if os.path.exists(folder):
-                from forgebuild.store.workspace import remove_tree
+        return action_key({"memo": name, "rule": self.kind, "version": self.version, "material": material})
 
-                remove_tree(folder)
-            os.makedirs(folder)
-            produce(folder)
-            entry = {**store.ingest_tree(folder), "target": self.target, "key": key, "memo": name}
-            store.put_action(key, entry)
-        self._lines().memo(key)  # the build's cache entry lists them, so gc keeps them
-        folder = ws.artifact(entry, store, self.target)
+    def _handed_folder(self, key: str, name: str, entry: dict) -> str | None:
+        """The result's folder, its files noted as handed to the rule; None when a blob of it is gone
+        (another item's result was found damaged and dropped): the item is made again."""
+        from forgebuild.errors import StoreError
+
+        store, ws = self._store_and_workspace()
+        try:
+            folder = ws.artifact(entry, store, self.target)
+        except StoreError:
+            return None
         self._hand_over(key, name, entry, folder)
         return folder
 
