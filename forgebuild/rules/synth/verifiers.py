@@ -59,7 +59,7 @@ def _error(message: str) -> PydanticCustomError:
 def _from_string(text: str) -> dict:
     if split_code(text):
         return {"kind": "code", "function": text}
-    if text in ("answer", "length", "dedup", "python"):  # the kinds that need no setting
+    if text in ("answer", "dedup", "python"):  # the kinds that need no setting
         return {"kind": text}
     raise _error(f"'{text}' is not a verifier: write FILE.py:FUNCTION or a table {{ kind = ... }}; "
                  f"kinds: {', '.join(KINDS)}{did_you_mean(text, KINDS) if ':' not in text else ''}")
@@ -108,7 +108,7 @@ class Verifier(BaseModel):
             raise _error(f"expected a string or a table, got {type(value).__name__}")
         kind = value.get("kind")
         if kind is None:
-            raise _error(f"a verifier needs a kind: one of {', '.join(KINDS)}")
+            raise _error(f"no kind: write one of {', '.join(KINDS)}")
         if kind not in KINDS:
             raise _error(f"unknown verifier kind '{kind}'{did_you_mean(str(kind), KINDS)}; kinds: {', '.join(KINDS)}")
         # a default is no setting: a table validated again arrives with every field filled in
@@ -122,7 +122,7 @@ class Verifier(BaseModel):
     def _settings(self):
         if self.kind == "regex":
             if self.pattern is None:
-                raise _error('a regex verifier needs a pattern: write { kind = "regex", pattern = "REGEX" }')
+                raise _error('regex needs a pattern: write { kind = "regex", pattern = "REGEX" }')
             try:
                 re.compile(self.pattern)
             except re.error as e:
@@ -131,7 +131,7 @@ class Verifier(BaseModel):
             raise _error(f"function '{self.function}' is not a code reference: write FILE.py:FUNCTION, "
                          f"e.g. 'verifiers.py:check'")
         if self.kind == "json" and (self.schema_ is None) == (self.schema_file is None):
-            raise _error("a json verifier takes one of schema or schema_file")
+            raise _error("json takes one of schema or schema_file")
         if self.kind == "reward_model" and not (self.model and MODEL_TARGET.match(self.model)):
             raise _error(f"model '{self.model}' is not a reward-model target: write model:NAME")
         if self.kind == "length":
@@ -140,7 +140,7 @@ class Verifier(BaseModel):
 
     def _length_settings(self) -> None:
         if all(getattr(self, k) is None for k in KINDS["length"]):
-            raise _error("a length verifier needs a bound: min_chars, max_chars, min_words or max_words")
+            raise _error("length needs a bound: min_chars, max_chars, min_words or max_words")
         for unit in ("chars", "words"):
             low, high = getattr(self, f"min_{unit}"), getattr(self, f"max_{unit}")
             if low is not None and high is not None and low > high:
