@@ -197,3 +197,30 @@ def test_a_launch_names_the_failure_its_processes_wrote(lab, tmp_path, monkeypat
         delegate(ctx)
     assert failed.value.message == f"distributed training failed (2 processes): {reason}"
     assert failed.value.exit_code == 1
+
+
+def test_a_kept_batch_is_recalled_item_by_item_whatever_batch_asks(lab, tmp_path):
+    """ctx.keep stores one result under each item's key; ctx.recall finds each alone, materialises a result
+    once however many items it serves, and lists every key it used (memos.txt: gc keeps them)."""
+    scratch = tmp_path / "scratch" / "k.1"
+    ctx = BuildContext.load(context(lab, scratch, "ok"))
+    items = [{"prompt": p, "sample": 0} for p in ("a", "b", "c")]
+
+    def produce(folder):
+        with open(os.path.join(folder, "rows.txt"), "w") as f:
+            f.write("a b c")
+
+    kept = ctx.keep("sample", items, produce)
+    found = ctx.recall("sample", [items[2], {"prompt": "d", "sample": 0}, items[0]])
+    assert found == [kept, None, kept] and open(os.path.join(kept, "rows.txt")).read() == "a b c"
+    keys = [action_key({"memo": "sample", "rule": "scratch", "version": "1", "material": m}) for m in items]
+    assert set((scratch / MEMOS).read_text().split()) == set(keys)
+    # the result's blob gone (dropped as damaged): every item it held is missing, to be made again
+    store = Store(os.path.join(lab.root, ".forge"))
+    blob = store.get_action(keys[1])["files"][0]["digest"]
+    store.remove_blob(blob)
+    from forgebuild.store.workspace import remove_tree
+
+    remove_tree(kept)
+    assert ctx.recall("sample", items) == [None, None, None]
+    assert ctx.memo("sample", items[1], produce) == kept  # made again, under the same content digest
