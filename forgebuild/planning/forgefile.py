@@ -458,6 +458,7 @@ def load(path: str, rules=None) -> Plan:
                     validated[target.address] = checked
             problems += _said_once(found_in_cells, address if len(mine) > 1 else None)
 
+    _add_upstream_inputs(targets, validated)
     problems += _reference_problems(targets, declared, settings, rules, name, locate)
     problems += _dependency_problems(targets, validated)
     # Cycles and missing files are looked for among the valid targets even when others
@@ -610,6 +611,42 @@ def _dependency_problems(targets, validated) -> list[Problem]:
     for address, (rule, params, where) in validated.items():
         problems += _checked(hooks(rule).check_deps(params, info[address]["deps"]), where)
     return problems
+
+
+def _add_upstream_inputs(targets: dict[str, TargetPlan], validated: dict) -> None:
+    """A rule's `upstream_inputs`: each target of the kinds asked for that the named targets are built
+    from, directly or not, made an input of the asking target under the key (an eval's contamination
+    check reads the corpora and datasets of each model it judges). Found among the valid targets
+    before any is added, so each walk sees the graph as written; a found target is upstream of one
+    the asker already reads, so adding it makes no cycle."""
+    from forgebuild.rules import hooks
+
+    added: dict[str, list[InputSpec]] = {}
+    for address, (rule, params, _) in validated.items():
+        for key, (starts, kinds) in hooks(rule).upstream_inputs(params).items():
+            own = {i.spec: i.line for i in targets[address].inputs if i.kind == "target"}
+            for start in starts:
+                for found in _upstream(targets, start, kinds):
+                    added.setdefault(address, []).append(InputSpec(key, found, "target", own.get(start)))
+    for address, specs in added.items():
+        target = targets[address]
+        target.inputs.extend(specs)
+        target.__dict__.pop("deps", None)  # a cached_property, if anything read it before
+
+
+def _upstream(targets: dict[str, TargetPlan], start: str, kinds) -> list[str]:
+    """Every valid target of `kinds` that `start` depends on, directly or not, sorted."""
+    seen, stack = set(), [start]
+    while stack:
+        address = stack.pop()
+        target = targets.get(address)
+        if target is None:
+            continue
+        for dep in target.deps:
+            if dep not in seen:
+                seen.add(dep)
+                stack.append(dep)
+    return sorted(a for a in seen if a in targets and targets[a].kind in kinds)
 
 
 def _versions(names) -> dict[str, str | None]:

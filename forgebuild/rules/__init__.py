@@ -41,6 +41,9 @@ fills in the default of a hook a module leaves out. In short:
   read the files the target names, run before a build starts (never at a cache
   hit); ``files`` maps an input key to its (project-relative, absolute) paths.
   Parse, never import: a reward function's name, a benchmark's text lengths.
+- optional ``upstream_inputs(params) -> {key path: (addresses, kinds)}``: under that key, every
+  target of one of ``kinds`` that the targets at ``addresses`` are built from, directly or not
+  (an eval's data to check for contamination); planning resolves them into ``KIND:NAME`` inputs.
 - optional ``resources(runtime) -> {"cpus", "gpus"}``, ``nodes(runtime) -> int``,
   ``join_launch(work)``, ``join_argv(launch, rank)`` and ``forge_defaults() -> {key: model}``:
   what the engine needs to place a stage (a Ray or Slurm worker's size, the machines it spans,
@@ -136,6 +139,10 @@ class Rule(Protocol):
     def check_inputs(self, params: BaseModel, files: dict) -> list[tuple[KeyPath, str]]:
         """Checks that parse (never import) the files named: key -> [(relative, absolute)] (default: none)."""
 
+    def upstream_inputs(self, params: BaseModel) -> dict[str, tuple[list[str], tuple[str, ...]]]:
+        """key -> (addresses, kinds): every target of those kinds the addresses are built from, directly or
+        not, becomes an input under the key; planning walks the graph (default: none)."""
+
     # ---- what the engine asks of a stage, from its runtime params as planned (plain JSON data)
     def forge_defaults(self) -> dict[str, type[BaseModel]]:
         """[forge] keys that are the default of a runtime param of the same name, each with the model that
@@ -165,7 +172,7 @@ class RuleHooks:
         self.isolate = bool(getattr(module, "isolate", True))
         self._hooks = {name: getattr(module, name, None) for name in
                        ("params_model", "version_of", "check", "external_inputs", "environment", "check_deps",
-                        "requires", "check_inputs", "forge_defaults", "resources", "nodes",
+                        "requires", "check_inputs", "upstream_inputs", "forge_defaults", "resources", "nodes",
                         "join_launch", "join_argv", "param_shapes")}
 
     def _call(self, name: str, default, *args):
@@ -199,6 +206,9 @@ class RuleHooks:
 
     def check_inputs(self, params: BaseModel, files: dict) -> list:
         return self._call("check_inputs", [], params, files)
+
+    def upstream_inputs(self, params: BaseModel) -> dict:
+        return self._call("upstream_inputs", {}, params)
 
     def forge_defaults(self) -> dict:
         return self._call("forge_defaults", {})
