@@ -29,3 +29,13 @@ def test_every_eval_and_release_key_is_documented():
     models = [eval_rule.Params, eval_rule.Benchmark, eval_rule.Generation, release.Params]
     missing = sorted(f"{m.__name__}.{key}" for m in models for key in m.model_fields if f"`{key}`" not in text)
     assert missing == []
+
+
+def test_every_generate_key_is_documented():
+    from forgebuild.rules import generate
+    from forgebuild.rules.synth.prompts import Range, Template
+
+    text = open(os.path.join(os.path.dirname(DOC), "generate.md"), encoding="utf-8").read()
+    models = [generate.Params, generate.Sampling, Template, Range]
+    missing = sorted(f"{m.__name__}.{key}" for m in models for key in m.model_fields if f"`{key}`" not in text)
+    assert missing == []
