@@ -63,3 +63,24 @@ def test_every_declared_key_is_a_reference_of_the_recipe(name):
         return
     assert isinstance(declared, Deps)
     assert set(declared.kinds) <= set(module.Params.model_fields), name
+
+
+@pytest.mark.parametrize("recipe, key, shape, ok", [
+    ("sft", "data", "prompt_completion", True), ("sft", "data", "samples", True), ("sft", "data", "preference", False),
+    ("dpo", "data", "preference", True), ("dpo", "data", "prompts", False), ("reward", "data", "preference", True),
+    ("grpo", "prompts", "prompts", True), ("online-dpo", "prompts", "prompts", True),
+    ("grpo", "prompts", "prompt_completion", False),
+])
+def test_a_curate_target_is_data_of_the_format_its_shape_makes(lab, recipe, key, shape, ok):
+    """Where a recipe takes a dataset it takes a curate target; its shape is checked as a declared format."""
+    lab.write("data/sft.jsonl", '{"prompt": "1+1=", "completion": "2"}\n')
+    rewards = 'rewards = ["exact"]\n' if key == "prompts" else ""
+    text = PROJECT + (f'\n[curate.c]\nsamples = "data/sft.jsonl"\nshape = "{shape}"\n\n'
+                      f'[model.m]\nrecipe = "{recipe}"\nbase = "model:p"\n{key} = "curate:c"\n{rewards}')
+    if ok:
+        assert "curate:c" in lab.plan(text).targets["model:m"].deps
+        return
+    with pytest.raises(ForgefileError) as e:
+        lab.plan(text)
+    fmt = "prompt_completion" if shape == "samples" else shape
+    assert f"key '{key}': curate:c is a '{fmt}' dataset; recipe \"{recipe}\" trains on" in str(e.value)
