@@ -1,8 +1,9 @@
 """Rewards of the QSL benchmark: GRPO trains on them (model:rl) and eval:quant scores the held-out tasks
 with the same functions. Each is called with the prompts, the completions and the task's `answer` (the
 value the program must compute) and returns one number per completion. A program reads the request's
-fields by name: `pnl qty=3 entry=10 exit=12` binds qty, entry and exit. Editing this file retrains
-model:rl and re-scores eval:quant (nothing else)."""
+fields by name: `pnl qty=3 entry=10 exit=12` binds qty, entry and exit. The rejection-sampling rounds
+verify their programs with `computes` too (curate:round1, curate:round2). Editing this file retrains
+model:rl, re-scores eval:quant and re-judges the rounds' cached programs."""
 import re
 
 OPS = {"ADD": lambda a, b: a + b, "SUB": lambda a, b: a - b, "MUL": lambda a, b: a * b, "DIV": lambda a, b: a / b}
