@@ -171,6 +171,8 @@ def read_samples(ctx) -> list[dict]:
     label = ctx.params.samples
     if os.path.isdir(path):
         path, label = os.path.join(path, "samples.jsonl"), f"{label}/samples.jsonl"
+        if not os.path.isfile(path):
+            raise ctx.bad_input(f"{ctx.params.samples} has no samples.jsonl: it is not a generate target's output")
     try:
         with open(path, "rb") as f:
             text = decode(f.read(), label)
