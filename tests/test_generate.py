@@ -98,3 +98,41 @@ def test_a_killed_generation_resumes_after_its_last_batch_and_matches_any_batchi
     other.forgefile(tinylab.imported_base(tiny_base) + forgefile(NAMES, batch_size=7))
     assert metrics(other.events("generate:code"))["model_calls"] == 5
     assert samples(other) == samples(p)
+
+
+VERIFY = '''
+def short(prompts, completions, name, **_):
+    return [len(c) <= 10 + len(n) for c, n in zip(completions, name)]
+
+
+def has_e(prompts, completions, **_):
+    return ["" if "e" in c else "no letter e" for c in completions]
+'''
+
+
+def test_changing_only_a_verifier_calls_no_model(project, tiny_base):
+    """generate -> curate: the verifiers are the curate target's, so a changed verifier rebuilds it alone and
+    the samples come from the generate target's cache entry (no model loaded, no sample made)."""
+    p = project
+    p.write("verify.py", VERIFY)
+    curate = '\n[curate.code]\nsamples = "generate:code"\nverify = ["verify.py:short"]\nshape = "samples"\n'
+    p.forgefile(tinylab.imported_base(tiny_base) + forgefile(NAMES[:6], n=4) + curate)
+    events = p.events("curate:code")
+    assert metrics(events)["generated"] == 24
+    stats = json.loads(p.read(os.path.join(p.run("path", "curate:code").stdout.strip(), "stats.json")))
+    assert stats["samples"] == 24
+
+    p.forgefile(tinylab.imported_base(tiny_base) + forgefile(NAMES[:6], n=4)
+                + curate.replace('["verify.py:short"]', '["verify.py:has_e"]'))
+    events = p.events("curate:code")
+    built = {e["target"] for e in events if e.get("event") == "built"}
+    assert built == {"curate:code"}, built  # generate:code is a cache hit: zero generation calls
+    summary = {t["target"]: t["action"] for t in events[-1]["targets"]}
+    assert summary["generate:code"] == "cached"
+    folder = p.run("path", "curate:code").stdout.strip()
+    rejected = [json.loads(line) for line in open(os.path.join(folder, "rejected.jsonl"), encoding="utf-8")]
+    kept = [json.loads(line) for line in open(os.path.join(folder, "train.jsonl"), encoding="utf-8")]
+    assert len(rejected) + len(kept) == 24
+    assert rejected and kept
+    assert all("e" not in r["completion"] and "no letter e" in " ".join(r["reasons"]) for r in rejected)
+    assert all("e" in r["completion"] for r in kept)
