@@ -147,11 +147,12 @@ def test_bad_samples_are_named_by_file_and_line(project):
     assert "samples.jsonl:3: a sample needs completion" in proc.stdout + proc.stderr
 
 
-def test_the_report_is_self_contained(project):
+def test_the_report_is_self_contained(project, no_torch_env):
+    """...and a curate build without a reward-model verifier never imports the ML stack."""
     write_samples(project, generation())
     project.write("verifiers.py", VERIFIERS)
     project.forgefile(CURATE)
-    project.run("curate:sums")
+    project.run("curate:sums", env=no_torch_env)
     page = read(project, "curate:sums", "report.html")
     assert "<script" not in page and "<link" not in page
     assert not re.search(r"(src|href)=\"(?!data:|#)", page) and "http://" not in page and "https://" not in page
