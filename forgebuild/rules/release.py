@@ -27,6 +27,7 @@ import uuid
 from pydantic import BaseModel, ConfigDict, Field
 
 from forgebuild.planning.plan import ADDRESS
+from forgebuild.rules.eval.contamination import is_metric
 from forgebuild.rules.eval.gate import stated
 
 version = "1"
@@ -133,13 +134,30 @@ def model_card(ctx, p: Params, reports: list[dict]) -> str:
     for gate, report in zip(p.gates, reports):
         lines += [f"From `{gate}` (every gate passed):", "", "| metric | value | 95% interval |", "|---|---|---|"]
         for metric, stat in sorted(report["results"].get(p.model, {}).items()):
+            if is_metric(metric):  # a count with no interval: its own table below
+                continue
             lines.append(f"| {metric} | {fmt(stat.get('value'))} | [{fmt(stat.get('low'))}, {fmt(stat.get('high'))}] |")
         lines += ["", "| gate | condition | measured |", "|---|---|---|"]
         for g in report["gates"]:
             if g["model"] == p.model:
                 lines.append(f"| {g['metric']} | {gate_condition(g)} | {gate_measured(g)} |")
-        lines.append("")
+        lines += ["", *contamination_lines(report, p.model)]
     return "\n".join(lines)
+
+
+def contamination_lines(report: dict, model: str) -> list[str]:
+    """The eval's contamination check of the released model: the data targets it read, a rate per benchmark."""
+    section = report.get("contamination") or {}
+    found = section.get("models", {}).get(model)
+    if found is None:
+        return []
+    data = ", ".join(f"`{a}`" for a in found["data"]) or "none (no corpus, dataset or curate target in its graph)"
+    lines = [f"Contamination ({section['ngram']}-word runs shared with a benchmark prompt, or a shorter prompt "
+             f"equal to a text), data checked: {data}", "", "| benchmark | examples | contaminated | rate |",
+             "|---|---|---|---|"]
+    lines += [f"| {name} | {b['examples']} | {b['contaminated']} | {100 * b['rate']:.2f}% |"
+              for name, b in found["benchmarks"].items()]
+    return [*lines, ""]
 
 
 def gate_condition(g: dict) -> str:

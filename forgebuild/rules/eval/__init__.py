@@ -10,14 +10,18 @@
         { name = "harness", kind = "lm-eval", path = "eval/tasks", tasks = ["arith_gen"] },
     ]
     generation = { max_new_tokens = 16, stop = ["\\n"] }
-    gate = { "arith.exact_match" = ">= 0.6", "holdout.perplexity" = "<= 40" }
+    gate = { "arith.exact_match" = ">= 0.6", "holdout.perplexity" = "<= 40", contamination = "<= 0.1%" }
+    contamination = { check = true, ngram = 13 }                    # the default
 
 Each model x benchmark evaluation is cached on its own (a memo keyed by the model's
 digest, the benchmark's files and settings): adding a model to `models` evaluates
 that model only. The artifact: report.json, report.md, report.html and
 samples/MODEL/BENCHMARK.jsonl (prompt, output, reference, score per example). A
 failed gate fails the build (exit 1) but the report is kept and cached: asking
-again answers from the cache. See docs/rules/eval.md.
+again answers from the cache. Every corpus, dataset and curate target each model is
+built from is checked against the generate and choice benchmarks' prompts
+(contamination.py): `contamination` and `BENCH.contamination` are results a gate may
+hold. See docs/rules/eval.md.
 """
 from __future__ import annotations
 
@@ -28,6 +32,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from forgebuild import limits
+from forgebuild.rules.eval.contamination import CHECKED, KINDS, METRIC, is_metric
 from forgebuild.rules.eval.gate import UNSIGNED, conditions, gate_conditions, judged_models, tail_problem
 from forgebuild.planning.plan import ADDRESS
 from forgebuild.rules import runtime
@@ -84,6 +89,16 @@ class Generation(BaseModel):
     temperature: float = Field(0.0, ge=0, description="0: greedy (the default); above 0: sampling, seeded")
 
 
+class Contamination(BaseModel):
+    """`contamination = { check = true, ngram = 13 }`: each model's upstream data against the prompts."""
+    model_config = ConfigDict(extra="forbid")
+    check: bool = Field(True, description="check every corpus, dataset and curate target each model is built from "
+                                          "against the generate and choice benchmarks' prompts; false: no check")
+    ngram: int = Field(13, ge=1, le=limits.TOKENS, description=(
+        "words in a shared run that makes a prompt contaminated; a prompt shorter than this is contaminated "
+        "when a text (or a line of one) equals it"))
+
+
 class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
     models: list[str] = Field(min_length=1, description="the model targets to evaluate")
@@ -96,6 +111,9 @@ class Params(BaseModel):
     gate_models: list[str] | None = Field(None, description="the models the gates judge; default: the last of models")
     ancestors: bool = Field(False, description=(
         "also evaluate every ancestor of the models (their `base` chain), each before the first model built on it"))
+    contamination: Contamination = Field(default_factory=Contamination, description=(
+        "the check of each model's training data against the benchmarks: results `contamination` and "
+        "`BENCH.contamination`"))
     bootstrap: int = Field(1000, ge=100, le=limits.RESAMPLES, description="bootstrap resamples for the 95% intervals")
     batch_size: int = runtime(8, ge=1, le=limits.BATCH, description="examples per forward pass. Not in the key")
     threads: int = runtime(0, ge=0, le=limits.THREADS, description="CPU threads for torch; 0 means every core. Not in the key")
@@ -120,6 +138,13 @@ def inputs(params: Params) -> dict:
             if CODE.match(ref):
                 found[f"benchmarks.{i}.scorers.{j}"] = ref.rsplit(":", 1)[0]
     return found
+
+
+def upstream_inputs(params: Params) -> dict:
+    """contamination.I: every corpus, dataset and curate target models[I] is built from (planning finds them)."""
+    if not params.contamination.check:
+        return {}
+    return {f"{METRIC}.{i}": ([address], KINDS) for i, address in enumerate(params.models)}
 
 
 def environment(params: Params) -> dict:
@@ -153,6 +178,13 @@ def metric_names(params: Params) -> list[str]:
             found = FIXED_METRICS[bench.kind]
         names += [f"{bench.name}.{metric}" for metric in found]
     return names
+
+
+def contamination_names(params: Params) -> list[str]:
+    """BENCH.contamination per generate or choice benchmark, and contamination: results a gate may hold (a
+    count, with no interval to pair: no select or comparison reads them)."""
+    checked = [b.name for b in params.benchmarks if b.kind in CHECKED] if params.contamination.check else []
+    return [f"{name}.{METRIC}" for name in checked] + ([METRIC] if checked else [])
 
 
 def check(params: Params) -> list[tuple]:
@@ -220,9 +252,11 @@ def gate_problems(params: Params) -> list[tuple]:
     """Each gate's metric and conditions; a model a condition names must be evaluated (its parent and the
     ancestors are known from the other targets: see check_deps)."""
     produced = metric_names(params)
+    gated = produced + contamination_names(params)
     problems = []
     for metric, value in params.gate.items():
-        if not any(metric == name or (name.endswith(".*") and metric.startswith(name[:-1])) for name in produced):
+        if not any(metric == name or (name.endswith(".*") and metric.startswith(name[:-1])) for name in gated):
+            # the benchmarks' own metrics: every eval with a generate or choice benchmark also has contamination
             problems.append((("gate", metric), f"the eval produces no metric '{metric}'; it produces "
                                                f"{', '.join(produced)}"))
         if not conditions(value):
@@ -238,6 +272,9 @@ def gate_problems(params: Params) -> list[tuple]:
 def condition_problem(params: Params, metric: str, condition) -> str | None:
     """What is wrong with a condition that parses, seen from this eval alone (the first thing)."""
     against = condition.against
+    if condition.relative and is_metric(metric):
+        return (f"'{condition.text}': contamination is a count of this benchmark's examples, not an estimate: "
+                f"hold it against a number (\"<= 0.1%\")")
     if condition.relative and against != "parent" and against in judged_models(params):
         return f"'{condition.text}' judges {against} against itself: gate_models names it"
     if condition.relative and against != "parent" and not params.ancestors and against not in params.models:

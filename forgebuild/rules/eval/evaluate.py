@@ -24,7 +24,7 @@ def evaluate(ctx) -> None:
     per_model = {}
     for address in ctx.evaluated:
         per_model[address] = {bench.name: scored(ctx, address, bench) for bench in p.benchmarks}
-    report = assemble(ctx, per_model)
+    report = assemble(ctx, per_model, contamination_check(ctx))
     from forgebuild.rules.eval.report import training_trends, write_reports
 
     logs = {a: training_log(ctx.inputs_of(a)) for a in ctx.evaluated}
@@ -39,8 +39,9 @@ def evaluate(ctx) -> None:
     tracking.log_eval(ctx, report)  # `track`: each model's metrics to MLflow, TensorBoard (runtime only)
     failed = [g for g in report["gates"] if not g["passed"]]
     if failed:
-        ctx.log(gate_table(report["gates"]))
-        ctx.verdict(f"{len(failed)} of {len(report['gates'])} gates failed\n{gate_table(report['gates'])}")
+        named = contaminated(report, failed)
+        ctx.log(gate_table(report["gates"]) + named)
+        ctx.verdict(f"{len(failed)} of {len(report['gates'])} gates failed\n{gate_table(report['gates'])}{named}")
 
 
 def prepare(ctx) -> None:
@@ -90,6 +91,36 @@ def recorded_base(folder: str) -> tuple[str | None, str | None]:
 
 def sample_path(address: str, bench: str) -> str:
     return f"samples/{address.replace(':', '-')}/{bench}.jsonl"
+
+
+def contamination_check(ctx) -> dict:
+    """The report's `contamination` section ({} when `contamination.check` is false or no benchmark has
+    prompts): each listed model's upstream data against the prompts of the generate and choice benchmarks,
+    as many of them as are scored (`limit`)."""
+    from forgebuild.rules.eval import contamination
+
+    p = ctx.params
+    checked = [(i, b) for i, b in enumerate(p.benchmarks) if b.kind in contamination.CHECKED]
+    if not p.contamination.check or not checked:
+        return {}
+    examples = [contamination.Example(b.name, r["line"], r["prompt"])
+                for i, b in checked for r in read(ctx, b, i, b.kind, b.limit or p.limit)]
+    section = contamination.check(ctx, examples, p.contamination.ngram, [b.name for _, b in checked],
+                                  [b.name for b in p.benchmarks if b.kind not in contamination.CHECKED])
+    for address, model in section["models"].items():
+        hit = sum(b["contaminated"] for b in model["benchmarks"].values())
+        ctx.log(f"contamination of {address}: {hit} of {len(examples)} examples share a {p.contamination.ngram}-word "
+                f"run with (or, if shorter, equal) a text of {', '.join(model['data']) or 'no data target'}")
+    return section
+
+
+def contaminated(report: dict, failed: list[dict]) -> str:
+    """The contaminated examples of each model a failed contamination gate judged, for the log and the
+    verdict ("" when no such gate failed)."""
+    from forgebuild.rules.eval.contamination import is_metric, named
+
+    return "".join(f"\ncontaminated examples of {address}:\n" + "\n".join(named(report["contamination"], address))
+                   for address in sorted({g["model"] for g in failed if is_metric(g["metric"])}))
 
 
 def training_log(folder: str) -> list[dict]:
@@ -273,7 +304,9 @@ def lm_eval_scores(ctx, address, bench, index, limit):
 
 # ------------------------------------------------------------------ the report
 
-def assemble(ctx, per_model: dict) -> dict:
+def assemble(ctx, per_model: dict, contamination: dict) -> dict:
+    from forgebuild.rules.eval.contamination import results as contamination_results
+
     p = ctx.params
     results, values, gated = {}, {}, {}
     for address, benches in per_model.items():
@@ -287,6 +320,8 @@ def assemble(ctx, per_model: dict) -> dict:
                 # a gate compares a perplexity (and its loss) as a ratio of sums over the same documents
                 ratio = (found["nll"], found["tokens"]) if bench.kind == "perplexity" else None
                 gated[address][f"{bench.name}.{metric}"] = ratio or per_example
+    for address, found in contamination_results(contamination).items():  # counts: no interval, never paired
+        results[address].update(found)
     produced = sorted({m for r in results.values() for m in r})
     models = ctx.evaluated
     report = {
@@ -304,6 +339,7 @@ def assemble(ctx, per_model: dict) -> dict:
         "generation": p.generation.model_dump(mode="json"),
         "samples": {a: {b.name: sample_path(a, b.name) for b in p.benchmarks} for a in models},
         "cells": cells_of(models),  # each matrix cell's swept values, read from its address
+        **({"contamination": contamination} if contamination else {}),
     }
     report["passed"] = all(g["passed"] for g in report["gates"])
     return report
@@ -436,7 +472,8 @@ def gate_table(rows: list[dict]) -> str:
     one-sided bound."""
     table = [["gate", "model", "condition", "measured [95% interval]", "difference (bound)", "result"]]
     for g in rows:
-        measured = "none" if g["value"] is None else f"{g['value']:.4g} [{g['low']:.4g}, {g['high']:.4g}]"
+        measured = "none" if g["value"] is None else f"{g['value']:.4g}" + (
+            "" if g["low"] is None else f" [{g['low']:.4g}, {g['high']:.4g}]")  # contamination: a count
         condition = stated(g)
         paired = "" if "bound" not in g else "none" if g["bound"] is None else f"{g['diff']:+.4g} ({g['bound']:+.4g})"
         table.append([g["metric"], g["model"], condition, measured, paired, "pass" if g["passed"] else "FAIL"])

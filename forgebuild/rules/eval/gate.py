@@ -2,6 +2,7 @@
 the eval's build. Standard library only: the planning path imports this module.
 
     ">= 0.6"                      fixed: the judged model's measured value against a number
+    "<= 0.1%"                     fixed, as a percentage: "<= 0.1%" is "<= 0.001"
     "<= 0.1 * vocab"              fixed: against a multiple of the judged model's vocabulary size
     ">= model:base + 0.2 @ 95%"   relative: the one-sided 95% bound of the paired difference
     ">= parent - 0.02 @ 95%"        (judged - model:base, or judged - its parent) against the margin
@@ -24,7 +25,7 @@ VOCAB = re.compile(rf"^(?:({NUMBER})\s*\*\s*)?vocab$")
 RELATIVE = re.compile(rf"^(parent|[a-z][a-z0-9_-]*:[A-Za-z0-9_][A-Za-z0-9_.-]*)\s*(?:([-+])\s*({UNSIGNED}))?$")
 OPS = {">=": lambda v, t: v >= t, "<=": lambda v, t: v <= t, ">": lambda v, t: v > t, "<": lambda v, t: v < t,
        "==": lambda v, t: v == t}
-FORMS = ('write a number (">= 0.6"), a multiple of the vocabulary size ("<= 0.1 * vocab"), or a model with a '
+FORMS = ('write a number (">= 0.6", "<= 0.1%"), a multiple of the vocabulary size ("<= 0.1 * vocab"), or a model with a '
          'margin and a confidence (">= model:base + 0.2 @ 95%", ">= parent - 0.02 @ 95%")')
 
 
@@ -60,6 +61,8 @@ def parse_condition(text: str) -> Condition:
         rest, confidence = m.group(1), percent(text, m.group(2))
     if m := FIXED.match(rest):
         return fixed(text, op, float(m.group(1)), None, confidence)  # as before: ">= 1e999" is >= inf
+    if m := PERCENT.match(rest):  # a share (contamination, accuracy) written as people say it
+        return fixed(text, op, finite(text, m.group(1)) / 100, None, confidence)
     if m := VOCAB.match(rest):
         multiplier = finite(text, m.group(1) or "1")
         if multiplier <= 0:

@@ -13,7 +13,8 @@ each swept param, a point with its interval per cell and a line per combination
 of the other swept params; and per model a small chart of each training
 quantity its training_log.jsonl holds: the loss, DPO's reward margins and
 accuracies, GRPO's reward per reward function, total
-reward and KL). No scripts, no external URLs. Both are deterministic: the same
+reward and KL); and a Contamination table (each model's upstream data against the
+benchmarks' prompts, with the first matches). No scripts, no external URLs. Both are deterministic: the same
 report gives the same bytes (no timestamps, PNGs saved without a Software tag,
 a fixed matplotlib style).
 
@@ -33,6 +34,7 @@ import threading
 
 from forgebuild.planning.matrix import format_value
 from forgebuild.rules.eval.cells import chart, swept, sweeps
+from forgebuild.rules.eval.contamination import is_metric, named
 from forgebuild.rules.eval.gate import stated
 
 MISSING = "—"
@@ -69,6 +71,12 @@ SWEEPS_NOTE = ("Each matrix with two or more of its cells evaluated: a row per c
                "them, and each metric as value [bootstrap 95% interval] n=examples.")
 SWEEP_CHARTS = ("Each metric against each param the cells sweep (two or more values), with its 95% interval "
                 "as an error bar; a line per combination of the other swept params.")
+CONTAMINATION_NOTE = ("Every corpus, dataset and curate target each model is built from, against the prompts of the "
+                      "generate and choice benchmarks: a prompt is contaminated when it shares a run of {n} words "
+                      "with a text, or, shorter than {n} words, equals a whole text or one line of one. A count of "
+                      "these examples, not an estimate: no interval.")
+NOT_CHECKED = ("Not checked: {names} (a perplexity benchmark reads a corpus's holdout; an lm-eval benchmark's data lives "
+               "in its task folder).")
 _PLOT_LOCK = threading.Lock()   # rc_context is process-global; builds run in threads
 
 
@@ -156,6 +164,29 @@ def _metric_rows(report: dict) -> list[str]:
     return rows
 
 
+def _charted(report: dict) -> list[str]:
+    """The metrics drawn: a contamination rate is a count, shown in its table."""
+    return [m for m in _metric_rows(report) if not is_metric(m)]
+
+
+def _contamination_rows(report: dict) -> list[list[str]]:
+    """model, benchmark, examples, contaminated, rate, data checked: a row per model and checked benchmark."""
+    rows = []
+    for model, found in (report.get("contamination") or {}).get("models", {}).items():
+        data = ", ".join(found["data"]) or "none in its graph"
+        rows += [[model, name, str(b["examples"]), str(b["contaminated"]), f"{100 * b['rate']:.2f}%", data]
+                 for name, b in found["benchmarks"].items()]
+    return rows
+
+
+def _contamination_text(report: dict) -> tuple[str, str | None, dict[str, list[str]]]:
+    """(the note, what was not checked or None, model -> its matches as lines)."""
+    section = report["contamination"]
+    skipped = NOT_CHECKED.format(names=", ".join(section["skipped"])) if section.get("skipped") else None
+    return (CONTAMINATION_NOTE.format(n=section["ngram"]), skipped,
+            {model: named(section, model) for model in section["models"]})
+
+
 def _cell(report: dict, model: str, metric: str) -> dict | None:
     return report.get("results", {}).get(model, {}).get(metric)
 
@@ -225,6 +256,8 @@ def render_markdown(report: dict, training_logs: dict[str, list[dict]] | None = 
 
     out += _md_sweeps(report)
 
+    out += _md_contamination(report)
+
     out += ["", "## Comparisons", ""]
     comps = report.get("comparisons", [])
     if comps:
@@ -264,6 +297,21 @@ def render_markdown(report: dict, training_logs: dict[str, list[dict]] | None = 
         out.append("")
         out += [f"- {_md(m)} / {_md(b)}: `{p}`" for m, b, p in samples]
     return "\n".join(out) + "\n"
+
+
+def _md_contamination(report: dict) -> list[str]:
+    if not report.get("contamination"):
+        return []
+    note, skipped, matches = _contamination_text(report)
+    out = ["", "## Contamination", "", note, ""]
+    out += _md_table(["model", "benchmark", "examples", "contaminated", "rate", "data checked"],
+                     _contamination_rows(report), ["l", "l", "r", "r", "r", "l"])
+    if skipped:
+        out += ["", skipped]
+    for model, lines in matches.items():
+        if lines:
+            out += ["", f"Contaminated examples of {_md(model)}:", ""] + [f"- {_md(line)}" for line in lines]
+    return out
 
 
 def _sweep_rows(report: dict, cells: dict[str, dict]) -> tuple[list[str], list[list], list[str]]:
@@ -488,7 +536,7 @@ def sweep_charts(report: dict) -> list[tuple[str, dict[str, dict], list[dict]]]:
     """(matrix address, its cells, the data of each chart) per matrix with two or more cells evaluated:
     a chart per metric and per param with two or more values (cells.chart), metrics outermost."""
     results = report.get("results", {})
-    return [(group, cells, [data for metric in _metric_rows(report) for param in swept(cells)
+    return [(group, cells, [data for metric in _charted(report) for param in swept(cells)
                             if (data := chart(results, cells, metric, param))])
             for group, cells in sweeps(report.get("models", [])).items()]
 
@@ -624,7 +672,7 @@ def render_html(report: dict, training_logs: dict[str, list[dict]] | None) -> st
     digests = report.get("model_digests", {})
 
     with _PLOT_LOCK, matplotlib.style.context("default"), matplotlib.rc_context(_STYLE):
-        bars = [(metric, _bar_chart(report, metric)) for metric in metrics]
+        bars = [(metric, _bar_chart(report, metric)) for metric in _charted(report)]
         panels = {model: [(key, _panel_chart(training_logs.get(model) or [], key, COLORS[i % len(COLORS)]))
                           for key in _panel_keys(training_logs.get(model) or [])]
                   for i, model in enumerate(models)}
@@ -669,6 +717,7 @@ def render_html(report: dict, training_logs: dict[str, list[dict]] | None) -> st
              + "</div>")
 
     p += _html_sweeps(report, swept_charts)
+    p += _html_contamination(report)
 
     p.append("<h2>Comparisons</h2>")
     comps = report.get("comparisons", [])
@@ -712,6 +761,25 @@ def render_html(report: dict, training_logs: dict[str, list[dict]] | None) -> st
         p.append("</ul>")
     p.append("</main></body></html>")
     return "\n".join(p) + "\n"
+
+
+def _html_contamination(report: dict) -> list[str]:
+    if not report.get("contamination"):
+        return []
+    note, skipped, matches = _contamination_text(report)
+    p = ["<h2>Contamination</h2>"]
+    p.append(_html_table(["model", "benchmark", "examples", "contaminated", "rate", "data checked"],
+                         [("fail" if row[3] != "0" else "", [("", _e(row[0])), ("", _e(row[1])),
+                                                             *(("num", _e(c)) for c in row[2:5]), ("", _e(row[5]))])
+                          for row in _contamination_rows(report)], caption=note, table_id="contamination"))
+    if skipped:
+        p.append(f'<p class="note">{_e(skipped)}</p>')
+    for model, lines in matches.items():
+        if lines:
+            p.append(f'<p class="note">Contaminated examples of {_e(model)}:</p><ul class="note">')
+            p += [f"<li>{_e(line)}</li>" for line in lines]
+            p.append("</ul>")
+    return p
 
 
 def _html_sweeps(report: dict, drawn: list) -> list[str]:

@@ -1,0 +1,187 @@
+"""Benchmark contamination across the graph: each model's training data checked against the prompts
+of the benchmarks that judge it.
+
+Planning gives an eval, under `contamination.I`, every corpus, dataset and curate target that
+`models[I]` is built from, directly or not (the rule's `upstream_inputs`). Here each such artifact's
+texts are streamed once and held against the benchmarks' prompts (small): an example is contaminated
+when its prompt shares a run of `ngram` words with a text (the dataset rule's word n-grams: casefolded
+`\\w+` runs), or, for a prompt shorter than `ngram` words, when its normalised text (NFKC, whitespace
+collapsed, casefolded) equals a whole text or one line of one. Each artifact's result is a memo keyed
+by its digest, the prompts and `ngram`: a second model on the same corpus, or a rebuild after a
+benchmark-free change, reads nothing again.
+
+Standard library, and pyarrow inside functions: no torch, so planning may import the constants.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+
+from forgebuild.rules.dataset import WORD, _grams, _normal, _strings
+
+KINDS = ("corpus", "dataset", "curate")  # the targets whose texts a model may have learnt a benchmark from
+CHECKED = ("generate", "choice")  # benchmarks with prompts; perplexity and lm-eval are left out (docs say why)
+SHOWN = 20  # matches listed per benchmark in report.md and report.html; report.json keeps them all
+METRIC = "contamination"
+
+
+@dataclass(frozen=True)
+class Example:
+    bench: str
+    line: int  # the benchmark file's line
+    prompt: str
+
+
+def is_metric(name: str) -> bool:
+    """`contamination` or `BENCH.contamination`: a count of this benchmark, with no interval."""
+    return name == METRIC or name.endswith("." + METRIC)
+
+
+def exact_key(text: str) -> str:
+    return _normal(text).casefold()
+
+
+class Prompts:
+    """The benchmarks' prompts as the checks read them: n-gram -> examples, and short prompt -> examples."""
+
+    def __init__(self, examples: list[Example], ngram: int):
+        self.examples, self.ngram = examples, ngram
+        self.grams: dict[tuple, list[int]] = {}
+        self.exact: dict[str, list[int]] = {}
+        for i, example in enumerate(examples):
+            if len(WORD.findall(example.prompt)) >= ngram:
+                for gram in set(_grams(example.prompt, ngram)):
+                    self.grams.setdefault(gram, []).append(i)
+            elif key := exact_key(example.prompt):
+                self.exact.setdefault(key, []).append(i)
+
+    @property
+    def digest(self) -> str:
+        text = json.dumps([[asdict(e) for e in self.examples], self.ngram], ensure_ascii=False)
+        return hashlib.sha256(text.encode()).hexdigest()
+
+    def hits(self, text: str):
+        """(example index, how) for each prompt this text holds."""
+        if self.grams:
+            for gram in _grams(text, self.ngram):
+                for i in self.grams.get(gram, ()):
+                    yield i, f"{self.ngram}-gram"
+        if self.exact:
+            for piece in {text, *text.splitlines()}:
+                for i in self.exact.get(exact_key(piece), ()):
+                    yield i, "exact prompt"
+
+
+# ------------------------------------------------------------------ one artifact's texts
+
+def texts(folder: str):
+    """(file, where, text) for every text of a data artifact: a dataset's or curate's splits (as its
+    dataset.json names them: each string of each record, a message's role left out), else a corpus's
+    train and holdout Parquet shards (each document), streamed a batch at a time."""
+    meta = os.path.join(folder, "dataset.json")
+    if os.path.isfile(meta):
+        yield from _record_texts(folder, meta)
+    else:
+        yield from _corpus_texts(folder)
+
+
+def _record_texts(folder: str, meta: str):
+    from forgebuild.rules.rows import read_records
+
+    with open(meta, encoding="utf-8") as f:
+        splits = json.load(f)["splits"]
+    for _, split in sorted(splits.items()):
+        for line, record in read_records(os.path.join(folder, split["path"])):
+            for text in _strings(record):
+                yield split["path"], f"line {line}", text
+
+
+def _corpus_texts(folder: str):
+    import pyarrow.parquet as pq
+
+    for part in ("train", "holdout"):
+        shards = os.path.join(folder, part)
+        for name in sorted(os.listdir(shards)) if os.path.isdir(shards) else []:
+            if not name.endswith(".parquet"):
+                continue
+            for batch in pq.ParquetFile(os.path.join(shards, name)).iter_batches(columns=["text", "id"]):
+                for text, doc in zip(batch.column("text").to_pylist(), batch.column("id").to_pylist()):
+                    yield f"{part}/{name}", f"document {doc}", text or ""
+
+
+def scan(folder: str, prompts: Prompts) -> dict[int, dict]:
+    """Example index -> where its first match in this artifact is: {file, where, how}."""
+    found: dict[int, dict] = {}
+    for file, where, text in texts(folder):
+        for i, how in prompts.hits(text):
+            found.setdefault(i, {"file": file, "where": where, "how": how})
+    return found
+
+
+def scanned(ctx, folder: str, digest: str, prompts: Prompts) -> dict[int, dict]:
+    """scan(), as a memo keyed by the artifact's digest and the prompts' (so by `ngram` too)."""
+    def produce(out: str) -> None:
+        with open(os.path.join(out, "matches.json"), "w", encoding="utf-8") as f:
+            json.dump({str(i): m for i, m in sorted(scan(folder, prompts).items())}, f, sort_keys=True)
+
+    memo = ctx.memo("contamination", {"artifact": digest, "prompts": prompts.digest}, produce)
+    with open(os.path.join(memo, "matches.json"), encoding="utf-8") as f:
+        return {int(i): m for i, m in json.load(f).items()}
+
+
+# ------------------------------------------------------------------ per model
+
+def check(ctx, examples: list[Example], ngram: int, benches: list[str], skipped: list[str]) -> dict:
+    """The report's `contamination` section: per listed model, the data targets of its closure, and per
+    checked benchmark its examples, the contaminated ones and their rate, with every match."""
+    prompts = Prompts(examples, ngram)
+    models = {}
+    for i, address in enumerate(ctx.params.models):
+        data = sorted((item["address"], item["digest"], item["path"])
+                      for item in ctx.sources.get(f"{METRIC}.{i}", []))
+        first: dict[int, dict] = {}
+        for source, digest, folder in data:
+            for j, match in scanned(ctx, folder, digest, prompts).items():
+                first.setdefault(j, {"address": source, **match})
+        models[address] = {"data": [a for a, _, _ in data], "benchmarks": _per_benchmark(examples, first, benches)}
+    return {"ngram": ngram, "kinds": list(KINDS), "skipped": skipped, "models": models}
+
+
+def _per_benchmark(examples: list[Example], first: dict[int, dict], benches: list[str]) -> dict:
+    found = {name: {"examples": 0, "contaminated": 0, "rate": 0.0, "matches": []} for name in benches}
+    for i, example in enumerate(examples):
+        entry = found[example.bench]
+        entry["examples"] += 1
+        if i in first:
+            entry["contaminated"] += 1
+            entry["matches"].append({"line": example.line, "prompt": example.prompt, **first[i]})
+    for entry in found.values():
+        entry["rate"] = entry["contaminated"] / entry["examples"] if entry["examples"] else 0.0
+    return found
+
+
+def results(section: dict) -> dict[str, dict[str, dict]]:
+    """model -> {`contamination`, `BENCH.contamination`: {value, n}}: the share of the checked examples
+    that are contaminated. A count of these examples, not an estimate of a larger population: no interval."""
+    found = {}
+    for address, model in section.get("models", {}).items():
+        benches = model["benchmarks"]
+        total = sum(b["examples"] for b in benches.values())
+        hit = sum(b["contaminated"] for b in benches.values())
+        found[address] = {METRIC: {"value": hit / total if total else 0.0, "n": total},
+                          **{f"{name}.{METRIC}": {"value": b["rate"], "n": b["examples"]} for name, b in benches.items()}}
+    return found
+
+
+def named(section: dict, address: str, limit: int = SHOWN) -> list[str]:
+    """One line per contaminated example of a model (the first `limit` of each benchmark): what the
+    log and the reports list."""
+    lines = []
+    for name, bench in section["models"].get(address, {}).get("benchmarks", {}).items():
+        lines += [f"{name} line {m['line']} {m['prompt']!r}: {m['how']} in {m['address']} {m['file']} "
+                  f"({m['where']})" for m in bench["matches"][:limit]]
+        if len(bench["matches"]) > limit:
+            lines.append(f"{name}: {len(bench['matches']) - limit} more in report.json")
+    return lines
