@@ -444,3 +444,13 @@ def toml_list(tables: list[dict]) -> str:
         return json.dumps(v)
 
     return "[" + ", ".join(value(t) for t in tables) + "]"
+
+
+def test_every_curate_key_and_verifier_key_is_documented():
+    from forgebuild.rules import curate
+
+    doc = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                       "docs", "rules", "curate.md")
+    text = open(doc, encoding="utf-8").read()
+    keys = [*curate.Params.model_fields, *(f.alias or name for name, f in Verifier.model_fields.items())]
+    assert [key for key in keys if f"`{key}`" not in text] == []
