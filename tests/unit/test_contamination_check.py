@@ -1,6 +1,7 @@
 """The contamination check in process: planning's `upstream_inputs` (each eval gets the corpora and datasets
 its models are built from), n-grams and short prompts' exact matches, a line of a corpus document, Parquet
-shards streamed a batch at a time, and the gate that takes a percentage."""
+shards streamed a batch at a time, the rates and the lines naming each match (the gate's percentage:
+test_gate.py)."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,6 @@ import pytest
 
 from forgebuild.errors import ForgefileError
 from forgebuild.rules.eval.contamination import Example, Prompts, named, results, scan
-from forgebuild.rules.eval.gate import GateError, parse_condition
 from unitlab import lab  # noqa: F401  (a fixture)
 
 CHAIN = """
@@ -89,13 +89,6 @@ def test_check_false_asks_for_nothing_and_a_relative_contamination_gate_is_an_er
     assert [(p.line, p.key, p.message) for p in e.value.problems] == [
         (44, "gate.contamination", "'<= model:imported + 0.01 @ 95%': contamination is a count of this benchmark's "
                                    "examples, not an estimate: hold it against a number (\"<= 0.1%\")")]
-
-
-def test_a_percentage_is_a_fixed_threshold():
-    assert parse_condition("<= 0.1%").number == pytest.approx(0.001)
-    assert parse_condition(">= 60 %").number == pytest.approx(0.6) and not parse_condition(">= 60%").relative
-    with pytest.raises(GateError, match="drop the '@'"):
-        parse_condition("<= 0.1% @ 95%")
 
 
 EXAMPLES = [Example("long", 1, "the quick brown fox jumps over the lazy dog near the river bank today"),

@@ -1,7 +1,8 @@
 """An eval's gates: conditions parsed from generated text (every malformed one gets one message naming
 its key), the paired no-regression gate that catches a 5-point drop on 1,000 examples a fixed tolerance
 lets through, a real gain passing a margin, perplexity against the base and the vocabulary, and the
-planner's checks that a compared model (a parent, an ancestor) is evaluated."""
+planner's checks that a compared model (a parent, an ancestor) is evaluated; a fixed threshold as a
+percentage ("<= 0.1%": contamination)."""
 from __future__ import annotations
 
 import math
@@ -66,6 +67,21 @@ def test_generated_fixed_and_vocabulary_conditions(op, number, space, vocab):
     else:
         condition = parse_condition(f"{space}{op}{space}{number!r}{space}")
         assert (condition.op, condition.number, condition.against, condition.relative) == (op, number, None, False)
+
+
+@given(st.sampled_from([">=", "<=", ">", "<", "=="]), NUMBER, SPACE)
+def test_a_fixed_threshold_may_be_a_percentage(op, number, space):
+    condition = parse_condition(f"{op}{space}{number!r}{space}%")
+    assert (condition.op, condition.against, condition.relative) == (op, None, False)
+    assert condition.number == pytest.approx(number / 100, rel=1e-12, abs=1e-300)
+    assert parse_condition("<= 0.1%").number == pytest.approx(0.001)
+    with pytest.raises(GateError, match="drop the '@'"):
+        parse_condition(f"{op} {number!r}% @ 95%")
+    # contamination: a count of the benchmark's examples, held against a number only
+    assert [m for _, m in eval_rule.gate_problems(params(
+        {"contamination": ["<= 0.1%", "<= parent + 0.01 @ 95%"], "arith.contamination": "== 0"}))] == [
+        "'<= parent + 0.01 @ 95%': contamination is a count of this benchmark's examples, not an estimate: hold it "
+        "against a number (\"<= 0.1%\")"]
 
 
 VALID = [">= 0.6", "<= 0.1 * vocab", ">= model:base + 0.2 @ 95%", ">= parent - 0.02 @ 95%", "<= parent - 50 @ 99%"]
