@@ -403,3 +403,68 @@ def test_generated_matrices_searches_and_records_plan_or_say_where(project, case
         with open(path, "w", encoding="utf-8") as f:
             f.write(record)
     check_outcome(*forge(project, forgefile, "-n"), forgefile + f"\n--- record:\n{record}", codes=(0, 2))
+
+
+# ------------------------------------------------------------------ generated generate tables and prompt files
+
+VAR_VALUES = st.one_of(st.lists(SCALARS, max_size=3), st.fixed_dictionaries({"range": st.lists(SCALARS, max_size=4)}),
+                       SCALARS)
+GENERATE_KEYS = {
+    "model": st.sampled_from(["model:m", "model:nope", "run:p", "", "m"]),
+    "prompts": st.sampled_from(["data/arith/prompts.jsonl", "dataset:d", "run:p", "nope.jsonl", "", "model:m"]),
+    "template": st.one_of(st.fixed_dictionaries({"text": st.one_of(st.sampled_from(["{a}+{b}=", "{a", "{}", "{0}",
+                                                                                    "{a.b}", "{c}", "x"]), TEXT),
+                                                 "vars": st.dictionaries(st.sampled_from(["a", "b", "", "0"]),
+                                                                         VAR_VALUES, max_size=3)},
+                                                optional={"sample": SCALARS}), SCALARS),
+    "split": st.one_of(st.sampled_from(["train", "r1", ""]), SCALARS),
+    "prompt_field": st.one_of(st.sampled_from(["prompt", "question", ""]), SCALARS),
+    "n": SCALARS,
+    "sampling": st.one_of(st.dictionaries(st.sampled_from(["temperature", "top_p", "max_new_tokens", "stop", "x"]),
+                                          st.one_of(SCALARS, st.lists(SCALARS, max_size=2)), max_size=3), SCALARS),
+    "chat_template": st.one_of(st.sampled_from(["auto", True, False, "yes"]), SCALARS),
+    "seed": SCALARS,
+    "engine": st.sampled_from(["transformers", "vllm", "tgi", ""]),
+    "batch_size": SCALARS,
+}
+
+
+@st.composite
+def generate_table(draw):
+    keys = draw(st.lists(st.sampled_from(sorted(GENERATE_KEYS)), unique=True, max_size=len(GENERATE_KEYS)))
+    body = {k: draw(GENERATE_KEYS[k]) for k in keys}
+    return render({"model": {"m": {"recipe": "import", "path": "weights"}}, "run": {"p": {"cmd": "true"}},
+                   "dataset": {"d": {"source": "data/arith/prompts.jsonl"}}, "generate": {"g": body}})
+
+
+@settings(max_examples=150, **SETTINGS)
+@given(forgefile=generate_table())
+def test_generated_generate_tables_plan_or_say_where(project, forgefile):
+    os.makedirs(os.path.join(project, "weights"), exist_ok=True)
+    check_outcome(*forge(project, forgefile, "-n"), forgefile, codes=(0, 2))
+
+
+PROMPT_VALUES = st.one_of(TEXT, st.just(""), st.just("  "), st.integers(), st.none(), st.lists(TEXT, max_size=2),
+                          st.lists(st.fixed_dictionaries({"role": st.sampled_from(["user", "bot", 3]),
+                                                          "content": st.one_of(TEXT, st.integers())}), max_size=2))
+
+
+@settings(max_examples=150, **SETTINGS)
+@given(rows=st.lists(st.one_of(st.fixed_dictionaries({"prompt": PROMPT_VALUES}, optional={"answer": SCALARS}),
+                               st.dictionaries(st.sampled_from(["question", "answer"]), SCALARS, max_size=2)),
+                     min_size=1, max_size=4))
+def test_generated_prompt_rows_are_read_or_named_by_line(tmp_path_factory, rows):
+    """What a generate target reads from a prompts file: each row taken whole, or the first bad one named by
+    file and line (the build says it as bad input, exit 2)."""
+    from forgebuild.rules.synth.prompts import PromptError, prompt_problem, record_rows
+
+    path = str(tmp_path_factory.mktemp("prompts") / "p.jsonl")
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("".join(json.dumps(row) + "\n" for row in rows))
+    bad = next((i for i, row in enumerate(rows) if "prompt" not in row or prompt_problem(row["prompt"])), None)
+    try:
+        found = record_rows([("p.jsonl", path)], "prompt")
+    except PromptError as e:
+        assert bad is not None and str(e).startswith(f"p.jsonl:{bad + 1}: "), (rows, str(e))
+    else:
+        assert bad is None and [r["prompt"] for r in found] == [row["prompt"] for row in rows]

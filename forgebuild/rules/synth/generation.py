@@ -54,9 +54,9 @@ def generate(ctx) -> None:
 def prompt_rows(ctx, seed: int) -> list[dict]:
     """{"prompt", "columns"} of every prompt, in order."""
     p = ctx.params
-    if p.template is not None:
-        return template_rows(p.template, seed)
     try:
+        if p.template is not None:
+            return template_rows(p.template, seed)
         if ":" in p.prompts:  # a dataset or curate target: its splits
             rows = record_rows(target_files(p.prompts, ctx.inputs["prompts"], p.split), "prompt")
         else:

@@ -59,10 +59,9 @@ def template_problems(template: Template, key: str = "template") -> list[tuple[s
     except ValueError as e:
         return [(f"{key}.text", f"not a format string: {e} (write a literal brace as {{{{ or }}}})")]
     for name in dict.fromkeys(fields):
-        base = name.split(".")[0].split("[")[0]
-        if not base or base.isdigit():
-            problems.append((f"{key}.text", f"field {{{name}}} has no name: write {{a}} and give a in vars"))
-        elif base not in template.vars:
+        if not name.isidentifier():
+            problems.append((f"{key}.text", f"field {{{name}}}: write a variable's name alone, e.g. {{a}}"))
+        elif name not in template.vars:
             known = ", ".join(template.vars) or "none"
             problems.append((f"{key}.text", f"field {{{name}}} names no variable (vars: {known})"))
     for name in template.vars:
@@ -71,6 +70,12 @@ def template_problems(template: Template, key: str = "template") -> list[tuple[s
     if not problems and template.sample is not None and template.sample > template.count():
         problems.append((f"{key}.sample", f"sample = {template.sample} is more than the {template.count()} "
                                           f"combinations of the variables"))
+    if not problems:  # a format spec the values cannot take ("{a:d}" with a string): said now, not mid-build
+        first = {name: template.values(name)[0] for name in template.vars}
+        try:
+            template.text.format(**first)
+        except (ValueError, TypeError) as e:
+            problems.append((f"{key}.text", f"cannot be filled with {first}: {e}"))
     return problems
 
 
@@ -90,7 +95,10 @@ def template_rows(template: Template, seed: int) -> list[dict]:
             index, digit = divmod(index, size)
             picked[name] = template.values(name)[digit]
         columns = {name: picked[name] for name in names}
-        rows.append({"prompt": template.text.format(**columns), "columns": columns})
+        try:
+            rows.append({"prompt": template.text.format(**columns), "columns": columns})
+        except (ValueError, TypeError) as e:  # a spec one value cannot take ("{a:d}" with a and "x")
+            raise PromptError(f"template: the prompt of {columns} cannot be made: {e}") from None
     return rows
 
 
