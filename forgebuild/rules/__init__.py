@@ -52,12 +52,14 @@ fills in the default of a hook a module leaves out. In short:
 
 The rules layer: this registry (which planning uses to validate) and one module per rule: ``run``,
 the data rules (``corpus``, ``dataset``, ``tokenizer``, ``tokens``, ``release``, with ``rows`` to
-read data rows), ``model/`` (the rule in its ``__init__``, a module per recipe) and ``eval/`` (the
-rule and its harness). A rule module may import the base, planning's ``plan`` (addresses) and
+read data rows), ``model/`` (the rule in its ``__init__``, a module per recipe), ``eval/`` (the
+rule and its harness), ``search``, and the synthetic-data rules ``generate`` and ``curate`` (their
+parts in ``synth/``). A rule module may import the base, planning's ``plan`` (addresses) and
 other rule modules; never the engine, the store or the command line (a build gets what it needs
 through its ``ctx``). At module level it imports no ML stack: planning imports it to validate.
 Build-only modules (model's ``training``, ``packed``, ``offset_dpo``; eval's ``evaluate``,
-``harness``, ``report``, ``scoring``) are imported inside ``build`` and may import torch at the top.
+``harness``, ``report``, ``scoring``; synth's ``sampling``, ``vllm_engine``, ``reward_scores``) are
+imported inside ``build`` and may import torch at the top.
 """
 from __future__ import annotations
 
