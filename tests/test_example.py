@@ -74,7 +74,12 @@ def assert_it_learned(report: dict, vocab: int) -> None:
     assert margins["last"] > margins["first"] and trends["model:dpo-v2"]["rewards/accuracies"]["last"] > 0.5
     assert reward["last"] > reward["first"]
     assert report["passed"] and {g["condition"] for g in report["gates"]} == {
-        ">= model:base + 0.5 @ 95%", ">= parent - 0.1 @ 95%"}
+        ">= model:base + 0.5 @ 95%", ">= parent - 0.1 @ 95%", "<= 0.1%"}
+    # the held-out digit sets were designed so: no sum of the benchmark is in any data the model was built from
+    checked = report["contamination"]["models"]["model:rl-v3"]
+    assert checked["data"] == ["corpus:counting", "dataset:sums-pref", "dataset:sums-prompts", "dataset:sums-sft"]
+    assert report["results"]["model:rl-v3"]["contamination"] == {"value": 0.0, "n": 500}
+    assert all(not r.get("contamination", {}).get("value") for r in report["results"].values())
 
 
 def test_the_learn_preset_is_the_examples_pipeline():
