@@ -139,7 +139,7 @@ def check(ctx, examples: list[Example], ngram: int, benches: list[str], skipped:
     prompts = Prompts(examples, ngram)
     models = {}
     for i, address in enumerate(ctx.params.models):
-        data = sorted((item["address"], item["digest"], item["path"])
+        data = sorted((item["address"], item["digest"], os.path.join(ctx.project_dir, item["path"]))
                       for item in ctx.sources.get(f"{METRIC}.{i}", []))
         first: dict[int, dict] = {}
         for source, digest, folder in data:
