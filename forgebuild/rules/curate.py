@@ -57,10 +57,9 @@ def inputs(params: Params) -> dict:
 
 
 def requires(params: Params) -> dict[str, str]:
-    """numpy for the stats' bootstrap (with the `data` extra's transformers); jsonschema (the `synth`
-    extra) only when a json verifier is used."""
+    """numpy for the stats' bootstrap, and jsonschema when a json verifier is used (the `synth` extra)."""
     json_schema = {"jsonschema": "synth"} if any(v.kind == "json" for v in params.verify) else {}
-    return {"numpy": "data", **json_schema}
+    return {"numpy": "synth", **json_schema}
 
 
 def environment(params: Params) -> dict:
