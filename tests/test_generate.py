@@ -49,6 +49,7 @@ def test_a_model_generates_and_new_prompts_generate_only_their_samples(project, 
                and s["finish"] in ("stop", "eos", "length") for s in before)
     assert len({s["key"] for s in before}) == 10 and len({s["completion"] for s in before}) > 5  # sampled, not greedy
 
+    p.run("gc", "--grace", "0")  # the samples' cache entries are the target's: gc keeps them
     p.forgefile(tinylab.imported_base(tiny_base) + forgefile(NAMES))  # 10 more prompts
     second = metrics(p.events("generate:code"))
     assert second == {**second, "samples": 30, "generated": 10 * 2, "cached": 10}
