@@ -54,6 +54,12 @@ runtime key, a second target with launch = { processes = N } and N x the batch (
 same micro-batch per GPU) is built and its scaling printed; otherwise the script says
 the figure needs that feature and skips it.
 
+Generation (issue 15): after training, `generate` targets sample from the first trained model:
+1024 prompts x n = 4, 64 new tokens, temperature 1, batches of 256, with engine = "transformers" on
+the same device, and with engine = "vllm" when vLLM imports; their build records' samples/s, and a
+check that both keep the outputs contract (every sample present, `finish` one of stop, eos,
+length). The two engines' samples are not compared byte for byte: they are not meant to agree.
+
 While the model stage runs, nvidia-smi is sampled every 500 ms (peak memory used,
 median utilisation): the evidence that the stage ran on the GPU at all, since
 forgebuild's `device = "cuda"` falls back to the CPU without a word when torch
@@ -462,6 +468,42 @@ def one_gpu_env(env: dict) -> dict:
     return {**env, "CUDA_VISIBLE_DEVICES": first}
 
 
+# ---------------------------------------------------------------- generation (issue 15)
+
+GENERATE = """
+[generate.{name}]
+model = "{model}"
+template = {{ text = "def f{{i}}(x):\\n    return", vars = {{ i = {{ range = [0, {prompts}] }} }} }}
+n = 4
+sampling = {{ temperature = 1.0, max_new_tokens = 64 }}
+engine = "{engine}"
+batch_size = 256
+device = "{device}"
+"""
+
+
+def generation(lab: str, env: dict, model: str, device: str, prompts: int) -> list[list]:
+    """Build a generate target per engine on the trained model; (engine, samples/s, samples, contract)."""
+    engines = ["transformers"]
+    if subprocess.run([sys.executable, "-c", "import vllm"], env=env, capture_output=True).returncode == 0:
+        engines.append("vllm")
+    with open(os.path.join(lab, "Forgefile.toml"), "a", encoding="utf-8") as f:
+        for engine in engines:
+            f.write(GENERATE.format(name=f"gen-{engine}", model=model, prompts=prompts, engine=engine,
+                                    device="cuda" if device == "cuda" else "cpu"))
+    rows = []
+    for engine in engines:
+        target = f"generate:gen-{engine}"
+        r = build(lab, target, env)
+        found = record(lab, env, target)["metrics"]
+        with open(os.path.join(path_of(lab, env, target), "samples.jsonl"), encoding="utf-8") as f:
+            samples = [json.loads(line) for line in f]
+        kept = len(samples) == prompts * 4 and all(s["finish"] in ("stop", "eos", "length") for s in samples)
+        rows.append([engine, f"{found.get('samples_per_s', 0):,.0f}", f"{found['generated']:,}", f"{r['wall']:.1f} s",
+                     "kept" if kept else "BROKEN"])
+    return rows
+
+
 # ---------------------------------------------------------------- main
 
 def main() -> None:
@@ -593,6 +635,11 @@ def main() -> None:
         extras = child_json([sys.executable, "-c", EXTRAS, model_dir, tokens_dir, str(a.batch), a.device,
                              str(a.threads or 0)], single_env, "the checkpoint and loader measurement")
         phases.append(("checkpoint + loader", time.perf_counter() - t, "a checkpoint written twice, 20 batches loaded"))
+        t = time.perf_counter()
+        generated = generation(lab, single_env, first, a.device, 64 if a.cpu_smoke else 1024)
+        phases.append(("generation", time.perf_counter() - t, ", ".join(row[0] for row in generated)))
+        print("\ngeneration (generate targets on " + first + "): samples/s from the build record")
+        print(table(generated, ["engine", "samples/s", "samples", "build", "outputs contract"]), flush=True)
 
     total = time.perf_counter() - began
     report(a, probe, cfg, logged, meta, runs, extras, phases, total, multi)
