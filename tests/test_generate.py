@@ -137,3 +137,11 @@ def test_changing_only_a_verifier_calls_no_model(project, tiny_base):
     assert rejected and kept
     assert all("e" not in r["completion"] and "no letter e" in " ".join(r["reasons"]) for r in rejected)
     assert all("e" in r["completion"] for r in kept)
+
+
+def test_planning_a_generation_imports_no_ml_stack(project, tiny_base, no_torch_env):
+    p = project
+    p.forgefile(tinylab.imported_base(tiny_base) + forgefile(NAMES[:3])
+                + '\n[curate.c]\nsamples = "generate:code"\nverify = [{ kind = "length", max_chars = 9 }]\n')
+    assert "generate:code" in p.run("status", env=no_torch_env).stdout
+    assert "3 to build" in p.run("-n", env=no_torch_env).stdout
