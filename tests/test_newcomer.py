@@ -128,8 +128,9 @@ def _contaminated(root: str) -> None:
 def test_an_ngram_longer_than_every_benchmark_text_is_an_error(project, no_torch_env):
     _contaminated(project.root)
     project.forgefile(DECONTAMINATE)  # ngram defaults to 13; the prompts have 5 words
+    dry = project.run("-n", expect=2, env=no_torch_env)  # a dry run says it too, before anything is built
     proc = project.run(expect=2, env=no_torch_env)
-    assert proc.stderr == ("Forgefile.toml:2: error: dataset:sft: key 'ngram': ngram = 13 is longer than every "
+    assert dry.stderr == proc.stderr == ("Forgefile.toml:2: error: dataset:sft: key 'ngram': ngram = 13 is longer than every "
                            "text of bench.jsonl (the longest has 5 words): decontamination could remove no copy of "
                            "it; set ngram = 5 or less\n")
     project.forgefile(DECONTAMINATE + "ngram = 5\n")

@@ -22,6 +22,11 @@ def cmd_build(args, session: Session, report) -> int:
         if frozen_problems(args, session, decisions, report):
             return 1
     if args.dry_run:
+        from forgebuild.engine import preflight
+
+        # what the files the Forgefile names say (a decontamination that can match nothing): exit 2 now,
+        # as the build would; the packages are the build's machine's business
+        preflight.check(session.plan, session.rules, decisions, packages=False)
         entries = []
         for d in decisions.values():
             action = "cached" if d.state == "fresh" else "would-build"
