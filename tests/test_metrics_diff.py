@@ -23,8 +23,8 @@ benchmarks = [
 ]
 threads = 1
 """
-REPORT_METRICS = ["model:base code.accuracy", "model:base code.accuracy_norm", "model:base holdout.loss",
-                  "model:base holdout.perplexity"]
+REPORT_METRICS = ["model:base code.accuracy", "model:base code.accuracy_norm", "model:base code.contamination",
+                  "model:base contamination", "model:base holdout.loss", "model:base holdout.perplexity"]
 
 
 def write_choices(root: str, n: int = 80) -> None:
@@ -60,7 +60,7 @@ def test_two_builds_of_an_eval_side_by_side(two_evals):
     rows, summary = events[:-1], events[-1]
     assert [r["metric"] for r in rows] == REPORT_METRICS + ["build_seconds"]
     assert all(r["event"] == "metric" and r["target"] == "eval:code" for r in rows)
-    ppl = rows[3]
+    ppl = rows[5]
     assert (ppl["a"], ppl["b"]) == (a["holdout.perplexity"]["value"], b["holdout.perplexity"]["value"])
     assert ppl["a_interval"] == [a["holdout.perplexity"]["low"], a["holdout.perplexity"]["high"]]
     # 38 more steps: perplexity falls by far more than the noise of its held-out documents
@@ -69,7 +69,7 @@ def test_two_builds_of_an_eval_side_by_side(two_evals):
     # the choice benchmark's examples are paired too (by line, prompt and reference)
     assert (rows[0]["test"], rows[0]["pairs"]) == ("paired", b["code.accuracy"]["n"])
     assert rows[-1]["timing"] and rows[-1]["apart"] is None
-    assert summary["ok"] and summary["metrics"] == 5 and "eval:code model:base holdout.perplexity" in summary["apart"]
+    assert summary["ok"] and summary["metrics"] == 7 and "eval:code model:base holdout.perplexity" in summary["apart"]
     text = p.run("metrics", "diff", "eval:code@2", "eval:code@1").stdout.splitlines()
     assert text[0] == "forgebuild metrics diff eval:code@2 eval:code@1"
     line = next(x for x in text if x.startswith("  model:base holdout.perplexity "))
