@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from forgebuild import limits
 from forgebuild.errors import did_you_mean
 from forgebuild.rules import runtime
-from forgebuild.rules.dataset import TRAINER, _canonical, _dump, _normal, _split_of, _split_problems
+from forgebuild.rules.dataset import TRAINER, canonical, normal_content, split_of, split_problems, write_json
 from forgebuild.rules.synth.verifiers import SCORED, Verifier, file_problems, name_problems
 
 version = "1"
@@ -78,7 +78,7 @@ def check(params: Params) -> list[tuple[str, str]]:
             problems.append(("pass_rate", f"expected [lo, hi] with 0 <= lo <= hi <= 1, got [{low:g}, {high:g}]"))
         if params.shape != "prompts":
             problems.append(("pass_rate", f"applies to shape \"prompts\" only (this shape is \"{params.shape}\")"))
-    return problems + _split_problems(params.splits)
+    return problems + split_problems(params.splits)
 
 
 def _score_problems(params: Params) -> list[tuple[str, str]]:
@@ -143,7 +143,7 @@ def build(ctx) -> None:
     rejected = _write_rejected(ctx, judged, outcomes)
     stats = curate_report.statistics(judged, outcomes, kept, split_counts, ctx.seed)
     stats["shape"] = p.shape
-    _dump(os.path.join(ctx.out, "stats.json"), stats)
+    write_json(os.path.join(ctx.out, "stats.json"), stats)
     with open(os.path.join(ctx.out, "report.html"), "w", encoding="utf-8", newline="\n") as f:
         f.write(curate_report.render_html(ctx.target, stats, rejected))
     ctx.log(f"{stats['passed']} of {stats['samples']} samples passed; {len(rows)} records: "
@@ -201,14 +201,14 @@ def _write_splits(ctx, rows: list[dict], fmt: str) -> dict[str, int]:
     columns = sorted({c for row in rows for c in row})
     by_split: dict[str, list[str]] = {name: [] for name, _ in fractions}
     for row in rows:  # drawn by prompt: every record of one prompt lands in one split
-        split = _split_of(_canonical(_normal(row["prompt"])), fractions, p.split_seed)
+        split = split_of(canonical(normal_content(row["prompt"])), fractions, p.split_seed)
         by_split[split].append(json.dumps({c: row.get(c) for c in columns}, sort_keys=True, ensure_ascii=False))
     for name, lines in by_split.items():
         with open(os.path.join(ctx.out, f"{name}.jsonl"), "w", encoding="utf-8", newline="\n") as f:
             f.write("".join(line + "\n" for line in lines))
         if not lines:
             ctx.log(f"warning: split {name} is empty")
-    _dump(os.path.join(ctx.out, "dataset.json"), {
+    write_json(os.path.join(ctx.out, "dataset.json"), {
         "format": fmt, "shape": p.shape, "conversational": isinstance(rows[0]["prompt"], list), "columns": columns,
         "trainer": TRAINER[fmt],
         "splits": {name: {"path": f"{name}.jsonl", "rows": len(by_split[name]), "fraction": fraction}

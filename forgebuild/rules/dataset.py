@@ -120,7 +120,7 @@ def check(params: Params) -> list[tuple[str, str]]:
     if not as_list(params.source):
         problems.append(("source", "names no source"))
     problems += _field_problems(params)
-    problems += _split_problems(params.splits)
+    problems += split_problems(params.splits)
     return problems
 
 
@@ -145,7 +145,7 @@ def _field_problems(params: Params) -> list[tuple[str, str]]:
     return problems
 
 
-def _split_problems(splits: dict[str, float]) -> list[tuple[str, str]]:
+def split_problems(splits: dict[str, float]) -> list[tuple[str, str]]:
     if not splits:
         return [("splits", "names no split")]
     problems = []
@@ -524,7 +524,7 @@ def _check_pair(record: dict, fmt: str) -> None:
     if has_chosen != has_rejected:
         given, lacking = ("score_chosen", "score_rejected") if has_chosen else ("score_rejected", "score_chosen")
         raise RowError([lacking], f"missing while {given} is given (give both scores or neither)")
-    if _normal(record["chosen"]) == _normal(record["rejected"]):
+    if normal_content(record["chosen"]) == normal_content(record["rejected"]):
         raise RowError(["rejected"], "is the same as chosen")
 
 
@@ -536,31 +536,31 @@ def _show(value) -> str:
 
 # ------------------------------------------------------------------ dedup, decontamination, splits
 
-def _normal(value):
+def normal_content(value):
     """Content as compared and hashed: NFKC, whitespace runs collapsed, nulls in messages dropped."""
     if isinstance(value, str):
         return " ".join(unicodedata.normalize("NFKC", value).split())
     if isinstance(value, list):
-        return [_normal(v) for v in value]
+        return [normal_content(v) for v in value]
     if isinstance(value, dict):
-        return {k: _normal(v) for k, v in value.items() if v is not None}
+        return {k: normal_content(v) for k, v in value.items() if v is not None}
     return value
 
 
-def _canonical(value) -> str:
+def canonical(value) -> str:
     return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
 
 
 def _content_key(record: dict, fmt: str) -> str:
-    return _canonical(_normal({name: record.get(name) for name in CONTENT[fmt]}))
+    return canonical(normal_content({name: record.get(name) for name in CONTENT[fmt]}))
 
 
 def _prompt_key(record: dict, fmt: str) -> str:
     if fmt == "messages":  # the prompt of a conversation: everything before its last assistant turn
         messages = record["messages"]
         last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-        return _canonical(_normal(messages[:last]))
-    return _canonical(_normal(record["prompt"]))
+        return canonical(normal_content(messages[:last]))
+    return canonical(normal_content(record["prompt"]))
 
 
 def _without_duplicates(ctx, records: list[Record], fmt: str, stats: dict) -> list[Record]:
@@ -584,22 +584,22 @@ def _without_duplicates(ctx, records: list[Record], fmt: str, stats: dict) -> li
     return kept
 
 
-def _grams(text: str, n: int):
+def word_grams(text: str, n: int):
     words = WORD.findall(text.casefold())
     return (tuple(words[i:i + n]) for i in range(len(words) - n + 1))
 
 
-def _strings(value):
+def strings_of(value):
     """Every string inside a value; a message's role is a label, not text."""
     if isinstance(value, str):
         yield value
     elif isinstance(value, list):
         for item in value:
-            yield from _strings(item)
+            yield from strings_of(item)
     elif isinstance(value, dict):
         for key, item in value.items():
             if key != "role":
-                yield from _strings(item)
+                yield from strings_of(item)
 
 
 def _benchmark_index(ctx) -> tuple[dict, list[str]]:
@@ -619,7 +619,7 @@ def _benchmark_index(ctx) -> tuple[dict, list[str]]:
                 raise ctx.bad_input(str(e).replace(f.path, f.label, 1)) from None
         longest[f.source] = max([longest.get(f.source, 0), *(len(WORD.findall(t)) for t in texts)])
         for text in texts:
-            for gram in _grams(text, p.ngram):
+            for gram in word_grams(text, p.ngram):
                 index.setdefault(gram, set()).add(f.source)
     for name, words in longest.items():  # a benchmark target, which check_inputs could not read
         if 0 < words < p.ngram:
@@ -642,7 +642,7 @@ def check_inputs(params: Params, files: dict) -> list[tuple[str, str]]:
         wanted = params.decontaminate_fields
         try:
             if rel.lower().endswith(RECORD_FILES):
-                texts = [t for _, row in read_records(path) for t in _strings([row.get(k) for k in wanted]
+                texts = [t for _, row in read_records(path) for t in strings_of([row.get(k) for k in wanted]
                                                                                  if wanted else row)]
             else:
                 texts = [read_text(path)]
@@ -658,12 +658,12 @@ def _benchmark_texts(ctx, row: Row):
     if row.unreadable:  # a benchmark is not ours to drop lines from
         raise ctx.bad_input(f"{row.where}: {row.unreadable}")
     wanted = ctx.params.decontaminate_fields
-    return _strings([row.data.get(k) for k in wanted] if wanted else row.data)
+    return strings_of([row.data.get(k) for k in wanted] if wanted else row.data)
 
 
 def _record_texts(record: dict, fmt: str):
     for name in CONTENT[fmt]:
-        yield from _strings(record.get(name))
+        yield from strings_of(record.get(name))
 
 
 def _decontaminated(ctx, records: list[Record], fmt: str, stats: dict) -> list[Record]:
@@ -677,7 +677,7 @@ def _decontaminated(ctx, records: list[Record], fmt: str, stats: dict) -> list[R
     for record in records:
         hits: set = set()
         for text in _record_texts(record.data, fmt):
-            for gram in _grams(text, p.ngram):
+            for gram in word_grams(text, p.ngram):
                 hits |= index.get(gram, set())
         if not hits:
             kept.append(record)
@@ -692,7 +692,7 @@ def _decontaminated(ctx, records: list[Record], fmt: str, stats: dict) -> list[R
     return kept
 
 
-def _split_of(key: str, fractions: list[tuple[str, float]], salt: int) -> str:
+def split_of(key: str, fractions: list[tuple[str, float]], salt: int) -> str:
     """A record's split from its content alone: adding or removing other rows never moves it."""
     digest = hashlib.blake2b(f"{salt}\0{key}".encode(), digest_size=8).digest()
     point = int.from_bytes(digest, "big") / 2**64
@@ -714,7 +714,7 @@ def _write(ctx, records: list[Record], layout: Layout, stats: dict) -> None:
     columns = sorted({c for record in records for c in record.data})
     by_split: dict[str, list[str]] = {name: [] for name, _ in fractions}
     for record in records:
-        split = _split_of(key_of(record.data, layout.format), fractions, p.split_seed)
+        split = split_of(key_of(record.data, layout.format), fractions, p.split_seed)
         row = {c: record.data.get(c) for c in columns}  # every record has every column
         by_split[split].append(json.dumps(row, sort_keys=True, ensure_ascii=False, allow_nan=False))
         stats["sources"][record.row.file.source]["rows_out"] += 1
@@ -733,13 +733,13 @@ def _write(ctx, records: list[Record], layout: Layout, stats: dict) -> None:
         "splits": {name: {"path": f"{name}.jsonl", "rows": len(by_split[name]), "fraction": fraction}
                    for name, fraction in fractions},
     }
-    _dump(os.path.join(ctx.out, "dataset.json"), info)
-    _dump(os.path.join(ctx.out, "stats.json"), stats)
+    write_json(os.path.join(ctx.out, "dataset.json"), info)
+    write_json(os.path.join(ctx.out, "stats.json"), stats)
     ctx.log(f"{stats['rows_in']} rows in, {len(records)} out: "
             + ", ".join(f"{name} {n}" for name, n in stats["splits"].items()))
 
 
-def _dump(path: str, data: dict) -> None:
+def write_json(path: str, data: dict) -> None:
     with open(path, "w", encoding="utf-8", newline="\n") as f:
         f.write(json.dumps(data, sort_keys=True, ensure_ascii=False, indent=2) + "\n")
 

@@ -19,7 +19,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 
-from forgebuild.rules.dataset import WORD, _grams, _normal, _strings
+from forgebuild.rules.dataset import WORD, normal_content, strings_of, word_grams
 
 KINDS = ("corpus", "dataset", "curate")  # the targets whose texts a model may have learnt a benchmark from
 CHECKED = ("generate", "choice")  # benchmarks with prompts; perplexity and lm-eval are left out (docs say why)
@@ -40,7 +40,7 @@ def is_metric(name: str) -> bool:
 
 
 def exact_key(text: str) -> str:
-    return _normal(text).casefold()
+    return normal_content(text).casefold()
 
 
 class Prompts:
@@ -52,7 +52,7 @@ class Prompts:
         self.exact: dict[str, list[int]] = {}
         for i, example in enumerate(examples):
             if len(WORD.findall(example.prompt)) >= ngram:
-                for gram in set(_grams(example.prompt, ngram)):
+                for gram in set(word_grams(example.prompt, ngram)):
                     self.grams.setdefault(gram, []).append(i)
             elif key := exact_key(example.prompt):
                 self.exact.setdefault(key, []).append(i)
@@ -65,7 +65,7 @@ class Prompts:
     def hits(self, text: str):
         """(example index, how) for each prompt this text holds."""
         if self.grams:
-            for gram in _grams(text, self.ngram):
+            for gram in word_grams(text, self.ngram):
                 for i in self.grams.get(gram, ()):
                     yield i, f"{self.ngram}-gram"
         if self.exact:
@@ -94,7 +94,7 @@ def _record_texts(folder: str, meta: str):
         splits = json.load(f)["splits"]
     for _, split in sorted(splits.items()):
         for line, record in read_records(os.path.join(folder, split["path"])):
-            for text in _strings(record):
+            for text in strings_of(record):
                 yield split["path"], f"line {line}", text
 
 

@@ -306,7 +306,7 @@ _WRAPPING = "*_`'\""
 _TRAILING = ".,;:!?"
 
 
-def _normal(text: str) -> str:
+def normal_answer(text: str) -> str:
     """Whitespace collapsed, surrounding * _ ` ' " and trailing . , ; : ! ? removed, casefolded."""
     text = " ".join(text.split())
     previous = None
@@ -316,7 +316,7 @@ def _normal(text: str) -> str:
     return text.casefold()
 
 
-def _number(text: str) -> float | None:
+def answer_number(text: str) -> float | None:
     if not NUMBER.fullmatch(text):
         return None
     return float(text.replace(",", ""))
@@ -329,13 +329,13 @@ def exact_score(completion: str, answer) -> float | None:
         return max(scores) if scores else None
     if answer is None or isinstance(answer, bool):
         return None
-    wanted = _normal(str(answer))
+    wanted = normal_answer(str(answer))
     if not wanted:
         return None
-    value = _number(wanted)
+    value = answer_number(wanted)
     lines = [line for line in completion.splitlines() if line.strip()]
-    heads = {_normal(lines[0]), _normal(completion.split()[0])} if lines else set()
-    if wanted in heads or (value is not None and value in {_number(h) for h in heads}):
+    heads = {normal_answer(lines[0]), normal_answer(completion.split()[0])} if lines else set()
+    if wanted in heads or (value is not None and value in {answer_number(h) for h in heads}):
         return 1.0
     if value is not None:
         if any(float(m.group().replace(",", "")) == value for m in NUMBER.finditer(completion)):

@@ -14,8 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from forgebuild.rules.dataset import _canonical
-from forgebuild.rules.dataset import _normal as normal_content
+from forgebuild.rules.dataset import canonical, normal_content
 
 # The dataset format each shape writes (docs/rules/dataset.md), which decides the trainers that read it.
 FORMATS = {"prompt_completion": "prompt_completion", "samples": "prompt_completion", "preference": "preference",
@@ -54,7 +53,7 @@ def _extras(sample: dict, fmt: str) -> dict:
 
 
 def _same(a, b) -> bool:
-    return _canonical(normal_content(a)) == _canonical(normal_content(b))
+    return canonical(normal_content(a)) == canonical(normal_content(b))
 
 
 def _pair(best: Judged) -> dict:
@@ -94,7 +93,7 @@ def shape(name: str, judged: list[Judged], pass_rate: tuple[float, float] | None
                 drop("no sample differing from the best")
                 continue
             rows.append(_preference(passing[0], worst))
-    return rows, {"kept": len({_canonical(r["prompt"]) for r in rows}), "dropped": dropped}
+    return rows, {"kept": len({canonical(r["prompt"]) for r in rows}), "dropped": dropped}
 
 
 def _preference(chosen: Judged, rejected: Judged) -> dict:

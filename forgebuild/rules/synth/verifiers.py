@@ -34,8 +34,8 @@ from pydantic_core import PydanticCustomError
 
 from forgebuild import limits
 from forgebuild.errors import did_you_mean
-from forgebuild.rules.model.reward_functions import (MODEL_TARGET, _normal, _number, completion_text, exact_score,
-                                                     split_code)
+from forgebuild.rules.model.reward_functions import (MODEL_TARGET, answer_number, completion_text, exact_score,
+                                                     normal_answer, split_code)
 
 # The keys each kind takes besides `kind` and `name`.
 KINDS = {
@@ -246,7 +246,7 @@ def _answer(v: Verifier, samples, texts, out: Outcome, env: Env) -> None:
         elif v.match == "exact":
             out.add(exact_score(text, wanted) == 1.0, f"expected {wanted}, got {quoted(text.strip())}")
         else:
-            expected = _number(_normal(str(wanted)))
+            expected = answer_number(normal_answer(str(wanted)))
             if expected is None:
                 out.add(False, f"expected {wanted}, which is not a number")
                 continue
@@ -257,8 +257,8 @@ def _answer(v: Verifier, samples, texts, out: Outcome, env: Env) -> None:
 def _leading_numbers(text: str) -> list[float]:
     """The numbers exact_score reads first: the first line, and the first token, each as a number."""
     lines = [line for line in text.splitlines() if line.strip()]
-    heads = {_normal(lines[0]), _normal(text.split()[0])} if lines else set()
-    return [x for x in map(_number, heads) if x is not None]
+    heads = {normal_answer(lines[0]), normal_answer(text.split()[0])} if lines else set()
+    return [x for x in map(answer_number, heads) if x is not None]
 
 
 def _regex(v: Verifier, samples, texts, out: Outcome, env: Env) -> None:
@@ -284,11 +284,10 @@ def _length(v: Verifier, samples, texts, out: Outcome, env: Env) -> None:
 
 
 def _same(value) -> str:
-    from forgebuild.rules.dataset import _canonical
-    from forgebuild.rules.dataset import _normal as normal_content
+    from forgebuild.rules.dataset import canonical, normal_content
 
     text = completion_text(value) if isinstance(value, list) else value
-    return _canonical(normal_content(text)).casefold()
+    return canonical(normal_content(text)).casefold()
 
 
 def _dedup(v: Verifier, samples, texts, out: Outcome, env: Env) -> None:
