@@ -590,7 +590,7 @@ def _sweep_chart(data: dict) -> str:
 
 # ---------------------------------------------------------------- html
 
-_CSS = """
+CSS = """
 :root { color-scheme: light; }
 body { font-family: -apple-system, "Segoe UI", "DejaVu Sans", Helvetica, Arial, sans-serif; color: #1b1f24;
        background: #f6f7f9; margin: 0; font-size: 14px; line-height: 1.45; }
@@ -627,27 +627,27 @@ ul.trends { margin: 4px 0 10px; padding-left: 20px; color: #33393f; }
 """
 
 
-def _e(text) -> str:
+def escape(text) -> str:
     return html.escape(str(text), quote=True)
 
 
 def _h_interval(entry: dict | None, key: str = "value", signed: bool = False) -> str:
     """The interval text as HTML: value, interval and n may wrap apart when a wide table needs room."""
-    return " ".join(f'<span class="{c}">{_e(t)}</span>' if c else f"<span>{_e(t)}</span>"
+    return " ".join(f'<span class="{c}">{escape(t)}</span>' if c else f"<span>{escape(t)}</span>"
                     for c, t in _interval_parts(entry, key, signed))
 
 
-def _html_table(header: list[str], rows: list[tuple[str, list[tuple[str, str]]]], caption: str | None = None,
+def html_table(header: list[str], rows: list[tuple[str, list[tuple[str, str]]]], caption: str | None = None,
                 table_id: str | None = None, stack: bool = False) -> str:
     """rows: (tr class, [(td class, escaped cell html), ...]); stack puts each interval under its value."""
-    attrs = (f' id="{_e(table_id)}"' if table_id else "") + (' class="stack"' if stack else "")
+    attrs = (f' id="{escape(table_id)}"' if table_id else "") + (' class="stack"' if stack else "")
     parts = [f'<div class="scroll"><table{attrs}>']
     if caption:
-        parts.append(f"<caption class=\"note\">{_e(caption)}</caption>")
-    parts.append("<thead><tr>" + "".join(f"<th>{_e(h)}</th>" for h in header) + "</tr></thead><tbody>")
+        parts.append(f"<caption class=\"note\">{escape(caption)}</caption>")
+    parts.append("<thead><tr>" + "".join(f"<th>{escape(h)}</th>" for h in header) + "</tr></thead><tbody>")
     for tr_class, cells in rows:
-        tr = f'<tr class="{_e(tr_class)}">' if tr_class else "<tr>"
-        tds = "".join(f'<td class="{_e(c)}">{body}</td>' if c else f"<td>{body}</td>" for c, body in cells)
+        tr = f'<tr class="{escape(tr_class)}">' if tr_class else "<tr>"
+        tds = "".join(f'<td class="{escape(c)}">{body}</td>' if c else f"<td>{body}</td>" for c, body in cells)
         parts.append(tr + tds + "</tr>")
     parts.append("</tbody></table></div>")
     return "\n".join(parts)
@@ -655,7 +655,7 @@ def _html_table(header: list[str], rows: list[tuple[str, list[tuple[str, str]]]]
 
 def _img(b64: str, alt: str, size: tuple[float, float]) -> str:
     w, h = round(size[0] * 100), round(size[1] * 100)
-    return (f'<figure><img alt="{_e(alt)}" width="{w}" height="{h}" '
+    return (f'<figure><img alt="{escape(alt)}" width="{w}" height="{h}" '
             f'src="data:image/png;base64,{b64}"></figure>')
 
 
@@ -685,32 +685,32 @@ def render_html(report: dict, training_logs: dict[str, list[dict]] | None) -> st
     p = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{_e(title)}: {'PASS' if passed else 'FAIL'}</title>",
-        f"<style>{_CSS}</style>",
+        f"<title>{escape(title)}: {'PASS' if passed else 'FAIL'}</title>",
+        f"<style>{CSS}</style>",
         "</head><body><main>",
         f'<h1><span class="verdict {"pass" if passed else "fail"}" id="verdict">{"PASS" if passed else "FAIL"}</span>'
-        f"{_e(title)}</h1>",
-        f'<p class="summary">{_e(summary)}; {len(models)} models, {len(report.get("benchmarks", []))} benchmarks.</p>',
+        f"{escape(title)}</h1>",
+        f'<p class="summary">{escape(summary)}; {len(models)} models, {len(report.get("benchmarks", []))} benchmarks.</p>',
     ]
 
     p.append("<h2>Gates</h2>")
     if gates:
         paired = any("bound" in g for g in gates)
-        p.append(_html_table(
+        p.append(html_table(
             ["metric", "model", "condition", "measured [95% interval] n",
              *(["paired difference, one-sided bound, n"] * paired), "result"],
             [("pass" if g.get("passed") else "fail",
-              [("", _e(g["metric"])), ("", _e(g["model"])), ("num", _e(_threshold(g))),
-               ("num", _h_interval(_gate_entry(report, g))), *([("num", _e(_paired(g)))] * paired),
+              [("", escape(g["metric"])), ("", escape(g["model"])), ("num", escape(_threshold(g))),
+               ("num", _h_interval(_gate_entry(report, g))), *([("num", escape(_paired(g)))] * paired),
                ("ok" if g.get("passed") else "bad", "✓ PASS" if g.get("passed") else "✗ FAIL")])
              for g in gates], table_id="gates"))
     else:
         p.append('<p class="note">No gates.</p>')
 
     p.append("<h2>Metrics</h2>")
-    p.append(_html_table(
+    p.append(html_table(
         ["metric", *models],
-        [("", [("", _e(metric)), *(("num", _h_interval(_cell(report, m, metric))) for m in models)])
+        [("", [("", escape(metric)), *(("num", _h_interval(_cell(report, m, metric))) for m in models)])
          for metric in metrics],
         caption=METRICS_NOTE, table_id="metrics", stack=len(models) > 3))
     p.append('<div class="figs">' + "".join(_img(b, f"{metric} across models", size) for metric, (b, size) in bars)
@@ -722,9 +722,9 @@ def render_html(report: dict, training_logs: dict[str, list[dict]] | None) -> st
     p.append("<h2>Comparisons</h2>")
     comps = report.get("comparisons", [])
     if comps:
-        p.append(_html_table(
+        p.append(html_table(
             ["metric", "A", "B", "B − A [95% interval] n", "significance"],
-            [("", [("", _e(c["metric"])), ("", _e(c["a"])), ("", _e(c["b"])),
+            [("", [("", escape(c["metric"])), ("", escape(c["a"])), ("", escape(c["b"])),
                    ("num", _h_interval(c, "diff", signed=True)),
                    ("sig" if c.get("significant") else "nsig",
                     "significant" if c.get("significant") else "not significant")])
@@ -733,31 +733,31 @@ def render_html(report: dict, training_logs: dict[str, list[dict]] | None) -> st
         p.append('<p class="note">No comparisons.</p>')
 
     p.append("<h2>Training</h2>")
-    p.append(f'<p class="note">{_e(TRENDS)}</p>')
+    p.append(f'<p class="note">{escape(TRENDS)}</p>')
     for model in models:
         trends = training_summary(training_logs.get(model) or [])
-        p.append(f"<h3>{_e(model)}</h3>")
-        p.append('<ul class="trends">' + "".join(f"<li>{_e(t)}</li>" for t in trends) + "</ul>")
+        p.append(f"<h3>{escape(model)}</h3>")
+        p.append('<ul class="trends">' + "".join(f"<li>{escape(t)}</li>" for t in trends) + "</ul>")
         if panels[model]:
             p.append('<div class="figs">' + "".join(_img(b, f"{model}: {key}", PANEL_SIZE)
                                                     for key, b in panels[model]) + "</div>")
 
     p.append("<h2>Models and benchmarks</h2>")
-    p.append(_html_table(["model", "digest"],
-                         [("", [("", _e(_model_name(report, m))),
-                                ("", f"<code>{_e(digests[m])}</code>" if digests.get(m) else MISSING)])
+    p.append(html_table(["model", "digest"],
+                         [("", [("", escape(_model_name(report, m))),
+                                ("", f"<code>{escape(digests[m])}</code>" if digests.get(m) else MISSING)])
                           for m in models], table_id="models"))
-    p.append(_html_table(["benchmark", "kind", "examples", "metrics"],
-                         [("", [("", _e(b["name"])), ("", _e(b.get("kind", ""))),
-                                ("num", _e(b.get("examples", MISSING))), ("", _e(", ".join(b.get("metrics", []))))])
+    p.append(html_table(["benchmark", "kind", "examples", "metrics"],
+                         [("", [("", escape(b["name"])), ("", escape(b.get("kind", ""))),
+                                ("num", escape(b.get("examples", MISSING))), ("", escape(", ".join(b.get("metrics", []))))])
                           for b in report.get("benchmarks", [])], table_id="benchmarks"))
     gen = _gen_settings(report)
     if gen:
-        p.append(f'<p class="note">Generation: <code>{_e(gen)}</code></p>')
+        p.append(f'<p class="note">Generation: <code>{escape(gen)}</code></p>')
     samples = _samples(report)
     if samples:
         p.append('<p class="note">Per-example outputs:</p><ul class="note">')
-        p += [f"<li>{_e(m)} / {_e(bn)}: <code>{_e(path)}</code></li>" for m, bn, path in samples]
+        p += [f"<li>{escape(m)} / {escape(bn)}: <code>{escape(path)}</code></li>" for m, bn, path in samples]
         p.append("</ul>")
     p.append("</main></body></html>")
     return "\n".join(p) + "\n"
@@ -768,16 +768,16 @@ def _html_contamination(report: dict) -> list[str]:
         return []
     note, skipped, matches = _contamination_text(report)
     p = ["<h2>Contamination</h2>"]
-    p.append(_html_table(["model", "benchmark", "examples", "contaminated", "rate", "data checked"],
-                         [("fail" if row[3] != "0" else "", [("", _e(row[0])), ("", _e(row[1])),
-                                                             *(("num", _e(c)) for c in row[2:5]), ("", _e(row[5]))])
+    p.append(html_table(["model", "benchmark", "examples", "contaminated", "rate", "data checked"],
+                         [("fail" if row[3] != "0" else "", [("", escape(row[0])), ("", escape(row[1])),
+                                                             *(("num", escape(c)) for c in row[2:5]), ("", escape(row[5]))])
                           for row in _contamination_rows(report)], caption=note, table_id="contamination"))
     if skipped:
-        p.append(f'<p class="note">{_e(skipped)}</p>')
+        p.append(f'<p class="note">{escape(skipped)}</p>')
     for model, lines in matches.items():
         if lines:
-            p.append(f'<p class="note">Contaminated examples of {_e(model)}:</p><ul class="note">')
-            p += [f"<li>{_e(line)}</li>" for line in lines]
+            p.append(f'<p class="note">Contaminated examples of {escape(model)}:</p><ul class="note">')
+            p += [f"<li>{escape(line)}</li>" for line in lines]
             p.append("</ul>")
     return p
 
@@ -786,12 +786,12 @@ def _html_sweeps(report: dict, drawn: list) -> list[str]:
     """The Sweeps section: per matrix its cells' table (id sweep-1, sweep-2...) and its charts."""
     if not drawn:
         return []
-    p = ["<h2>Sweeps</h2>", f'<p class="note">{_e(SWEEP_CHARTS)}</p>']
+    p = ["<h2>Sweeps</h2>", f'<p class="note">{escape(SWEEP_CHARTS)}</p>']
     for i, (group, cells, charts) in enumerate(drawn, start=1):
         names, rows, metrics = _sweep_rows(report, cells)
-        p.append(f"<h3>{_e(group)}: {len(cells)} cells</h3>")
-        p.append(_html_table([*names, *metrics],
-                             [("", [*(("", _e(v)) for v in row[:len(names)]),
+        p.append(f"<h3>{escape(group)}: {len(cells)} cells</h3>")
+        p.append(html_table([*names, *metrics],
+                             [("", [*(("", escape(v)) for v in row[:len(names)]),
                                     *(("num", _h_interval(entry)) for entry in row[len(names):])]) for row in rows],
                              caption=SWEEPS_NOTE, table_id=f"sweep-{i}", stack=len(metrics) > 3))
         p.append('<div class="figs">' + "".join(

@@ -486,7 +486,8 @@ class CodeReward:
         else:
             self.accepts = {p.name: p for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
-    def _arguments(self, prompts, completions, kwargs) -> dict:
+    def arguments(self, prompts, completions, kwargs) -> dict:
+        """The keyword arguments the function takes, of those given; a missing one is a RewardError naming it."""
         given = {"prompts": prompts, "completions": completions, **kwargs}
         if self.accepts is None:
             return given
@@ -524,7 +525,7 @@ class CodeReward:
         return scores
 
     def __call__(self, prompts=None, completions=None, **kwargs) -> list[float | None]:
-        arguments = self._arguments(prompts, completions, kwargs)
+        arguments = self.arguments(prompts, completions, kwargs)
         try:
             result = self.func(**arguments)
         except Exception as e:
@@ -544,7 +545,7 @@ class AsyncCodeReward(CodeReward):
     """An `async def` reward function: TRL awaits this one alongside its other async rewards."""
 
     async def __call__(self, prompts=None, completions=None, **kwargs) -> list[float | None]:
-        arguments = self._arguments(prompts, completions, kwargs)
+        arguments = self.arguments(prompts, completions, kwargs)
         try:
             result = await self.func(**arguments)
         except Exception as e:

@@ -91,37 +91,37 @@ def _show(value) -> str:
 
 
 def render_html(target: str, stats: dict, rejected: list[dict]) -> str:
-    from forgebuild.rules.eval.report import _CSS, _e, _html_table
+    from forgebuild.rules.eval.report import CSS, escape, html_table
 
     rows = [("", [("", "<strong>every verifier</strong>"), ("num", f"{stats['passed']} / {stats['samples']}"),
-                  ("num", _e(_rate(stats["pass_rate"]))), ("", _bar(stats["pass_rate"]))])]
-    rows += [("", [("", f"<code>{_e(v['name'])}</code>"), ("num", f"{v['passed']} / {stats['samples']}"),
-                   ("num", _e(_rate(v["pass_rate"]))), ("", _bar(v["pass_rate"]))]) for v in stats["verifiers"]]
+                  ("num", escape(_rate(stats["pass_rate"]))), ("", _bar(stats["pass_rate"]))])]
+    rows += [("", [("", f"<code>{escape(v['name'])}</code>"), ("num", f"{v['passed']} / {stats['samples']}"),
+                   ("num", escape(_rate(v["pass_rate"]))), ("", _bar(v["pass_rate"]))]) for v in stats["verifiers"]]
     kept = stats["kept"]
     shape = [("", [("", "kept prompts"), ("num", str(kept["kept"]))])]
-    shape += [("", [("", _e(f"dropped: {why}")), ("num", str(n))]) for why, n in sorted(kept["dropped"].items())]
-    shape += [("", [("", _e(f"split {name}")), ("num", str(n))]) for name, n in stats["splits"].items()]
+    shape += [("", [("", escape(f"dropped: {why}")), ("num", str(n))]) for why, n in sorted(kept["dropped"].items())]
+    shape += [("", [("", escape(f"split {name}")), ("num", str(n))]) for name, n in stats["splits"].items()]
     by = stats["rejections"]["by_verifier"]
-    examples = [("", [("num", f"{r['prompt_index']}/{r['sample']}"), ("", f"<pre>{_e(_show(r['prompt']))}</pre>"),
-                      ("", f"<pre>{_e(_show(r['completion']))}</pre>"),
-                      ("", "<br>".join(_e(x) for x in r["reasons"]))]) for r in rejected[:EXAMPLES]]
+    examples = [("", [("num", f"{r['prompt_index']}/{r['sample']}"), ("", f"<pre>{escape(_show(r['prompt']))}</pre>"),
+                      ("", f"<pre>{escape(_show(r['completion']))}</pre>"),
+                      ("", "<br>".join(escape(x) for x in r["reasons"]))]) for r in rejected[:EXAMPLES]]
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{_e(target)}: curate report</title>", f"<style>{_CSS}{_BARS}</style></head><body><main>",
-        f"<h1>{_e(target)}</h1>",
+        f"<title>{escape(target)}: curate report</title>", f"<style>{CSS}{_BARS}</style></head><body><main>",
+        f"<h1>{escape(target)}</h1>",
         f'<p class="summary">{stats["passed"]} of {stats["samples"]} samples of {stats["prompts"]} prompts passed '
-        f'every verifier; shape {_e(stats.get("shape", ""))}.</p>',
+        f'every verifier; shape {escape(stats.get("shape", ""))}.</p>',
         "<h2>Pass rates</h2>",
-        _html_table(["verifier", "passed", "rate [95% interval]", ""], rows,
+        html_table(["verifier", "passed", "rate [95% interval]", ""], rows,
                     caption=f"Over samples; intervals from {stats['resamples']} bootstrap resamples of the "
                             f"{stats['prompts']} prompts."),
-        "<h2>Output</h2>", _html_table(["", "count"], shape),
+        "<h2>Output</h2>", html_table(["", "count"], shape),
         "<h2>Rejections</h2>",
-        _html_table(["verifier", "samples rejected"], [("", [("", f"<code>{_e(k)}</code>"), ("num", str(n))])
+        html_table(["verifier", "samples rejected"], [("", [("", f"<code>{escape(k)}</code>"), ("num", str(n))])
                                                        for k, n in by.items()]),
     ]
     if examples:
         parts += [f"<h3>The first {len(examples)} rejected samples</h3>",
-                  _html_table(["prompt/sample", "prompt", "completion", "reasons"], examples)]
+                  html_table(["prompt/sample", "prompt", "completion", "reasons"], examples)]
     parts.append("</main></body></html>")
     return "\n".join(parts) + "\n"

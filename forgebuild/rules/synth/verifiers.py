@@ -371,7 +371,7 @@ def _code(v: Verifier, samples, texts, out: Outcome, env: Env) -> None:
         func = load_code(v.function, env.ctx.project_dir, env.ctx.log)
         names = sorted({c for s in samples for c in s["columns"]})
         columns = {c: [s["columns"].get(c) for s in samples] for c in names}
-        arguments = func._arguments([s["prompt"] for s in samples], [s["completion"] for s in samples], columns)
+        arguments = func.arguments([s["prompt"] for s in samples], [s["completion"] for s in samples], columns)
     except RewardError as e:
         raise VerifierError(str(e).replace("reward ", "verifier ", 1)) from None
     try:
