@@ -24,7 +24,7 @@ def sample(prompt_index: int, n: int, completion, prompt=None, **columns) -> dic
 
 
 def env(root: str = ".", path: str | None = None, logged: list | None = None) -> Env:
-    ctx = types.SimpleNamespace(project_dir=root, log=(logged if logged is not None else []).append)
+    ctx = types.SimpleNamespace(project_dir=root, scratch_dir=None, log=(logged if logged is not None else []).append)
     return Env(ctx, path, workers=2)
 
 

@@ -336,17 +336,18 @@ def _python(v: Verifier, samples, texts, out: Outcome, env: Env) -> None:
         tests = sample["columns"].get(v.tests)
         if tests is not None and not isinstance(tests, str):
             return False, f"the row's '{v.tests}' is not text"
-        return run_python(text + "\n\n" + (tests or "") + "\n", v.timeout)
+        return run_python(text + "\n\n" + (tests or "") + "\n", v.timeout, env.ctx.scratch_dir)
 
     with ThreadPoolExecutor(max_workers=max(1, env.workers)) as pool:
         for ok, reason in pool.map(one, zip(samples, texts)):
             out.add(ok, reason)
 
 
-def run_python(source: str, timeout: float) -> tuple[bool, str | None]:
-    """The code in a fresh temporary folder with `python -I`; (passed, the last line of stderr).
-    Not a sandbox: the code runs with this user's rights. Its whole process group is killed on timeout."""
-    with tempfile.TemporaryDirectory(prefix="forge-verify-") as folder:
+def run_python(source: str, timeout: float, parent: str | None = None) -> tuple[bool, str | None]:
+    """The code in a fresh temporary folder (below `parent`: a build's scratch folder, inside the project)
+    with `python -I`; (passed, the last line of stderr). Not a sandbox: the code runs with this user's
+    rights. Its whole process group is killed on timeout."""
+    with tempfile.TemporaryDirectory(prefix="forge-verify-", dir=parent) as folder:
         path = os.path.join(folder, "check.py")
         with open(path, "w", encoding="utf-8") as f:
             f.write(source)
