@@ -155,8 +155,8 @@ def contamination_lines(report: dict, model: str) -> list[str]:
     lines = [f"Contamination ({section['ngram']}-word runs shared with a benchmark prompt, or a shorter prompt "
              f"equal to a text), data checked: {data}", "", "| benchmark | examples | contaminated | rate |",
              "|---|---|---|---|"]
-    lines += [f"| {name} | {b['examples']} | {b['contaminated']} | {100 * b['rate']:.2f}% |"
-              for name, b in found["benchmarks"].items()]
+    lines += [f"| {name} | {b['examples']} | {b['contaminated']} | {100 * b['rate']:.2f}% |" if found["data"]
+              else f"| {name} | {b['examples']} | — | not measured |" for name, b in found["benchmarks"].items()]
     return [*lines, ""]
 
 

@@ -151,3 +151,21 @@ def test_rates_per_benchmark_and_the_named_examples():
                                             "short.contamination": {"value": 0.5, "n": 2}}}
     assert named(section, "model:m") == ["short line 4 'What is 8+9?': exact prompt in corpus:web "
                                          "train/part-00003.parquet (document planted)"]
+
+
+def test_a_model_whose_build_reads_no_data_is_not_measured_never_clean():
+    """An imported model: nothing in its graph to check the prompts against. Its values are None, so a gate
+    fails, and the report and the release card say `not measured`, never 0.00%."""
+    from forgebuild.rules.eval.gate import parse_condition
+    from forgebuild.rules.eval.evaluate import judge
+    from forgebuild.rules.eval.report import _contamination_rows
+    from forgebuild.rules.release import contamination_lines
+
+    report = {"contamination": {"ngram": 13, "models": {"model:base": {"data": [], "benchmarks": {
+        "qa": {"examples": 3, "contaminated": 0, "rate": 0.0, "matches": []}}}}}}
+    found = results(report["contamination"])
+    assert found == {"model:base": {"contamination": {"value": None, "n": 0}, "qa.contamination": {"value": None, "n": 0}}}
+    row = judge(parse_condition("<= 0.1%"), "contamination", "model:base", found, {}, 100, 0)
+    assert row["passed"] is False and row["value"] is None
+    assert _contamination_rows(report) == [["model:base", "qa", "3", "—", "not measured", "none in its graph"]]
+    assert "| qa | 3 | — | not measured |" in contamination_lines(report, "model:base")

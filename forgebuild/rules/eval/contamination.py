@@ -164,10 +164,16 @@ def _per_benchmark(examples: list[Example], first: dict[int, dict], benches: lis
 
 def results(section: dict) -> dict[str, dict[str, dict]]:
     """model -> {`contamination`, `BENCH.contamination`: {value, n}}: the share of the checked examples
-    that are contaminated. A count of these examples, not an estimate of a larger population: no interval."""
+    that are contaminated. A count of these examples, not an estimate of a larger population: no interval.
+    A model whose build reads no corpus, dataset or curate target (an imported one) was checked against
+    nothing: its values are None (not measured), never a 0 that would read as clean, and a gate on it fails."""
     found = {}
     for address, model in section.get("models", {}).items():
         benches = model["benchmarks"]
+        if not model["data"]:
+            found[address] = {METRIC: {"value": None, "n": 0},
+                              **{f"{name}.{METRIC}": {"value": None, "n": 0} for name in benches}}
+            continue
         total = sum(b["examples"] for b in benches.values())
         hit = sum(b["contaminated"] for b in benches.values())
         found[address] = {METRIC: {"value": hit / total if total else 0.0, "n": total},

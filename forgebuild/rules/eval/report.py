@@ -174,7 +174,9 @@ def _contamination_rows(report: dict) -> list[list[str]]:
     rows = []
     for model, found in (report.get("contamination") or {}).get("models", {}).items():
         data = ", ".join(found["data"]) or "none in its graph"
-        rows += [[model, name, str(b["examples"]), str(b["contaminated"]), f"{100 * b['rate']:.2f}%", data]
+        # a model whose build reads no data was checked against nothing: not measured, never "0.00%"
+        rows += [[model, name, str(b["examples"]), str(b["contaminated"]) if found["data"] else "—",
+                  f"{100 * b['rate']:.2f}%" if found["data"] else "not measured", data]
                  for name, b in found["benchmarks"].items()]
     return rows
 
