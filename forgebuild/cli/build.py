@@ -29,11 +29,11 @@ def cmd_build(args, session: Session, report) -> int:
         preflight.check(session.plan, session.rules, decisions, packages=False)
         entries = []
         for d in decisions.values():
-            action = "cached" if d.state == "fresh" else "would-build"
+            action = {"fresh": "cached", "remote": "would-fetch"}.get(d.state, "would-build")
             entries.append({"target": d.address, "action": action, "key": d.key, "digest": d.digest,
                             "reason": "; ".join(d.reasons), "seconds": 0.0})
             if action != "cached" and not args.json:
-                print(f"would build {d.address}  ({'; '.join(d.reasons)})")
+                print(f"{action.replace('-', ' ')} {d.address}  ({'; '.join(d.reasons)})")
         report({"event": "summary", "ok": True, "dry_run": True, "targets": entries})
         return 0
     ws = session.workspace

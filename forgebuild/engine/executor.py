@@ -81,7 +81,7 @@ class KeyLock:
 
 class Executor:
     def __init__(self, plan: Plan, workspace, store, stat_cache, reporter, load_rules, jobs=1, keep_going=False,
-                 force=False, remote=None, runner=None):
+                 force=False, remote=None, runner=None, spawn=None):
         """`load_rules()` gives {kind: rule module}; called only when a rule builds in this process
         (the run rule), since importing every rule costs ~0.1 s that isolated builds never need."""
         self.plan, self.ws, self.store, self.stat_cache = plan, workspace, store, stat_cache
@@ -89,6 +89,8 @@ class Executor:
         self.jobs, self.keep_going, self.force = max(1, jobs), keep_going, force
         self.remote = remote  # a shared cache: read on a local miss, written after a build
         self.runner = runner  # None: build processes are children of this one; else Ray or Slurm
+        # How a local build process starts: launcher.run_logged's signature and exit status (a warm pool's run)
+        self.spawn = spawn or run_logged
         self._git_commit = False
 
     @property
@@ -415,7 +417,7 @@ class Executor:
         argv = [sys.executable, "-m", "forgebuild.engine.worker", ctx.save()]
         env, tag = {**os.environ, **SAFE_PATH}, marker(ctx.key, ctx.workspace_dir)
         if self.runner is None:
-            code = run_logged(argv, ctx.log_path, ctx.project_dir, env=env, key=tag)
+            code = self.spawn(argv, ctx.log_path, ctx.project_dir, env=env, key=tag)
         else:
             from forgebuild.engine.backends import resources
 
