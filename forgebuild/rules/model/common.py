@@ -5,14 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 from forgebuild import limits
 from forgebuild.planning.plan import ADDRESS, outside_root
 from forgebuild.rules import runtime
 
-Schedule = Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr", "inverse_sqrt"]
+Schedule = Literal["linear", "cosine", "constant", "constant_with_warmup", "cosine_with_min_lr", "inverse_sqrt", "wsd"]
+DECAY_KEYS = ("decay_steps", "decay_fraction", "decay_shape")
+# wsd without decay_steps or decay_fraction: the last fifth of the steps decay (Hagele et al. 2024,
+# "Scaling Laws and Compute-Optimal Training Beyond Fixed Training Durations", match cosine at 20%)
+DEFAULT_DECAY_FRACTION = 0.2
 
 
 class Train(BaseModel):
@@ -25,7 +29,10 @@ class Train(BaseModel):
     grad_accum: int = Field(1, ge=1, le=limits.BATCH, description="micro-batches per optimizer step")
     schedule: Schedule = Field("cosine", description="learning-rate schedule after warmup")
     warmup_steps: int = Field(0, ge=0, le=limits.STEPS, description="steps of linear warmup from 0 to `lr`")
-    min_lr_rate: float = Field(0.1, ge=0, le=1, description="cosine_with_min_lr: the floor as a fraction of `lr`")
+    min_lr_rate: float = Field(0.1, ge=0, le=1, description="cosine_with_min_lr, wsd: the floor as a fraction of `lr`")
+    decay_steps: int | None = Field(None, ge=1, le=limits.STEPS, description="wsd: steps of the final decay")
+    decay_fraction: float | None = Field(None, gt=0, le=1, description="wsd: the final decay as a fraction of the steps (default 0.2)")
+    decay_shape: Literal["linear", "cosine", "1-sqrt"] | None = Field(None, description="wsd: how the decay falls to the floor (default linear)")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping norm (0 turns clipping off)")
     eval_every: int | None = Field(None, ge=1, le=limits.STEPS, description="holdout loss every N steps (recipes with holdout data)")
@@ -34,6 +41,32 @@ class Train(BaseModel):
                             "CUDA tensor cores, 10-bit mantissa products; on a CPU it trains exactly as fp32), bf16 "
                             "(mixed precision: bfloat16 autocast, float32 master weights, saved in float32). It "
                             "changes the numbers, so it is in the key")
+
+    @model_validator(mode="after")
+    def _decay(self):
+        given = [key for key in DECAY_KEYS if getattr(self, key) is not None]
+        if given and self.schedule != "wsd":
+            raise PydanticCustomError("train", f"{given[0]} applies to schedule = \"wsd\" only (this schedule is "
+                                               f"\"{self.schedule}\")")
+        if self.decay_steps is not None and self.decay_fraction is not None:
+            raise PydanticCustomError("train", "give either decay_steps or decay_fraction, not both")
+        if self.schedule == "wsd" and self.steps is None and self.decay_steps is None:
+            raise PydanticCustomError("train", "schedule = \"wsd\" counts its decay back from the last step: set "
+                                               "steps, or give the decay as decay_steps")
+        if self.schedule == "wsd" and self.steps is not None and self.decay_length(self.steps) + self.warmup_steps > self.steps:
+            raise PydanticCustomError("train", f"warmup_steps {self.warmup_steps} and a decay of "
+                                               f"{self.decay_length(self.steps)} steps do not fit in {self.steps} steps")
+        return self
+
+    def decay_length(self, steps: int) -> int:
+        """wsd: the steps of the final decay in a run of `steps` (at least one)."""
+        if self.decay_steps is not None:
+            return self.decay_steps
+        return max(1, round(steps * (self.decay_fraction or DEFAULT_DECAY_FRACTION)))
+
+    def stable_end(self, steps: int) -> int:
+        """wsd: the step the decay starts after; every step up to it runs at the schedule a longer run has."""
+        return steps - self.decay_length(steps)
 
 
 class Lora(BaseModel):

@@ -101,7 +101,7 @@ def trainer_args(ctx, config_class, evaluating: bool = False, **extra):
     kwargs = dict(
         output_dir=checkpoints_dir(ctx),
         per_device_train_batch_size=per_process, per_device_eval_batch_size=per_process,
-        gradient_accumulation_steps=t.grad_accum, learning_rate=t.lr, lr_scheduler_type=t.schedule,
+        gradient_accumulation_steps=t.grad_accum, learning_rate=t.lr,
         warmup_steps=t.warmup_steps, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
         num_train_epochs=t.epochs, max_steps=t.steps or -1, seed=ctx.seed, data_seed=ctx.seed,
         # Every step is logged (one float per step): the training log then does not depend on
@@ -116,9 +116,8 @@ def trainer_args(ctx, config_class, evaluating: bool = False, **extra):
         kwargs["ddp_backend"] = "gloo" if on_cpu(ctx) else "nccl"
         if ctx.params.launch.backend == "deepspeed":
             kwargs["deepspeed"] = deepspeed_config(ctx.params.launch, t.precision)
-    if t.schedule == "cosine_with_min_lr":
-        kwargs["lr_scheduler_kwargs"] = {"min_lr_rate": t.min_lr_rate}
     kwargs.update(extra)
+    kwargs.update(schedule_args(t, kwargs["max_steps"]))
     config = config_class(**kwargs)
     if processes(ctx) > 1 and ctx.params.launch.backend == "deepspeed":
         # A model that TRL loads after this point (GRPO's reference when beta > 0, online-DPO's reward
@@ -131,6 +130,25 @@ def trainer_args(ctx, config_class, evaluating: bool = False, **extra):
 
         deepspeed.init_distributed(dist_backend=kwargs["ddp_backend"], auto_mpi_discovery=False)
     return config
+
+
+# transformers' own names (SchedulerType) for the schedules the `train` table calls otherwise
+SCHEDULER_NAMES = {"wsd": "warmup_stable_decay"}
+
+
+def schedule_args(t, max_steps: int) -> dict:
+    """train.schedule as TrainingArguments. wsd is transformers' get_wsd_schedule: linear warmup, the
+    peak lr until the decay, then decay_shape down to min_lr_rate x lr over the last decay steps. Its
+    lr at a step before the decay does not depend on the run's length: what prefix reuse rests on."""
+    args = {"lr_scheduler_type": SCHEDULER_NAMES.get(t.schedule, t.schedule)}
+    if t.schedule == "cosine_with_min_lr":
+        args["lr_scheduler_kwargs"] = {"min_lr_rate": t.min_lr_rate}
+    if t.schedule == "wsd":
+        # max_steps > 0 whenever decay_steps is unset (common.Train requires steps then)
+        decay = t.decay_length(max_steps) if max_steps > 0 else t.decay_steps
+        args["lr_scheduler_kwargs"] = {"num_decay_steps": decay, "decay_type": t.decay_shape or "linear",
+                                       "min_lr_ratio": t.min_lr_rate}
+    return args
 
 
 def precision_args(ctx) -> dict:
@@ -209,6 +227,44 @@ class Watch(TrainerCallback):
             self.ctx.log(f"checkpoint at step {state.global_step}")
 
 
+class KeepStable(TrainerCallback):
+    """wsd: a checkpoint at the end of the stable phase, kept in the store for longer runs (prefix.py)."""
+
+    def __init__(self, ctx, run):
+        self.ctx, self.run = ctx, run
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.run.stable_end:
+            control.should_save = True
+
+    def on_save(self, args, state, control, **kwargs):
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if state.global_step == self.run.stable_end and os.path.exists(os.path.join(folder, COMPLETE)):
+            self.run.keep(self.ctx, folder)
+            self.ctx.log(f"kept the stable-phase checkpoint (step {state.global_step}) for longer runs")
+
+
+def step_of(checkpoint: str | None) -> int:
+    return int(CHECKPOINT.match(os.path.basename(checkpoint)).group(1)) if checkpoint else 0
+
+
+def resume_point(ctx, run) -> tuple[str | None, object]:
+    """The checkpoint to resume from: this key's own last one, or a longer stored prefix of its run
+    (`run`: prefix.Run, or None), copied into the work folder. (path or None, the prefix used or None)."""
+    from forgebuild.rules.model.prefix import copy_tree
+
+    folder = checkpoints_dir(ctx)
+    own = last_checkpoint(folder)
+    found = run.find(ctx, below=step_of(own)) if run is not None else None
+    if found is None:
+        return own, None
+    path = os.path.join(folder, f"checkpoint-{found.step}")
+    shutil.rmtree(path, ignore_errors=True)
+    os.makedirs(path)
+    copy_tree(found.folder, path, last=COMPLETE)  # a copy: the stored files stay as they are
+    return path, found
+
+
 def last_checkpoint(folder: str) -> str | None:
     """The newest checkpoint that was written whole; half-written ones (a kill mid-save) are removed."""
     if not os.path.isdir(folder):
@@ -226,8 +282,9 @@ def last_checkpoint(folder: str) -> str | None:
     return max(found)[1] if found else None
 
 
-def train(ctx, trainer):
-    """Run the trainer from the last complete checkpoint of this action key, if any."""
+def train(ctx, trainer, run=None):
+    """Run the trainer from the last complete checkpoint of this action key, if any, or from the longest
+    stored prefix of `run` (prefix.Run: a wsd run on one process), which it then keeps its own of."""
     from transformers.trainer_callback import PrinterCallback
 
     from forgebuild.rules.model import tracking
@@ -235,10 +292,18 @@ def train(ctx, trainer):
     watch = Watch(ctx)
     trainer.remove_callback(PrinterCallback)  # Watch writes the progress lines, once every log_every steps
     trainer.add_callback(watch)
-    resume = last_checkpoint(checkpoints_dir(ctx))
+    resume, prefix = resume_point(ctx, run)
+    if run is not None:
+        trainer.add_callback(KeepStable(ctx, run))
     for callback in tracking.training_callbacks(ctx):  # `track`: MLflow, TensorBoard (runtime only)
         trainer.add_callback(callback)
-    if resume and is_main():
+    if prefix is not None:
+        ctx.log(f"resuming from step {prefix.step}: the stable phase of {prefix.target} (key {prefix.key[:12]}), "
+                f"a run that differs from this one only in its length or decay")
+        ctx.metrics({"prefix_reused_steps": prefix.step, "prefix_key": prefix.key, "prefix_target": prefix.target})
+    elif run is not None:
+        ctx.metrics({"prefix_reused_steps": 0})
+    if resume and prefix is None and is_main():
         ctx.log(f"resuming from {os.path.basename(resume)} of an earlier, interrupted build")
     started = time.time()
     try:
@@ -249,9 +314,11 @@ def train(ctx, trainer):
     state = trainer.state
     if not is_main():
         return {"result": result, "seconds": seconds, "steps": state.global_step}
-    resumed_at = int(CHECKPOINT.match(os.path.basename(resume)).group(1)) if resume else 0
+    resumed_at = step_of(resume)
+    if run is not None:
+        run.note(ctx)
     ctx.metrics({
-        "train_seconds": round(seconds, 3), "steps": state.global_step,
+        "train_seconds": round(seconds, 3), "steps": state.global_step, "trained_steps": state.global_step - resumed_at,
         "steps_per_second": round(state.global_step / seconds, 3) if seconds else None,
         "seconds_before_first_step": round(watch.first_step_at - ctx.started, 3) if watch.first_step_at else None,
         "resumed_from_step": resumed_at if resume else None,
