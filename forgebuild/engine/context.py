@@ -103,6 +103,19 @@ class BuildContext:
             self._lines().memo(key)
         return self._handed_folder(keys[0], name, {**tree, "key": keys[0]})
 
+    def mark(self, group: str, member: str, name: str, material: dict, about: dict) -> None:
+        """List step `name`'s result for `material` in an index `group` as `member`, with `about` (who made
+        it): a later build that cannot name the material whole (the longest checkpoint prefix of a run,
+        at a step it does not know) finds it with `marked`. One small file per member, written whole."""
+        store, _ = self._store_and_workspace()
+        store.put_mark(group, member, {**about, "memo": self._memo_key(name, material)})
+
+    def marked(self, group: str) -> dict[str, dict]:
+        """The members of index `group` and what `mark` said of each. A listing, not a promise: `recall`
+        (or `memo` without produce) says whether a member's result is still whole in the store."""
+        store, _ = self._store_and_workspace()
+        return store.marks(group)
+
     def _memo_key(self, name: str, material: dict) -> str:
         from forgebuild.planning.keys import action_key
 

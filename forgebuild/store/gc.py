@@ -4,7 +4,8 @@ The caller says which entry to keep for each current target (`keep`: address -> 
 Kept with each entry: the cached sub-steps (memos) it names, the blobs its manifest, provenance
 and build record name, its materialised artifact, and the work folder of its target's last
 build. Everything else in the local store and workspace goes, except objects touched less than
-`grace` seconds ago: they may belong to a build running right now.
+`grace` seconds ago: they may belong to a build running right now. An index member (a stored
+checkpoint prefix, listed by step) goes with the memo it points at.
 """
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ def collect(store, workspace, keep: dict[str, str], dry_run=False, grace=3600.0)
             stats["actions"] += 1
             if not dry_run:
                 store.remove_action(key)
+    stats["actions"] += _collect_marks(store, keep_keys, now, grace, dry_run)  # pointers into the cache
     for digest in list(store.blob_digests()):
         path = store.blob_path(digest)
         if digest not in keep_blobs and not _young(path, now, grace):
@@ -73,3 +75,16 @@ def collect(store, workspace, keep: dict[str, str], dry_run=False, grace=3600.0)
                 if not dry_run:
                     remove_tree(full)
     return stats
+
+
+def _collect_marks(store, keep_keys: set[str], now: float, grace: float, dry_run: bool) -> int:
+    """Remove the index members whose memo is not kept (a member that names none goes too); their count."""
+    removed = 0
+    for group, member in list(store.mark_paths()):
+        path = store.mark_path(group, member)
+        if _young(path, now, grace) or store.get_mark(group, member).get("memo") in keep_keys:
+            continue
+        removed += 1
+        if not dry_run:
+            store.remove_mark(group, member)
+    return removed

@@ -5,6 +5,8 @@ Layout below the store's root (a folder, or any fsspec URL):
     cas/ab/<digest>        file contents, write-once, read-only
     ac/ab/<key>.json       action key -> output manifest and output digest
     records/<id>.json      build records (provenance)
+    index/<group>/<member>.json  pointers to action-cache entries a build finds by listing
+                           (the checkpoint prefixes of one training run, by step)
     tmp/                   where writes are staged before their atomic rename
     locks/<key>.lock       one builder per action key (local stores)
 
@@ -29,6 +31,8 @@ HEX = re.compile(r"^[0-9a-f]{64}$")
 # What put_record names records (time, key prefix, random part): the only ids a record may carry,
 # since an id becomes a file name and records arrive from remotes.
 RECORD_ID = re.compile(r"^[0-9]{8}T[0-9]{6}-[0-9a-f]{12}-[0-9a-f]{6}$")
+# An index member's name: it becomes a file name, so letters, digits, '-' and '_' only.
+MEMBER = re.compile(r"^[0-9A-Za-z_-]{1,64}$")
 
 
 def safe_path(path) -> bool:
@@ -229,7 +233,30 @@ class Store:
         self._write_json(self._path("records", f"{record_id}.json"), record)
         return record_id
 
+    def put_mark(self, group: str, member: str, data: dict) -> None:
+        """One member of an index: its own file, renamed into place whole, so builds that mark at the same
+        time never lose each other's members (no read-modify-write of a shared list)."""
+        if not HEX.match(group) or not MEMBER.match(member):
+            raise StoreError(f"index {group[:80]!r} member {member[:80]!r}: not an index name")
+        self._write_json(self.mark_path(group, member), data)
+
     # ---------------------------------------------------------------- reads
+
+    def marks(self, group: str) -> dict[str, dict]:
+        """The members of an index and their data; a member whose file does not parse reads as {}
+        (the caller verifies what a member points at anyway)."""
+        if not HEX.match(group):
+            return {}
+        members = [path.rsplit("/", 1)[1][: -len(".json")] for path in self.fs.glob(self.mark_path(group, "*"))]
+        return {member: self.get_mark(group, member) for member in members}
+
+    def get_mark(self, group: str, member: str) -> dict:
+        data = self._read(self.mark_path(group, member))
+        try:
+            found = json.loads(data) if data is not None else {}
+        except (ValueError, RecursionError):
+            return {}
+        return found if isinstance(found, dict) else {}
 
     def _read(self, path: str) -> bytes | None:
         try:
@@ -280,6 +307,18 @@ class Store:
     def blob_digests(self):
         for path in self.fs.glob(self._path("cas", "*", "*")):
             yield path.rsplit("/", 1)[1]
+
+    def mark_paths(self):
+        """(group, member) of every index member."""
+        for path in self.fs.glob(self._path("index", "*", "*.json")):
+            group, name = path.rsplit("/", 2)[1:]
+            yield group, name[: -len(".json")]
+
+    def mark_path(self, group: str, member: str) -> str:
+        return self._path("index", group, f"{member}.json")
+
+    def remove_mark(self, group: str, member: str) -> None:
+        self.fs.rm_file(self.mark_path(group, member))
 
     def remove_action(self, key: str) -> None:
         self.fs.rm_file(self.action_path(key))
