@@ -223,7 +223,7 @@ def fit(ctx, model, tokenizer, folder: str) -> None:
                                  **({"max_steps": steps} if steps else {}))
     trainer = Trainer(model=model, args=args, train_dataset=train_rows, eval_dataset=holdout if len(holdout) else None,
                       data_collator=default_data_collator)
-    run = training.train(ctx, trainer)
+    run = training.train(ctx, trainer, stable_run(ctx, steps or p.train.steps))
     tokens_per_step = p.train.batch_size * p.train.grad_accum * meta["seq_len"]
     if run["seconds"] and training.is_main():
         ctx.metrics({"tokens_per_second": round(run["steps"] * tokens_per_step / run["seconds"], 1)})
@@ -232,6 +232,25 @@ def fit(ctx, model, tokenizer, folder: str) -> None:
         extra["holdout_loss"] = round(trainer.evaluate()["eval_loss"], 6)
     training.save_trained(ctx, trainer, tokenizer, getattr(p, "base", None),
                           config={"seq_len": meta["seq_len"], "fim": fim}, metrics=extra)
+
+
+def stable_run(ctx, steps: int | None):
+    """A wsd run's part in checkpoint-prefix reuse (prefix.py); None for another schedule, an unknown
+    length, or several processes (a checkpoint's layout follows the processes, which are not in the key)."""
+    from forgebuild.rules import identity_params
+    from forgebuild.rules.model import prefix, training
+
+    t = ctx.params.train
+    if t.schedule != "wsd" or not steps:
+        return None
+    if t.decay_length(steps) + t.warmup_steps > steps:  # with budget_tokens: checked once the steps are known
+        raise ctx.bad_input(f"train.warmup_steps {t.warmup_steps} and a decay of {t.decay_length(steps)} steps do "
+                            f"not fit in the {steps} steps budget_tokens gives")
+    if training.processes(ctx) > 1:
+        return None
+    ident = prefix.identity(ctx.kind, ctx.version, ctx.seed, identity_params(ctx.params), dict(ctx.dep_digests),
+                            dict(ctx.digests), training.library_versions())
+    return prefix.Run(ident, t.stable_end(steps))
 
 
 def budget_steps(p, length: int) -> int | None:
