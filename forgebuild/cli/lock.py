@@ -98,12 +98,15 @@ def cmd_lock(args, session, report) -> int:
     path = lock_path(args, session)
     shown = display_path(path)
     decisions = session.decide(session.resolve(args.targets))
-    problems = not_built(args, decisions, "lock")
+    # A target on the remote is locked as it is there: its key, and the output digest its signed entry
+    # names (a fetch later checks every blob against it); there is nothing to build first.
+    unbuilt = {a: d for a, d in decisions.items() if d.state != "remote"}
+    problems = not_built(args, unbuilt, "lock")
     if problems:
         print("\n".join(problems), file=sys.stderr)
         if args.json:
             report({"event": "summary", "ok": False, "error": problems[-1][len("forgebuild: "):],
-                    "lock": path, "unbuilt": [d.address for d in decisions.values() if d.state != "fresh"]})
+                    "lock": path, "unbuilt": [d.address for d in unbuilt.values() if d.state != "fresh"]})
         return 1
     old_text = None
     if os.path.exists(path):
@@ -131,10 +134,12 @@ def cmd_lock(args, session, report) -> int:
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(text)
         os.replace(tmp, path)
+    remote = sorted(a for a, d in decisions.items() if d.state == "remote")
     new = sorted(a for a in decisions if a not in old_entries)
     changed = sorted(a for a in decisions if a in old_entries and old_entries[a].get("key") != entries[a]["key"])
     if args.json:
         report({"event": "summary", "ok": True, "lock": path, "written": written, "new": new, "changed": changed,
+                "remote": remote,
                 "targets": [{"target": a, "key": e["key"], "digest": e["digest"]} for a, e in sorted(entries.items())]})
     elif not args.quiet:
         n = len(entries)
@@ -147,6 +152,8 @@ def cmd_lock(args, session, report) -> int:
                 notes.append(f"{len(new)} new")
             if changed:
                 notes.append(f"{len(changed)} changed")
+            if remote:
+                notes.append(f"{len(remote)} from the remote, not fetched")
             print(f"wrote {shown} ({what}{', ' + ', '.join(notes) if notes else ''})")
     return 0
 
@@ -187,7 +194,7 @@ def compare_with_lock(session, decisions, lock: dict) -> list[dict]:
             digests = {}
             for dep in plan.targets[address].deps:
                 dd = decisions[dep]
-                digests[dep] = dd.digest if dd.state == "fresh" else (locked.get(dep) or {}).get("digest")
+                digests[dep] = dd.digest if dd.digest is not None else (locked.get(dep) or {}).get("digest")
             if None in digests.values():
                 continue  # a dependency is not in the lock: reported as its own problem
             mat = material(plan, plan.targets[address], session.stat_cache, digests)
@@ -195,9 +202,10 @@ def compare_with_lock(session, decisions, lock: dict) -> list[dict]:
         if key != entry["key"]:
             problems.append({"target": address, "problem": "key", "reasons": _reasons(entry.get("material"), mat),
                              "key": key, "locked_key": entry["key"]})
-        elif d.state == "fresh" and entry.get("digest") and d.digest != entry["digest"]:
+        elif d.digest is not None and entry.get("digest") and d.digest != entry["digest"]:
+            where = "cached" if d.state == "fresh" else "remote"
             problems.append({"target": address, "problem": "output", "key": key, "locked_key": entry["key"],
-                             "reasons": [f"same key, but its cached output is {d.digest} and the lock has "
+                             "reasons": [f"same key, but its {where} output is {d.digest} and the lock has "
                                          f"{entry['digest']}: the stage did not reproduce the locked output"]})
     problems += toolchain_drift(lock)
     return problems

@@ -104,10 +104,25 @@ class Session:
                 raise UsageError(f"no target '{name}' in {self.plan.display_name}{hint}")
         return found
 
-    def decide(self, addresses, force=False):
+    def decide(self, addresses, force=False, remote=True):
+        """Each target's Decision. A target the local cache lacks is looked up on the remote (when one is
+        configured and `remote`): `remote` state when a signed entry is there. The remote is made only on
+        such a miss, so an all-fresh project (the no-op path) sends no request and imports no fsspec."""
         from forgebuild.planning.keys import decide
 
-        return decide(self.plan, addresses, self.stat_cache, self.store.get_action, self.workspace.last_build, force)
+        return decide(self.plan, addresses, self.stat_cache, self.store.get_action, self.workspace.last_build, force,
+                      self._remote_lookup if remote and self._has_remote() else None)
+
+    def _has_remote(self) -> bool:
+        """Whether a remote is named at all (read without making it)."""
+        if self._remote is not False:
+            return self._remote is not None
+        return bool(getattr(self.args, "remote", None) or os.environ.get("FORGE_REMOTE")
+                    or self.plan.settings.get("remote"))
+
+    def _remote_lookup(self, key: str, address: str):
+        remote = self.remote
+        return None if remote is None else remote.lookup(key, address)
 
     def close(self) -> None:
         """Save the stat cache (main calls this just before the summary, and again at the end)."""

@@ -2,7 +2,15 @@
 
 For each target whose dependencies are done, the scheduler computes its action
 key from their *output* digests; a hit in the action cache is reused, a miss is
-built by a worker thread:
+fetched from the remote cache when one is configured, else built by a worker thread.
+
+Fetches are jobs in a lane of their own (FETCHES threads), beside the `jobs` build
+slots: a slow download never holds a ready build back, and a build never holds a
+fetch back, even at -j1. A target the planner saw on the remote (state `remote`) is
+fetched from the start of the run, before its dependencies are settled (its key is
+known from their remote digests), so a chain of fetches overlaps; it is settled in
+dependency order all the same. The blobs of every fetch share the remote's one pool
+of downloads. A build:
 
     lock the key -> check the cache again -> fresh scratch output folder ->
     rule.build (a child process unless the rule only launches a command) ->
@@ -25,7 +33,7 @@ import sys
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from forgebuild import __version__
 from forgebuild.engine.context import BuildContext
@@ -38,6 +46,11 @@ from forgebuild.planning.keys import Decision, action_key, explain, material
 from forgebuild.planning.plan import Plan, TargetPlan, resolve_sources
 from forgebuild.rules import parse_params
 from forgebuild.store.workspace import remove_tree
+
+# Targets fetched at once: each is an entry and a record (one GET each, the entry usually already read
+# by the planner) and its blobs, which go to the remote's shared pool of 8 downloads (store/remote.py).
+FETCHES = 8
+EARLY_FAILED = object()  # an early fetch was refused: tried again, and said, when the target is ready
 
 
 @dataclass
@@ -53,6 +66,16 @@ class Result:
     def as_dict(self) -> dict:
         return {"target": self.target, "action": self.action, "key": self.key, "digest": self.digest,
                 "reason": self.reason, "seconds": round(self.seconds, 3)}
+
+
+@dataclass(order=True)
+class Pending:
+    """A target waiting for a build slot (build order first), or being fetched."""
+
+    position: int
+    address: str = field(compare=False)
+    key: str = field(compare=False)
+    mat: dict = field(compare=False, repr=False)
 
 
 class KeyLock:
@@ -112,8 +135,10 @@ class Executor:
                 readers[dep].append(address)
         ready = [(position[a], a) for a in closure if waiting[a] == 0]  # build order breaks ties
         heapq.heapify(ready)
+        to_build: list[Pending] = []
         results: dict[str, Result] = {}
-        running: dict = {}
+        running: dict = {}  # future -> Pending (a build, or a fetch when it is in `fetching`)
+        fetching: set = set()
         stopped_by = None
 
         def settle(address: str, result: Result) -> None:
@@ -123,61 +148,129 @@ class Executor:
                 if waiting[reader] == 0:
                     heapq.heappush(ready, (position[reader], reader))
 
-        with ThreadPoolExecutor(self.jobs) as pool:
+        with ThreadPoolExecutor(self.jobs) as pool, ThreadPoolExecutor(FETCHES, "forge-fetch-target") as lane:
+            early = self._prefetch(lane, closure, position, decisions)
             try:
-                while ready or running:
-                    while ready and len(running) < self.jobs:
+                while ready or to_build or running:
+                    while ready:
                         _, address = heapq.heappop(ready)
                         bad = [d for d in self.plan.targets[address].deps if results[d].action in ("failed", "skipped")]
                         if bad or stopped_by:
                             reason = f"dependency {bad[0]} {results[bad[0]].action}" if bad else f"build stopped after {stopped_by} failed"
                             settle(address, self._emit_result(Result(address, "skipped", reason=reason)))
                             continue
-                        hit = self._try_cache(address, results, decisions.get(address))
+                        hit = self._try_cache(address, results, position[address], early)
                         if isinstance(hit, Result):
                             settle(address, hit)
+                        elif self._may_fetch(hit.key):
+                            future = early.pop(address, None)
+                            if future is None or future.key != hit.key:
+                                future = lane.submit(self._fetch, hit.key, address, hit.mat)
+                            running[future] = hit
+                            fetching.add(future)
                         else:
-                            running[pool.submit(self._build, address, *hit)] = address
+                            heapq.heappush(to_build, hit)
+                    while to_build and len(running) - len(fetching) < self.jobs and not stopped_by:
+                        job = heapq.heappop(to_build)
+                        reason = self._reason(job, decisions.get(job.address))
+                        running[pool.submit(self._build, job.address, job.key, job.mat, reason)] = job
+                    if stopped_by:  # no new build starts after a failure: what waits for a slot is skipped
+                        for job in to_build:
+                            settle(job.address, self._emit_result(
+                                Result(job.address, "skipped", reason=f"build stopped after {stopped_by} failed")))
+                        to_build.clear()
                     if not running:
                         continue
                     done, _ = wait(running, return_when=FIRST_COMPLETED)
                     for future in done:
-                        address = running.pop(future)
+                        job = running.pop(future)
+                        if future in fetching:
+                            fetching.discard(future)
+                            entry = future.result()
+                            if entry is EARLY_FAILED:  # again, now that its dependencies are here (one warning)
+                                future = lane.submit(self._fetch, job.key, job.address, job.mat)
+                                running[future] = job
+                                fetching.add(future)
+                            elif entry is None:  # not there (or refused: warned): built here
+                                heapq.heappush(to_build, job)
+                            else:
+                                settle(job.address, self._cached(job.address, job.key, entry, job.mat,
+                                                                 f"fetched from {self.remote.url}"))
+                            continue
                         result = future.result()
-                        settle(address, result)
+                        settle(job.address, result)
                         if result.action == "failed" and not self.keep_going and stopped_by is None:
-                            stopped_by = address
+                            stopped_by = job.address
             except BaseException:
                 kill_running()
+                for future in early.values():
+                    future.cancel()
                 raise
         return [results[a] for a in closure]
+
+    def _prefetch(self, lane, closure, position, decisions) -> dict:
+        """Fetches of the targets the planner saw on the remote, started now: {address: Future} (the Future
+        carries the key it fetches). Their dependencies need not be settled: the key is known."""
+        early = {}
+        if self.remote is None or self.force:
+            return early
+        for address in closure:
+            d = decisions.get(address)
+            if d is not None and d.state == "remote":
+                future = lane.submit(self._fetch_early, d.key, address, d.material)
+                future.key = d.key
+                early[address] = future
+        return early
+
+    def _may_fetch(self, key: str) -> bool:
+        """Whether the remote may have `key`: not when there is none, or it is off, or this run already read
+        that it has no entry (the planner's read is not repeated)."""
+        if self.remote is None or self.force or self.remote.disabled:
+            return False
+        return not self.remote.known_miss(key)
 
     def _emit_result(self, result: Result) -> Result:
         self.report(dict(event=result.action, **result.as_dict()))
         return result
 
-    def _try_cache(self, address: str, results, decision: Decision | None):
-        """A Result if the action cache has the target, else (key, material, reason) to build."""
+    def _try_cache(self, address: str, results, position: int, early: dict):
+        """A Result if the local action cache has the target, else a Pending (its key and material). A target
+        being fetched early under this key is Pending: its fetch (which may have filled the local cache
+        already) says how it came."""
         target = self.plan.targets[address]
         dep_digests = {d: results[d].digest for d in target.deps}
         mat = material(self.plan, target, self.stat_cache, dep_digests)
         key = action_key(mat)
-        if not self.force:
+        if not self.force and getattr(early.get(address), "key", None) != key:
             entry = self.store.get_action(key, address)
             if entry is not None:
                 return self._cached(address, key, entry, mat, "up to date")
-            entry = self._fetch(key, address, mat)
-            if entry is not None:
-                return self._cached(address, key, entry, mat, f"fetched from {self.remote.url}")
-        reason = "forced (-B)" if self.force else None
-        if reason is None and decision is not None and decision.key == key:
-            reason = "; ".join(decision.reasons)
-        if reason is None:
-            last = self.ws.last_build(address)
-            reason = "; ".join(explain(last.get("material") if last else None, mat))
-        return key, mat, reason
+        return Pending(position, address, key, mat)
+
+    def _reason(self, job: Pending, decision: Decision | None) -> str:
+        """Why the target builds: the planner's words when it keyed it the same (and did not expect a fetch)."""
+        if self.force:
+            return "forced (-B)"
+        if decision is not None and decision.key == job.key and decision.state != "remote":
+            return "; ".join(decision.reasons)
+        last = self.ws.last_build(job.address)
+        return "; ".join(explain(last.get("material") if last else None, job.mat))
+
+    def _fetch_early(self, key: str, address: str, mat: dict):
+        """A fetch before the target's dependencies are settled: a refusal here is not said yet (EARLY_FAILED),
+        since a blob it shares with a dependency that is being rebuilt here will be in the local cache then."""
+        from forgebuild.store.remote import RemoteUnreachable
+
+        try:
+            return self.remote.fetch(key, address, self.store, mat)
+        except RemoteUnreachable:
+            raise
+        except StoreError:
+            return EARLY_FAILED
 
     def _fetch(self, key: str, address: str, mat: dict) -> dict | None:
+        """The remote's entry, its blobs now in the local store (a job in the fetch lane); None when it is not
+        there or is refused (one warning: the target is built here)."""
         if self.remote is None:
             return None
         from forgebuild.store.remote import RemoteUnreachable

@@ -77,25 +77,29 @@ def explain(old: dict | None, new: dict) -> list[str]:
 @dataclass
 class Decision:
     address: str
-    state: str  # "fresh" | "stale" | "missing"
+    state: str  # "fresh" | "remote" | "stale" | "missing"
     reasons: list[str]
     key: str | None = None
-    digest: str | None = None  # output digest when fresh
+    digest: str | None = None  # output digest when fresh, or when the remote has it
     material: dict | None = field(default=None, repr=False)
 
 
-def decide(plan: Plan, addresses, stat_cache: StatCache, lookup, last_build, force=False) -> dict[str, Decision]:
+def decide(plan: Plan, addresses, stat_cache: StatCache, lookup, last_build, force=False,
+           remote=None) -> dict[str, Decision]:
     """State of each target in the closure of `addresses`, without building anything.
 
-    `lookup(key)` returns a cached action entry or None; `last_build(address)`
-    returns the state of that target's last build or None. A target whose
-    dependency is not fresh cannot be keyed yet: with early cutoff, whether it
-    rebuilds depends on what its dependency will produce.
+    `lookup(key, address)` returns a cached action entry or None; `last_build(address)`
+    returns the state of that target's last build or None. `remote(key, address)`, when
+    given, is asked only on a local miss: None (no entry there), or (entry, reason) where
+    entry is a checked, signed entry (its digest keys the readers on) or None with the
+    reason it was refused. A target whose dependency is neither fresh nor on the remote
+    cannot be keyed yet: with early cutoff, whether it rebuilds depends on what its
+    dependency will produce.
     """
     decisions: dict[str, Decision] = {}
     for address in plan.closure(addresses):
         target = plan.targets[address]
-        waiting = [d for d in target.deps if decisions[d].state != "fresh"]
+        waiting = [d for d in target.deps if decisions[d].digest is None]
         last = last_build(address)
         if waiting:
             why = [f"dependency {d} is {decisions[d].state}" for d in waiting]
@@ -112,14 +116,20 @@ def decide(plan: Plan, addresses, stat_cache: StatCache, lookup, last_build, for
             if "verdict" in entry:  # kept, but a failure (a failed gate): never the no-op path
                 why.append(f"failed: {entry['verdict']}")
             decisions[address] = Decision(address, "fresh", why, key, entry["digest"], mat)
-        elif force:
+            continue
+        there = None if force or remote is None else remote(key, address)
+        if there is not None and there[0] is not None:
+            decisions[address] = Decision(address, "remote", [there[1]], key, there[0]["digest"], mat)
+            continue
+        refused = [there[1]] if there is not None else []
+        if force:
             decisions[address] = Decision(address, "stale" if last else "missing", ["forced (-B)"], key, None, mat)
         elif last is None:
-            decisions[address] = Decision(address, "missing", ["never built"], key, None, mat)
+            decisions[address] = Decision(address, "missing", ["never built", *refused], key, None, mat)
         elif last.get("key") == key:
-            decisions[address] = Decision(address, "stale", ["output no longer in the cache"], key, None, mat)
+            decisions[address] = Decision(address, "stale", ["output no longer in the cache", *refused], key, None, mat)
         else:
-            decisions[address] = Decision(address, "stale", explain(last.get("material"), mat), key, None, mat)
+            decisions[address] = Decision(address, "stale", explain(last.get("material"), mat) + refused, key, None, mat)
     return decisions
 
 

@@ -10,13 +10,20 @@ reads until it has checked it (docs/remote.md, "Threat model"):
 - the entry: parsed by a strict schema (`documents.Entry`: names, digests, sizes), then its
   signature (`signing`): it must be made by a key this workspace trusts, over the action
   key, the entry and the build record's digest. Unsigned or untrusted: nothing is downloaded.
-- the blobs the local store lacks, in parallel threads: the remote object's size must equal
-  the manifest's before a byte is read, and no more than that is read; each lands in a
-  temporary file that must hash to its digest before it enters the local store.
 - the tree digest, recomputed from the manifest's (path, executable, digest) triples, must be
   the entry's digest: an `artifacts/<digest>` folder is then only ever the files it names.
+  These checks need no blob: the planner makes them too (`lookup`: state `remote`), and the
+  entry it read is the one a fetch in the same process uses (one read of an entry per run).
+- the blobs the local store lacks, in one pool of threads that every fetch of the process
+  shares (a blob two targets name is downloaded once): the remote object's size must equal
+  the manifest's before a byte is read, and no more than that is read; each lands in a
+  temporary file that must hash to its digest before it enters the local store.
 - the provenance statement (schema, then `provenance.problem`: this key, these materials,
   these digests) and the build record (schema, and the digest the signature names).
+
+Each read is one request where it can be: on S3 one ranged GET (`bytes=0-LIMIT`: the server sends
+at most LIMIT + 1 bytes and names the object's size in Content-Range, checked before the body is
+read), never a HEAD first; a local folder is read through open().
 
 Any failure is `Untrusted`: one warning naming the key, the target and the reason, and the
 target is built here. Only a failure to connect turns the remote off ("cannot be reached").
@@ -34,8 +41,9 @@ from __future__ import annotations
 import errno
 import json
 import os
+import threading
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, wait
 
 from forgebuild.errors import StoreError
 from forgebuild.hashing import bytes_digest, file_digest, tree_digest
@@ -60,6 +68,13 @@ def canonical_digest(doc: dict) -> str:
     return bytes_digest(json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode())
 
 
+def _object_size(answer: dict) -> int:
+    """The whole object's size from a GET's answer: Content-Range's total ("bytes 0-5/6") when the server
+    honoured the range, else the body's length (a server that ignored it sends the whole object)."""
+    total = (answer.get("ContentRange") or "").rpartition("/")[2]
+    return int(total) if total.isdigit() else int(answer.get("ContentLength") or 0)
+
+
 def connection_failure(error: Exception) -> bool:
     """A failure to talk to the remote at all, as opposed to a bad object on it."""
     if isinstance(error, OSError):
@@ -82,16 +97,21 @@ class Remote:
         # What this process refused: its push then writes the key's entry and these blobs again (repair)
         self.refused: set[str] = set()
         self.bad_blobs: set[str] = set()
+        self._entries: dict[str, dict | str | None] = {}  # key -> checked entry, None (a miss), or why refused
+        self._lock = threading.Lock()  # fetches run in several threads: one store, one blob pool
+        self._blob_pool = None
+        self._downloads: dict = {}  # digest -> the Future of its download (shared by the targets that name it)
 
     @property
     def store(self):
-        if self._store is None and not self.disabled:
-            from forgebuild.store.local import Store
+        with self._lock:
+            if self._store is None and not self.disabled:
+                from forgebuild.store.local import Store
 
-            try:
-                self._store = Store(self.url)
-            except (OSError, ImportError, ValueError) as e:  # no s3fs, a URL fsspec cannot resolve
-                self._unreachable(e)
+                try:
+                    self._store = Store(self.url)
+                except (OSError, ImportError, ValueError) as e:  # no s3fs, a URL fsspec cannot resolve
+                    self._unreachable(e)
         return self._store
 
     def _io(self, what: str, call, *args, missing_ok: bool = False):
@@ -162,6 +182,66 @@ class Remote:
             raise
 
     def _fetch(self, key: str, target: str, local, mat: dict, also_trust: str | None) -> dict | None:
+        if self.disabled or self.store is None:
+            return None
+        where = f"remote entry {key} for {target}"
+        entry = self.entry(key, target, also_trust)
+        if entry is None:
+            return None
+        record = self._fetch_record(entry, where)
+        if self.disabled:
+            return None
+        sizes = {f["digest"]: f["size"] for f in entry["files"]}
+        sizes.setdefault(entry["provenance"], None)  # a statement's size is not declared: DOC_LIMIT bounds it
+        if not self._fetch_blobs(sizes, where, local):
+            return None  # the remote went away mid-fetch: build locally
+        self._check_sizes(entry, where, local)
+        self._check_provenance(key, target, local, mat, entry, where)
+        if record is not None and local.get_record(record["id"]) is None:
+            local.put_record_as(record)
+        local.put_action(key, entry)  # last: the entry is the commit point
+        return entry
+
+    # ---------------------------------------------------------------- entries (what the planner sees too)
+
+    def lookup(self, key: str, target: str) -> tuple[dict | None, str] | None:
+        """For the planner, on a local miss: None when the remote has no entry for `key` (or cannot be
+        reached: one warning); (entry, "available in URL") when it has a signed, well-formed one;
+        (None, why) when the one it has is refused."""
+        from forgebuild.store.documents import Untrusted
+
+        try:
+            entry = self.entry(key, target)
+        except Untrusted as e:
+            return None, f"not taken from {self.url}: {e}"
+        return None if entry is None else (entry, f"available in {self.url}")
+
+    def known_miss(self, key: str) -> bool:
+        """Whether this process already read that the remote has no entry for `key` (a fetch would ask again)."""
+        return key in self._entries and self._entries[key] is None
+
+    def entry(self, key: str, target: str, also_trust: str | None = None) -> dict | None:
+        """The remote's entry for `key`, schema, key, signature and tree digest checked (no blob read);
+        None on a miss. Read once per process: the planner's read serves the fetch. An entry a worker
+        just pushed (`also_trust`) is read anew: it was not there when the planner looked."""
+        from forgebuild.store.documents import Untrusted
+
+        known = self._entries.get(key, False) if also_trust is None else False
+        if isinstance(known, str):
+            raise Untrusted(known)
+        if known is not False:
+            return known
+        try:
+            found = self._read_entry(key, target, also_trust)
+        except Untrusted as e:
+            self.refused.add(key)
+            self._entries[key] = str(e)
+            raise
+        if not self.disabled:  # a remote that went away has no answer to remember
+            self._entries[key] = found
+        return found
+
+    def _read_entry(self, key: str, target: str, also_trust: str | None) -> dict | None:
         from forgebuild.store import documents
 
         if self.disabled or self.store is None:
@@ -174,39 +254,76 @@ class Remote:
         if entry.get("key", key) != key:
             raise documents.Untrusted(f"{where} names another key, {entry['key']}")
         self._check_signature(key, entry, where, also_trust)
-        record = self._fetch_record(entry, where)
-        if self.disabled:
-            return None
-        sizes = {f["digest"]: f["size"] for f in entry["files"]}
-        sizes.setdefault(entry["provenance"], None)  # a statement's size is not declared: DOC_LIMIT bounds it
-        missing = sorted(d for d in sizes if not local.has_blob(d))
-        with ThreadPoolExecutor(THREADS) as pool:
-            for found in pool.map(lambda d: self._fetch_blob(d, sizes[d], where, local), missing):
-                if found is False:
-                    return None  # the remote went away mid-fetch: build locally
-        self._check_tree(entry, where, local)
-        self._check_provenance(key, target, local, mat, entry, where)
-        if record is not None and local.get_record(record["id"]) is None:
-            local.put_record_as(record)
-        local.put_action(key, entry)  # last: the entry is the commit point
+        tree = tree_digest((f["path"], f.get("x", False), f["digest"]) for f in entry["files"])
+        if tree != entry["digest"]:
+            raise documents.Untrusted(f"{where}: its digest {entry['digest']} is not the digest of its files ({tree})")
         return entry
 
+    # ---------------------------------------------------------------- one request a read
+
     def _read_doc(self, path: str, what: str, missing_ok: bool = False) -> bytes | None:
-        """A JSON document's bytes, refused when larger than DOC_LIMIT (without reading it whole). Through
-        open(), not a ranged cat_file: S3 servers answer a range past an object's end differently."""
+        """A JSON document's bytes, refused when larger than DOC_LIMIT (without reading it whole)."""
         return self._io(what, self._read_bounded, path, DOC_LIMIT, what, missing_ok=missing_ok)
 
     def _read_bounded(self, path: str, limit: int, what: str) -> bytes:
+        parts: list[bytes] = []
+        self._get(path, limit, None, parts.append, what)
+        return b"".join(parts)
+
+    def _get(self, path: str, limit: int, declared: int | None, sink, what: str) -> None:
+        """The object at `path` into `sink`, in chunks: no more than `limit` bytes, and refused from its size,
+        before a byte is read, when that is over `limit` or not `declared` (a blob's size from its manifest).
+        On S3 one GET; a local folder through open(); any other fsspec store through its open()."""
+        fs = self.store.fs
+        if hasattr(fs, "_call_s3"):
+            from fsspec.asyn import sync
+
+            sync(fs.loop, self._get_s3, path, limit, declared, sink, what)
+            return
+        with fs.open(path, "rb") as f:
+            self._check_size(self._size_of(f, path), limit, declared, what)
+            got = 0
+            while chunk := f.read(min(CHUNK, limit - got + 1)):
+                got = self._take(chunk, got, limit, declared, sink, what)
+
+    async def _get_s3(self, path: str, limit: int, declared: int | None, sink, what: str) -> None:
+        """One GET, ranged to `limit` + 1 bytes (a range past the end is cut to the object: S3 answers 206 with
+        what there is; an empty object has no byte 0, so a 0-byte limit asks without a range, and the reads
+        below still stop after one byte too many)."""
+        fs = self.store.fs
+        bucket, key, _ = fs.split_path(path)
+        ranged = {"Range": f"bytes=0-{limit}"} if limit else {}
+        answer = await fs._call_s3("get_object", Bucket=bucket, Key=key, **ranged)
+        body = answer["Body"]
+        try:
+            self._check_size(_object_size(answer), limit, declared, what)
+            got = 0
+            while chunk := await body.read(CHUNK):
+                got = self._take(chunk, got, limit, declared, sink, what)
+        finally:
+            body.close()
+
+    @staticmethod
+    def _check_size(size: int, limit: int, declared: int | None, what: str) -> None:
         from forgebuild.store.documents import Untrusted
 
-        with self.store.fs.open(path, "rb") as f:
-            size = self._size_of(f, path)
-            if size > limit:
-                raise Untrusted(f"{what} is {size} bytes, more than {limit}: refused without reading it")
-            data = f.read(limit + 1)
-        if len(data) > limit:
-            raise Untrusted(f"{what} sent more than {limit} bytes: refused")
-        return data
+        if declared is not None and size != declared:
+            raise Untrusted(f"{what} is {size} bytes, the manifest says {declared}: refused without downloading it")
+        if size > limit:
+            raise Untrusted(f"{what} is {size} bytes, more than {limit}: refused without reading it")
+
+    @staticmethod
+    def _take(chunk: bytes, got: int, limit: int, declared: int | None, sink, what: str) -> int:
+        """One chunk into the sink, unless it goes past `limit` (the size the remote reported can lie: an object
+        replaced mid-read, a stream that never ends)."""
+        from forgebuild.store.documents import Untrusted
+
+        got += len(chunk)
+        if got > limit:
+            raise Untrusted(f"{what} sent more than its declared {limit} bytes: refused" if declared is not None
+                            else f"{what} sent more than {limit} bytes: refused")
+        sink(chunk)
+        return got
 
     def _size_of(self, f, path: str) -> int:
         """The object's size as its open handle knows it (fsspec files carry it; local ones: fstat)."""
@@ -243,6 +360,25 @@ class Remote:
             raise documents.Untrusted(f"{what} is not the record its signature names (tampered)")
         return record
 
+    def _fetch_blobs(self, sizes: dict, where: str, local) -> bool:
+        """The blobs of `sizes` ({digest: declared size}) that the local store lacks, through the one pool of
+        THREADS downloads every fetch of this process shares: targets fetched together fill it together, and a
+        blob two of them name is downloaded once. False when the remote went away meanwhile."""
+        with self._lock:
+            if self._blob_pool is None:
+                self._blob_pool = ThreadPoolExecutor(THREADS, thread_name_prefix="forge-fetch")
+            jobs = []
+            for digest in sorted(sizes):
+                if local.has_blob(digest):  # here already, or since a refusal: built here meanwhile
+                    continue
+                job = self._downloads.get(digest)
+                if job is None or (job.done() and job.exception() is None):  # a refusal stands for this run
+                    job = self._downloads[digest] = self._blob_pool.submit(
+                        self._fetch_blob, digest, sizes[digest], where, local)
+                jobs.append(job)
+        wait(jobs)  # every one settled before a refusal is raised: none left writing into the local store
+        return all([job.result() for job in jobs])
+
     def _fetch_blob(self, digest: str, size: int | None, where: str, local) -> bool:
         from forgebuild.store.documents import Untrusted
 
@@ -268,34 +404,23 @@ class Remote:
         """Copy one object into `tmp`, reading no more than its declared size (DOC_LIMIT when undeclared)."""
         from forgebuild.store.documents import Untrusted
 
-        limit = DOC_LIMIT if size is None else size
-        with self.store.fs.open(path, "rb") as src:
-            there = self._size_of(src, path)
-            if there > limit or (size is not None and there != size):
+        with open(tmp, "wb") as dst:
+            try:
+                self._get(path, DOC_LIMIT if size is None else size, size, dst.write, what)
+            except Untrusted:  # its size was wrong: this workspace's push writes the blob again
                 self.bad_blobs.add(os.path.basename(path))
-                raise Untrusted(f"{what} is {there} bytes, the manifest says {limit}: refused without downloading it")
-            got = 0
-            with open(tmp, "wb") as dst:
-                while chunk := src.read(min(CHUNK, limit - got + 1)):
-                    got += len(chunk)
-                    if got > limit:
-                        self.bad_blobs.add(os.path.basename(path))
-                        raise Untrusted(f"{what} sent more than its declared {limit} bytes: refused")
-                    dst.write(chunk)
+                raise
         return True
 
     @staticmethod
-    def _check_tree(entry: dict, where: str, local) -> None:
-        """The entry's digest must be the tree of its files, and each file's size its blob's."""
+    def _check_sizes(entry: dict, where: str, local) -> None:
+        """Each file's size must be its blob's (the tree digest was checked with the entry)."""
         from forgebuild.store.documents import Untrusted
 
         for f in entry["files"]:
             got = os.path.getsize(local.blob_path(f["digest"]))
             if got != f["size"]:
                 raise Untrusted(f"{where}: {f['path']} is {got} bytes, the manifest says {f['size']}")
-        tree = tree_digest((f["path"], f.get("x", False), f["digest"]) for f in entry["files"])
-        if tree != entry["digest"]:
-            raise Untrusted(f"{where}: its digest {entry['digest']} is not the digest of its files ({tree})")
 
     @staticmethod
     def _check_provenance(key: str, target: str, local, mat: dict, entry: dict, where: str) -> None:
@@ -347,6 +472,9 @@ class Remote:
         """The remote's entry for `key` when it is a well-formed one (a bad one is overwritten)."""
         from forgebuild.store import documents
 
+        known = self._entries.get(key, False)
+        if known is None or isinstance(known, dict):  # read (and checked) by the planner or the fetch of this run
+            return known
         try:
             data = self._read_doc(self.store.action_path(key), f"remote entry {key}", missing_ok=True)
             return documents.parse(documents.Entry, data, key) if data is not None else None
