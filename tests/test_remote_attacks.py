@@ -171,8 +171,8 @@ def test_malformed_documents_are_one_warning(attack, damage):
         remote.fs.rm_file(remote.path(f"cas/{x[:2]}/{x}"))
         remote.write(f"cas/{x[:2]}/{x}/inside", b"hello\n")  # on S3: an object below the blob's name
         reason = (f": blob {x} cannot be read (IsADirectoryError: [Errno 21] Is a directory: "
-                  f"'{remote.root}/cas/{x[:2]}/{x}')" if remote.kind == "file" else  # S3: a prefix of 0 bytes
-                  f": blob {x} is 0 bytes, the manifest says 6: refused without downloading it")
+                  f"'{remote.root}/cas/{x[:2]}/{x}')" if remote.kind == "file" else  # S3: no object by that name
+                  f": blob {x} is missing from the remote")
     rebuilt_with_one_warning(remote, b, reason, key, a if damage != "blob is a folder" else None)
 
 

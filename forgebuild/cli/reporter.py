@@ -153,7 +153,8 @@ def summary_line(e: dict, seconds: float) -> str:
         counts[t.get("action", t.get("state"))] = counts.get(t.get("action", t.get("state")), 0) + 1
     if e.get("dry_run"):
         would = counts.get("would-build", 0)
-        return f"dry run: {would} to build, {counts.get('cached', 0)} fresh"
+        fetch = f"{counts['would-fetch']} to fetch, " if counts.get("would-fetch") else ""
+        return f"dry run: {would} to build, {fetch}{counts.get('cached', 0)} fresh"
     if "message" in e:  # a verb's own one-line result (cache push / pull, lock, verify)
         return e["message"]
     fetched = sum(1 for t in e.get("targets", []) if str(t.get("reason", "")).startswith("fetched from "))
