@@ -41,7 +41,11 @@ its own output), built once with --remote (write-through), then:
   build --remote       `forgebuild --remote` in a fresh workspace: every target
                        decided, fetched and materialised, nothing run
   cache pull           `forgebuild cache pull` in a fresh workspace
-  Remote.fetch x N     the N fetches in one child, timed inside it
+  Remote.fetch x N     the N fetches in one child, one after another (as the
+                       executor fetched before issue 16: in its scheduler
+                       thread), timed inside it
+  Remote.fetch x N, lane   the same N fetches, FETCHES at a time sharing one
+                       pool of blob downloads (as the executor fetches now)
   floors               one HEAD round trip; the same objects (entries, blobs,
                        records) read one by one with s3fs cat_file, and in one
                        concurrent S3FileSystem().get call
@@ -88,7 +92,7 @@ SIDE = r'''
 import json, os, sys, time
 op, arg = sys.argv[1], json.loads(sys.argv[2])
 res = {}
-if op in ("push_api", "fetch_api"):
+if op in ("push_api", "fetch_api", "fetch_lane"):
     from forgebuild.store.remote import Remote
     from forgebuild.store.local import Store
     from forgebuild.hashing import file_digest
@@ -99,9 +103,16 @@ if op in ("push_api", "fetch_api"):
     if op == "push_api":
         res["bytes"] = sum(remote.push(k, local.get_action(k), local) for k in arg["keys"])
         res["seconds"] = time.perf_counter() - t
+    elif op == "fetch_lane":  # as the executor fetches: FETCHES targets at once, one shared pool of blob downloads
+        from concurrent.futures import ThreadPoolExecutor
+        from forgebuild.engine.executor import FETCHES
+        with ThreadPoolExecutor(FETCHES) as lane:
+            got = list(lane.map(lambda k: remote.fetch(k, arg["mats"][k][0], local, arg["mats"][k][1]), arg["keys"]))
+        res["seconds"] = time.perf_counter() - t
     else:
         got = [remote.fetch(k, arg["mats"][k][0], local, arg["mats"][k][1]) for k in arg["keys"]]
         res["seconds"] = time.perf_counter() - t
+    if op != "push_api":
         res["fetched"] = sum(e is not None for e in got)
         digests = {f["digest"] for e in got if e for f in e["files"]}
         t = time.perf_counter()
@@ -477,6 +488,7 @@ def many(server: Server, folder: str, n: int, shape: str, repeats: int, jobs: li
           f"with --remote (write-through) {child.wall:.2f} s", flush=True)
 
     res["status"], res["push, all there"], res["build --remote"], res["cache pull"], res["fetch"] = [], [], [], [], []
+    res["fetch lane"] = []
     for r in range(repeats):
         child, summary = forge(server, c, "status")
         res["status"].append(child)
@@ -500,6 +512,12 @@ def many(server: Server, folder: str, n: int, shape: str, repeats: int, jobs: li
         if child.data["fetched"] != n:
             raise RuntimeError(f"Remote.fetch: {child.data}")
         res["fetch"].append(child)
+        shutil.rmtree(store)
+        os.makedirs(store)
+        child = side(server, folder, "fetch_lane", store=store, url=url, keys=action_keys(c), mats=materials(c))
+        if child.data["fetched"] != n:
+            raise RuntimeError(f"Remote.fetch, lane: {child.data}")
+        res["fetch lane"].append(child)
         print(f"  round {r + 1}: status {res['status'][-1].wall:.2f} s, push (all there) "
               f"{res['push, all there'][-1].wall:.2f} s, build --remote {res['build --remote'][-1].wall:.2f} s, "
               f"cache pull {res['cache pull'][-1].wall:.2f} s, Remote.fetch x{n} {child.data['seconds']:.2f} s",
@@ -535,7 +553,8 @@ def print_many(res: dict, shape: str) -> None:
                               ("cache push, everything already remote", "push, all there", False),
                               ("fresh workspace: build --remote (fetch all)", "build --remote", False),
                               ("fresh workspace: cache pull", "cache pull", False),
-                              (f"Remote.fetch x{n} (in-process)", "fetch", True)):
+                              (f"Remote.fetch x{n}, one at a time (in-process)", "fetch", True),
+                              (f"Remote.fetch x{n}, 8 at a time, one blob pool (in-process)", "fetch lane", True)):
         children = res[key]
         m = med(c.data["seconds"] if inner else c.wall for c in children)
         reqs = children[0].requests
@@ -554,6 +573,10 @@ def print_many(res: dict, shape: str) -> None:
     print(table(rows, ["figure", "median s", "per target ms", "requests/target", "moto CPU s", "requests (1st run)"]))
     status = med(c.wall for c in res["status"])
     push = med(c.wall for c in res["push, all there"])
+    one_by_one = med(c.data["seconds"] for c in res["fetch"])
+    lane = med(c.data["seconds"] for c in res["fetch lane"])
+    print(f"fetching {n} targets: one at a time {one_by_one:.2f} s, in the executor's lane {lane:.2f} s "
+          f"({one_by_one / lane:.1f}x)")
     print(f"finding that {n} targets are already remote (cache push - status): {push - status:.2f} s, "
           f"{(push - status) / n * 1000:.1f} ms per target")
 

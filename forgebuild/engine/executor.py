@@ -127,88 +127,24 @@ class Executor:
     def run(self, addresses, decisions: dict[str, Decision]) -> list[Result]:
         """Each target starts once its dependencies are settled; linear in the graph's size."""
         closure = self.plan.closure(addresses)
-        position = {a: i for i, a in enumerate(closure)}
-        waiting = {a: len(self.plan.targets[a].deps) for a in closure}
-        readers: dict[str, list[str]] = {a: [] for a in closure}
-        for address in closure:
-            for dep in self.plan.targets[address].deps:
-                readers[dep].append(address)
-        ready = [(position[a], a) for a in closure if waiting[a] == 0]  # build order breaks ties
-        heapq.heapify(ready)
-        to_build: list[Pending] = []
-        results: dict[str, Result] = {}
-        running: dict = {}  # future -> Pending (a build, or a fetch when it is in `fetching`)
-        fetching: set = set()
-        stopped_by = None
-
-        def settle(address: str, result: Result) -> None:
-            results[address] = result
-            for reader in readers[address]:
-                waiting[reader] -= 1
-                if waiting[reader] == 0:
-                    heapq.heappush(ready, (position[reader], reader))
-
         with ThreadPoolExecutor(self.jobs) as pool, ThreadPoolExecutor(FETCHES, "forge-fetch-target") as lane:
-            early = self._prefetch(lane, closure, position, decisions)
+            run = Schedule(self, closure, decisions, pool, lane)
             try:
-                while ready or to_build or running:
-                    while ready:
-                        _, address = heapq.heappop(ready)
-                        bad = [d for d in self.plan.targets[address].deps if results[d].action in ("failed", "skipped")]
-                        if bad or stopped_by:
-                            reason = f"dependency {bad[0]} {results[bad[0]].action}" if bad else f"build stopped after {stopped_by} failed"
-                            settle(address, self._emit_result(Result(address, "skipped", reason=reason)))
-                            continue
-                        hit = self._try_cache(address, results, position[address], early)
-                        if isinstance(hit, Result):
-                            settle(address, hit)
-                        elif self._may_fetch(hit.key):
-                            future = early.pop(address, None)
-                            if future is None or future.key != hit.key:
-                                future = lane.submit(self._fetch, hit.key, address, hit.mat)
-                            running[future] = hit
-                            fetching.add(future)
-                        else:
-                            heapq.heappush(to_build, hit)
-                    while to_build and len(running) - len(fetching) < self.jobs and not stopped_by:
-                        job = heapq.heappop(to_build)
-                        reason = self._reason(job, decisions.get(job.address))
-                        running[pool.submit(self._build, job.address, job.key, job.mat, reason)] = job
-                    if stopped_by:  # no new build starts after a failure: what waits for a slot is skipped
-                        for job in to_build:
-                            settle(job.address, self._emit_result(
-                                Result(job.address, "skipped", reason=f"build stopped after {stopped_by} failed")))
-                        to_build.clear()
-                    if not running:
-                        continue
-                    done, _ = wait(running, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        job = running.pop(future)
-                        if future in fetching:
-                            fetching.discard(future)
-                            entry = future.result()
-                            if entry is EARLY_FAILED:  # again, now that its dependencies are here (one warning)
-                                future = lane.submit(self._fetch, job.key, job.address, job.mat)
-                                running[future] = job
-                                fetching.add(future)
-                            elif entry is None:  # not there (or refused: warned): built here
-                                heapq.heappush(to_build, job)
-                            else:
-                                settle(job.address, self._cached(job.address, job.key, entry, job.mat,
-                                                                 f"fetched from {self.remote.url}"))
-                            continue
-                        result = future.result()
-                        settle(job.address, result)
-                        if result.action == "failed" and not self.keep_going and stopped_by is None:
-                            stopped_by = job.address
+                while run.ready or run.to_build or run.running:
+                    run.admit_ready()
+                    run.start_builds()
+                    if run.running:
+                        done, _ = wait(run.running, return_when=FIRST_COMPLETED)
+                        for future in done:
+                            run.finish(future)
             except BaseException:
                 kill_running()
-                for future in early.values():
+                for future in run.early.values():
                     future.cancel()
                 raise
-        return [results[a] for a in closure]
+        return [run.results[a] for a in closure]
 
-    def _prefetch(self, lane, closure, position, decisions) -> dict:
+    def _prefetch(self, lane, closure, decisions) -> dict:
         """Fetches of the targets the planner saw on the remote, started now: {address: Future} (the Future
         carries the key it fetches). Their dependencies need not be settled: the key is known."""
         early = {}
@@ -594,6 +530,91 @@ class Executor:
             "forgebuild": __version__, "forgefile": os.path.basename(self.plan.forgefile),
             "git_commit": self.git_commit,
         }
+
+
+class Schedule:
+    """One run's bookkeeping: what is ready, waiting for a build slot, being built or fetched, settled."""
+
+    def __init__(self, executor: Executor, closure: list[str], decisions: dict[str, Decision], pool, lane):
+        self.ex, self.decisions, self.pool, self.lane = executor, decisions, pool, lane
+        targets = executor.plan.targets
+        self.position = {a: i for i, a in enumerate(closure)}
+        self.waiting = {a: len(targets[a].deps) for a in closure}
+        self.readers: dict[str, list[str]] = {a: [] for a in closure}
+        for address in closure:
+            for dep in targets[address].deps:
+                self.readers[dep].append(address)
+        self.ready = [(self.position[a], a) for a in closure if self.waiting[a] == 0]  # build order breaks ties
+        heapq.heapify(self.ready)
+        self.to_build: list[Pending] = []
+        self.results: dict[str, Result] = {}
+        self.running: dict = {}  # future -> Pending: a build, or a fetch when it is in `fetching`
+        self.fetching: set = set()
+        self.stopped_by = None
+        self.early = executor._prefetch(lane, closure, decisions)
+
+    def settle(self, address: str, result: Result) -> None:
+        self.results[address] = result
+        for reader in self.readers[address]:
+            self.waiting[reader] -= 1
+            if self.waiting[reader] == 0:
+                heapq.heappush(self.ready, (self.position[reader], reader))
+
+    def skip(self, address: str, reason: str) -> None:
+        self.settle(address, self.ex._emit_result(Result(address, "skipped", reason=reason)))
+
+    def admit_ready(self) -> None:
+        """Every ready target: skipped, settled from the local cache, fetched, or waiting for a build slot."""
+        while self.ready:
+            _, address = heapq.heappop(self.ready)
+            bad = [d for d in self.ex.plan.targets[address].deps if self.results[d].action in ("failed", "skipped")]
+            if bad or self.stopped_by:
+                self.skip(address, f"dependency {bad[0]} {self.results[bad[0]].action}" if bad
+                          else f"build stopped after {self.stopped_by} failed")
+                continue
+            hit = self.ex._try_cache(address, self.results, self.position[address], self.early)
+            if isinstance(hit, Result):
+                self.settle(address, hit)
+            elif self.ex._may_fetch(hit.key):
+                future = self.early.pop(address, None)
+                self.fetch(hit, future if getattr(future, "key", None) == hit.key else None)
+            else:
+                heapq.heappush(self.to_build, hit)
+
+    def fetch(self, job: Pending, future=None) -> None:
+        if future is None:
+            future = self.lane.submit(self.ex._fetch, job.key, job.address, job.mat)
+        self.running[future] = job
+        self.fetching.add(future)
+
+    def start_builds(self) -> None:
+        """Builds into the free slots (fetches take none); after a failure, none: what waits is skipped."""
+        while self.to_build and len(self.running) - len(self.fetching) < self.ex.jobs and not self.stopped_by:
+            job = heapq.heappop(self.to_build)
+            reason = self.ex._reason(job, self.decisions.get(job.address))
+            self.running[self.pool.submit(self.ex._build, job.address, job.key, job.mat, reason)] = job
+        if self.stopped_by:
+            for job in self.to_build:
+                self.skip(job.address, f"build stopped after {self.stopped_by} failed")
+            self.to_build.clear()
+
+    def finish(self, future) -> None:
+        job = self.running.pop(future)
+        if future in self.fetching:
+            self.fetching.discard(future)
+            entry = future.result()
+            if entry is EARLY_FAILED:  # again, now that its dependencies are here (that one warns)
+                self.fetch(job)
+            elif entry is None:  # not there, or refused (warned): built here
+                heapq.heappush(self.to_build, job)
+            else:
+                self.settle(job.address, self.ex._cached(job.address, job.key, entry, job.mat,
+                                                         f"fetched from {self.ex.remote.url}"))
+            return
+        result = future.result()
+        self.settle(job.address, result)
+        if result.action == "failed" and not self.ex.keep_going and self.stopped_by is None:
+            self.stopped_by = job.address
 
 
 def git_commit(folder: str) -> str | None:

@@ -113,24 +113,30 @@ def decide(plan: Plan, addresses, stat_cache: StatCache, lookup, last_build, for
         entry = None if force else lookup(key, address)
         if entry is not None:
             why = ["up to date"] if last and last.get("key") == key else ["output cached from an earlier build"]
-            if "verdict" in entry:  # kept, but a failure (a failed gate): never the no-op path
-                why.append(f"failed: {entry['verdict']}")
-            decisions[address] = Decision(address, "fresh", why, key, entry["digest"], mat)
-            continue
-        there = None if force or remote is None else remote(key, address)
-        if there is not None and there[0] is not None:
-            decisions[address] = Decision(address, "remote", [there[1]], key, there[0]["digest"], mat)
-            continue
-        refused = [there[1]] if there is not None else []
-        if force:
-            decisions[address] = Decision(address, "stale" if last else "missing", ["forced (-B)"], key, None, mat)
-        elif last is None:
-            decisions[address] = Decision(address, "missing", ["never built", *refused], key, None, mat)
-        elif last.get("key") == key:
-            decisions[address] = Decision(address, "stale", ["output no longer in the cache", *refused], key, None, mat)
+            decisions[address] = Decision(address, "fresh", why + _failed(entry), key, entry["digest"], mat)
         else:
-            decisions[address] = Decision(address, "stale", explain(last.get("material"), mat) + refused, key, None, mat)
+            decisions[address] = _not_here(address, key, mat, last, force, remote)
     return decisions
+
+
+def _failed(entry: dict) -> list[str]:
+    """A kept failure (a failed gate) is cached too, but it is never the no-op path: said in the reasons."""
+    return [f"failed: {entry['verdict']}"] if "verdict" in entry else []
+
+
+def _not_here(address: str, key: str, mat: dict, last: dict | None, force: bool, remote) -> Decision:
+    """A target the local cache lacks: on the remote (asked only now), or to be built, and why."""
+    if force:
+        return Decision(address, "stale" if last else "missing", ["forced (-B)"], key, None, mat)
+    there = None if remote is None else remote(key, address)
+    if there is not None and there[0] is not None:
+        return Decision(address, "remote", [there[1], *_failed(there[0])], key, there[0]["digest"], mat)
+    refused = [there[1]] if there is not None else []  # the remote's entry, refused: why
+    if last is None:
+        return Decision(address, "missing", ["never built", *refused], key, None, mat)
+    if last.get("key") == key:
+        return Decision(address, "stale", ["output no longer in the cache", *refused], key, None, mat)
+    return Decision(address, "stale", explain(last.get("material"), mat) + refused, key, None, mat)
 
 
 def _own_changes(plan, target, stat_cache, decisions, last_build, last) -> list[str]:

@@ -142,3 +142,34 @@ def test_a_push_after_a_refusal_writes_the_bad_blob_again(pair, tmp_path_factory
     again = Store(str(tmp_path_factory.mktemp("r2") / ".forge"))
     assert Remote(url, workspace_dir=again.root, trusted=writer.public()).fetch(
         writer.key, "run:make", again, writer.mat)["digest"] == writer.entry["digest"]
+
+
+def test_the_planner_s_lookup_is_the_fetch_s_read_of_the_entry(pair):
+    """lookup() checks the entry without a blob; the fetch that follows in the same process reads it no more
+    (here: the entry is gone from the remote by then, and the fetch still has it)."""
+    writer, url, _, local, remote = pair
+    assert remote.lookup("0" * 64, "run:make") is None and remote.known_miss("0" * 64)
+    entry, reason = remote.lookup(writer.key, "run:make")
+    assert reason == f"available in {url}" and entry["digest"] == writer.entry["digest"]
+    assert blob_names(local) == []  # no blob read to say so
+    os.chmod(Store(url).action_path(writer.key), 0o644)
+    os.unlink(Store(url).action_path(writer.key))
+    assert remote.fetch(writer.key, "run:make", local, writer.mat)["digest"] == writer.entry["digest"]
+
+
+def test_a_refused_entry_is_not_available_and_says_why(pair):
+    writer, url, _, local, _ = pair
+    stranger = Remote(url, workspace_dir=str(local.root))  # trusts no one but its own (absent) key
+    entry, reason = stranger.lookup(writer.key, "run:make")
+    assert entry is None and reason.startswith(f"not taken from {url}: remote entry {writer.key} for run:make: ")
+    assert stranger.refused == {writer.key}
+    with pytest.raises(Untrusted):  # the fetch gives the same answer, without reading again
+        stranger.fetch(writer.key, "run:make", local, writer.mat)
+
+
+def test_an_objects_size_is_content_range_s_total_else_its_length():
+    from forgebuild.store.remote import _object_size
+
+    assert _object_size({"ContentRange": "bytes 0-5/6", "ContentLength": 6}) == 6
+    assert _object_size({"ContentRange": "bytes 0-64/400000000", "ContentLength": 65}) == 400_000_000
+    assert _object_size({"ContentLength": 9}) == 9  # a server that ignored the range sends the whole object
