@@ -11,10 +11,14 @@ from __future__ import annotations
 import glob
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 
 import pytest
 import tinylab
-from conftest import Project
+from conftest import ENV, Project
 
 WSD = 'train = { lr = 3e-3, steps = STEPS, batch_size = 8, warmup_steps = 3, schedule = "wsd", decay_steps = 10 }'
 FORGEFILE = tinylab.BASE_FORGEFILE.replace(
@@ -73,6 +77,7 @@ def test_a_longer_run_resumes_at_the_shorter_ones_stable_end_and_ends_as_a_cold_
     assert digest_of(lab, "model:base") == cold60
     rows = [json.loads(line) for line in open(os.path.join(lab.root, ".forge/out/model/base/training_log.jsonl"))]
     assert [r["step"] for r in rows if "loss" in r] == list(range(1, 61))  # the reused steps are in the log
+    assert [r["epoch"] for r in rows if r["step"] == 30][0] > 1  # the shared prefix crossed an epoch boundary
     assert "verified" in lab.run("verify").stdout
 
     # another lr is another run: nothing of the 40- or 60-step run is reused
@@ -121,4 +126,32 @@ def test_a_checkpoint_whose_blob_is_gone_is_a_miss_and_the_build_trains_from_ste
     lab.forgefile(FORGEFILE.replace("STEPS", "60"))
     metrics = built_metrics(lab, "model:base")["model:base"]
     assert (metrics["prefix_reused_steps"], metrics["trained_steps"]) == (0, 60)
+    assert digest_of(lab, "model:base") == cold60
+
+
+def _wait_for_line(path: str, text: str, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if os.path.exists(path) and text in open(path, encoding="utf-8").read():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"'{text}' never appeared in {path}")
+
+
+def test_a_killed_build_that_reused_a_prefix_resumes_from_its_own_later_checkpoint(tmp_path, cold60):
+    lab = wsd_project(str(tmp_path), 40)
+    built_metrics(lab, "model:base")
+    lab.forgefile(FORGEFILE.replace("STEPS", "60") + "checkpoint_every = 5\nlog_every = 1\n")
+    log = os.path.join(lab.root, ".forge/logs/model/base.log")
+    proc = subprocess.Popen([sys.executable, "-m", "forgebuild", "model:base"], cwd=lab.root, env=ENV,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        _wait_for_line(log, "checkpoint at step 40")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert "resuming from step 30: the stable phase" in open(log, encoding="utf-8").read()
+    metrics = built_metrics(lab, "model:base")["model:base"]
+    assert metrics["prefix_reused_steps"] == 0 and metrics["resumed_from_step"] >= 40  # its own, not the prefix
+    assert "resuming from checkpoint-" in stage_log(lab)
     assert digest_of(lab, "model:base") == cold60

@@ -6,9 +6,9 @@ import argparse
 from forgebuild import __version__
 
 VERBS = ("build", "status", "explain", "graph", "path", "show", "log", "clean", "gc", "schema", "lock", "verify",
-         "diff", "cache", "join", "keys", "init", "exp", "metrics", "mcp")
+         "diff", "cache", "join", "keys", "init", "exp", "metrics", "mcp", "worker")
 TAKES_VALUE = {"-f", "--file", "-j", "--jobs", "--format", "--limit", "--grace", "--remote", "--lock", "--executor",
-               "--node-rank", "--wait", "--worker-files"}
+               "--node-rank", "--wait", "--worker-files", "--workers"}
 
 
 def argument_parser() -> argparse.ArgumentParser:
@@ -63,6 +63,8 @@ def argument_parser() -> argparse.ArgumentParser:
     mt.add_argument("a", metavar="A", help="a build record id, TARGET@N (from `log`), or a lock file")
     mt.add_argument("b", metavar="B", help="the same, for the other side")
     mt.add_argument("--format", choices=("text", "markdown"), default="text")
+    verb("worker", "the warm workers of this project: list them (status) or stop them (stop)").add_argument(
+        "action", choices=("status", "stop"))
     verb("mcp", "serve the verbs to agents: a Model Context Protocol server on stdio")
     _join_flags(verb("join", "on another node: take part in the multi-node stages of a build", "*"))
     return parser
@@ -94,6 +96,10 @@ def _build_flags(b: argparse.ArgumentParser) -> None:
                    help="how Ray workers see the project: through a shared filesystem (shared, the default), or as "
                         "their own copy, exchanging artifacts through the remote cache (remote); also [forge] "
                         "worker_files")
+    b.add_argument("--workers", choices=("cold", "run", "resident"), default=None,
+                   help="how local stages' processes start: a fresh interpreter each (cold), forked from a warm worker "
+                        "that imported the ML stack once for this run (run, the default) or one that outlives it "
+                        "(resident); also [forge] workers")
     b.add_argument("--frozen", action="store_true",
                    help="fail (exit 1) when any target's key differs from Forgefile.lock, naming what changed")
     b.add_argument("--lock", default=None, metavar="FILE", help="the lock file (default: Forgefile.lock beside the Forgefile)")

@@ -66,11 +66,42 @@ def _execute(args, session: Session, report, worker_files: str, addresses, decis
     from forgebuild.engine.backends import make_runner
 
     ws = session.workspace
+    runner = make_runner(args.executor, ws.dir, worker_files, session.remote, session.plan.forgefile, session.store.root)
+    # started before the executor: its imports overlap the cache checks and the first cheap stages
+    pool = _warm_pool(args, session, report, decisions) if runner is None else None
+    from forgebuild.engine.launcher import run_stage
+
     executor = Executor(session.plan, ws, session.store, session.stat_cache, report, lambda: session.rules,
                         jobs=jobs, keep_going=args.keep_going, force=args.force, remote=session.remote,
-                        runner=make_runner(args.executor, ws.dir, worker_files, session.remote, session.plan.forgefile,
-                                           session.store.root))
-    return executor.run(addresses, decisions)
+                        runner=runner, spawn=pool.run if pool else run_stage)
+    try:
+        return executor.run(addresses, decisions)
+    finally:
+        if pool is not None:
+            pool.close()
+
+
+def _warm_pool(args, session: Session, report, decisions):
+    """A warm worker for the isolated stages this run will build (engine/warm.py), or None (cold)."""
+    settings = session.plan.settings
+    mode = getattr(args, "workers", None) or settings.get("workers") or "run"
+    building = [session.plan.targets[a] for a, d in decisions.items()
+                if d.state not in ("fresh", "remote") and session.plan.targets[a].isolate]
+    if mode == "cold" or not building:
+        return None
+    from forgebuild.engine import preflight, warm
+    from forgebuild.rules import hooks, parse_params
+
+    modules, heavy = set(), set()
+    for target in building:
+        rule = session.rules[target.kind]
+        needs = [m for m in hooks(rule).requires(parse_params(rule, target.values))
+                 if preflight._installed(m.split(".", 1)[0])]
+        modules.update(needs)
+        if warm.HEAVY.intersection(m.split(".", 1)[0] for m in needs):
+            heavy.add(target.kind)
+    return warm.pool_for(mode, settings.get("worker_idle") or 900, session.workspace.dir, session.plan.root,
+                         modules, {t.kind for t in building}, heavy, report)
 
 
 def _trials_built(args, session: Session, report, worker_files: str, trials: list[str]) -> list[str]:

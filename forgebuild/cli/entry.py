@@ -19,7 +19,8 @@ COMMANDS = {"build": ("build", "cmd_build"), "lock": ("build", "cmd_lock"), "ver
             "schema": ("query", "cmd_schema"), "diff": ("query", "cmd_diff"), "clean": ("tidy", "cmd_clean"),
             "gc": ("tidy", "cmd_gc"), "cache": ("cache", "cmd_cache"), "join": ("join", "cmd_join"),
             "keys": ("keys", "cmd_keys"), "init": ("init", "cmd_init"),
-            "exp": ("exp", "cmd_exp"), "metrics": ("metrics", "cmd_metrics"), "mcp": ("mcp", "cmd_mcp")}
+            "exp": ("exp", "cmd_exp"), "metrics": ("metrics", "cmd_metrics"), "mcp": ("mcp", "cmd_mcp"),
+            "worker": ("worker", "cmd_worker")}
 
 
 def command(verb: str):

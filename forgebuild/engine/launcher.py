@@ -4,7 +4,7 @@
 with the death signal set (Linux: it is killed when the process that started it dies, even by
 SIGKILL). When the command exits, times out or its wait is interrupted, what is left of its group
 is killed: nothing it started goes on writing into an output about to be stored. Through it run a
-stage's worker (the executor, here or on a Ray or Slurm worker), a rule's command
+stage's cold worker (the executor, here or on a Ray or Slurm worker), a rule's command
 (`BuildContext.run_command`) and the torchrun of `forgebuild join` on another node.
 
 The helpers around it: `kill_running` (an interrupted build stops every command it started),
@@ -18,9 +18,12 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
-# Commands started by builds of this process, so an interrupt can stop them all.
+# Commands started by builds of this process, so an interrupt can stop them all; and the process
+# groups of stages forked by a warm worker (engine/warm.py), which are no children of this process.
 RUNNING: set[subprocess.Popen] = set()
+WARM_GROUPS: set[int] = set()
 _running_lock = threading.Lock()
 
 if sys.platform.startswith("linux"):
@@ -64,6 +67,18 @@ def kill_running() -> None:
     with _running_lock:
         for proc in RUNNING:
             kill_group(proc.pid)
+        for pgid in WARM_GROUPS:
+            kill_group(pgid)
+
+
+def hold_group(pgid: int) -> None:
+    with _running_lock:
+        WARM_GROUPS.add(pgid)
+
+
+def release_group(pgid: int) -> None:
+    with _running_lock:
+        WARM_GROUPS.discard(pgid)
 
 
 def run_logged(argv, log_path: str, cwd: str, env=None, shell=False, timeout=None, key=None) -> int:
@@ -89,6 +104,13 @@ def run_logged(argv, log_path: str, cwd: str, env=None, shell=False, timeout=Non
             kill_group(proc.pid)
             with _running_lock:
                 RUNNING.discard(proc)
+
+
+def run_stage(argv, log_path: str, cwd: str, env=None, key=None) -> int:
+    """A stage's cold build process: run_logged, with the time it was spawned in its environment (the
+    records' seconds_before_first_step count from it; a warm worker's stage gets the same)."""
+    env = {**(os.environ if env is None else env), "FORGE_STAGE_STARTED": str(time.time())}
+    return run_logged(argv, log_path, cwd, env=env, key=key)
 
 
 def log_tail(path: str, lines: int = LOG_TAIL_LINES) -> str:

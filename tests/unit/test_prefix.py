@@ -185,3 +185,17 @@ def test_the_wsd_lr_before_the_decay_does_not_depend_on_the_length():
     assert short[-1] < 0.2 and long[-1] < 0.2 and long[40] == 1.0
     assert json.dumps(schedule_args(Train(schedule="wsd", steps=40), 40)["lr_scheduler_kwargs"], sort_keys=True) == (
         '{"decay_type": "linear", "min_lr_ratio": 0.1, "num_decay_steps": 8}')
+
+
+def test_a_checkpoint_stored_but_never_listed_is_listed_by_the_next_attempt(tmp_path):
+    """A build killed between storing its stable checkpoint and listing it: the next attempt of the same
+    key finds the memo already stored and lists it (at its stable end, or at the end of the build)."""
+    root = str(tmp_path)
+    kept_at(root, [30])
+    store = Store(os.path.join(root, ".forge"))
+    store.remove_mark(IDENT, "30")
+    prefix.Run(IDENT, 30).note(context(root))
+    assert store.get_mark(IDENT, "30")["target"] == "model:a"
+    store.remove_mark(IDENT, "30")
+    kept_at(root, [30])
+    assert prefix.Run(IDENT, 50).find(context(root, "model:b", "cd" * 32)).step == 30

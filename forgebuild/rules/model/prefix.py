@@ -80,18 +80,24 @@ class Run:
     def keep(self, ctx, checkpoint: str) -> None:
         """Store the checkpoint folder at the stable end (unless an earlier build did) and list it."""
         step_material = material(self.ident, self.stable_end)
-        if ctx.memo(MEMO, step_material) is not None:
-            return
-        ctx.keep(MEMO, [step_material], lambda out: copy_tree(checkpoint, out))
-        ctx.mark(self.ident, str(self.stable_end), MEMO, step_material, {"key": ctx.key, "target": ctx.target})
+        if ctx.memo(MEMO, step_material) is None:
+            ctx.keep(MEMO, [step_material], lambda out: copy_tree(checkpoint, out))
+        self._list(ctx)
 
     def note(self, ctx) -> None:
-        """Name this run's own stable checkpoint in the build's memos when it is stored (gc keeps it with
-        the build), whichever attempt of the build kept it."""
+        """At the end of the build: name this run's own stable checkpoint in the build's memos when it is
+        stored (gc keeps it with the build), and list it if it is not, whichever attempt of the build kept
+        it (one killed between storing and listing it, or one that resumed past it)."""
         try:
-            ctx.memo(MEMO, material(self.ident, self.stable_end))
+            if ctx.memo(MEMO, material(self.ident, self.stable_end)) is not None:
+                self._list(ctx)
         except ForgeError:
             pass
+
+    def _list(self, ctx) -> None:
+        if str(self.stable_end) not in ctx.marked(self.ident):
+            ctx.mark(self.ident, str(self.stable_end), MEMO, material(self.ident, self.stable_end),
+                     {"key": ctx.key, "target": ctx.target})
 
 
 def copy_tree(src: str, dst: str, last: str | None = None) -> None:

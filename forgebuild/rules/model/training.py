@@ -197,6 +197,12 @@ class Watch(TrainerCallback):
         self.ctx = ctx
         self.first_step_at = None
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        # A resumed state carries the save, log and eval intervals of the run that saved it (trainer_state.json),
+        # and transformers keeps them: a resume, from this key's checkpoint or another run's prefix, under
+        # another checkpoint_every (runtime) would save on the old one's steps (seen: 50 instead of 5).
+        state.compute_steps(args, state.max_steps)
+
     def on_step_begin(self, args, state, control, **kwargs):
         if self.first_step_at is None:
             self.first_step_at = time.time()
