@@ -53,6 +53,14 @@ class ForgeSettings(BaseModel):
         "shared", description="how --executor ray workers see the project: `shared` (one machine or a shared "
                               "filesystem) or `remote` (each task builds in its own copy; artifacts meet in the "
                               "remote cache); --worker-files wins (runtime only)")
+    workers: Literal["cold", "run", "resident"] = Field(
+        "run", description="how local stages' build processes start: `cold` (a fresh interpreter each), `run` (forked "
+                           "from one warm worker per run that imported the ML stack once) or `resident` (a warm "
+                           "worker that outlives the run, reused by later ones); --workers wins (runtime only)")
+    # a week: past it a resident worker is forgotten rather than idle, and its libraries likely upgraded
+    worker_idle: int = Field(900, ge=1, le=7 * 24 * 3600,
+                             description="seconds a resident warm worker waits for a request before it exits "
+                                         "(runtime only)")
 
     @field_validator("cache")
     @classmethod
