@@ -51,7 +51,10 @@ its own output), built once with --remote (write-through), then:
                        concurrent S3FileSystem().get call
 
 Run: python benchmarks/bench_remote.py [--size-mb 1024] [--files 16] [--repeats 3]
-     [--targets 100] [--shape chain|fan] [-j N] [--skip-large] [--skip-many]
+     [--targets 100] [--shape chain|fan] [-j N] [--latency-ms MS] [--skip-large] [--skip-many]
+--latency-ms delays every answer of the server (each in its own thread, as a
+network round trip would): on loopback moto answers in ~1 ms, so without it
+requests made at once gain little over requests made one after another.
 About 2.5 minutes with the defaults, 1.5 minutes at --size-mb 128 (part 2 is
 ~45 s of either), on the reference machine (2 cores). It needs moto[server] and
 s3fs (tests/test_remote.py uses them too), about 4x --size-mb of disk (two
@@ -186,7 +189,7 @@ def team_key() -> str:
 
 
 class Server:
-    def __init__(self):
+    def __init__(self, latency_ms: float = 0.0):
         from moto.server import ThreadedMotoServer
 
         with socket.socket() as s:
@@ -199,6 +202,9 @@ class Server:
         werkzeug.addHandler(self.log)  # werkzeug adds its own stderr handler only when there is none
         self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         self.server.start()
+        if latency_ms:  # each request answered after this delay, in its own thread: a round trip to a real S3
+            app = self.server._server.app
+            self.server._server.app = lambda environ, respond: (time.sleep(latency_ms / 1000), app(environ, respond))[1]
         self.env = {**ENV, "OMP_NUM_THREADS": "1", "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
                     "FORGE_SIGNING_KEY": team_key(),
                     "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
@@ -589,6 +595,8 @@ def main() -> None:
     ap.add_argument("--targets", type=int, default=100)
     ap.add_argument("--shape", choices=("chain", "fan"), default="chain")
     ap.add_argument("-j", "--jobs", type=int, default=None, help="pass -j to the builds of part 2")
+    ap.add_argument("--latency-ms", type=float, default=0.0,
+                    help="delay every request by this much (moto answers on loopback in ~1 ms; S3 in 10-30)")
     ap.add_argument("--skip-large", action="store_true")
     ap.add_argument("--skip-many", action="store_true")
     args = ap.parse_args()
@@ -597,13 +605,14 @@ def main() -> None:
     header("bench_remote: the shared remote cache against s3fs on moto's S3 server")
     with scratch_dir("forge-bench-remote-") as folder:
         write(os.path.join(folder, "side.py"), SIDE)
-        server = Server()
+        server = Server(args.latency_ms)
         try:
             import moto
             import s3fs
 
             print(f"server:     moto {moto.__version__} ThreadedMotoServer at {server.endpoint} (in this process); "
-                  f"s3fs {s3fs.__version__}; load average {os.getloadavg()[0]:.2f}")
+                  f"s3fs {s3fs.__version__}; load average {os.getloadavg()[0]:.2f}; "
+                  f"{args.latency_ms:g} ms added to each request")
             side(server, folder, "mkbucket", bucket=BUCKET)
             large_res = None if args.skip_large else large(server, folder, args.size_mb, args.files, args.repeats)
             many_res = None if args.skip_many else many(server, folder, args.targets, args.shape, args.repeats, jobs)
