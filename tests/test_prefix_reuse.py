@@ -14,11 +14,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import tinylab
 from conftest import ENV, Project
+from test_models import _wait_for_line  # the SIGKILL test's wait for a stage log line
 
 WSD = 'train = { lr = 3e-3, steps = STEPS, batch_size = 8, warmup_steps = 3, schedule = "wsd", decay_steps = 10 }'
 FORGEFILE = tinylab.BASE_FORGEFILE.replace(
@@ -127,15 +127,6 @@ def test_a_checkpoint_whose_blob_is_gone_is_a_miss_and_the_build_trains_from_ste
     metrics = built_metrics(lab, "model:base")["model:base"]
     assert (metrics["prefix_reused_steps"], metrics["trained_steps"]) == (0, 60)
     assert digest_of(lab, "model:base") == cold60
-
-
-def _wait_for_line(path: str, text: str, timeout: float = 180) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if os.path.exists(path) and text in open(path, encoding="utf-8").read():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"'{text}' never appeared in {path}")
 
 
 def test_a_killed_build_that_reused_a_prefix_resumes_from_its_own_later_checkpoint(tmp_path, cold60):

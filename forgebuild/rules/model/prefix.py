@@ -28,6 +28,9 @@ from forgebuild.errors import ForgeError
 from forgebuild.hashing import bytes_digest
 
 MEMO = "stable-checkpoint"
+# The pickled TrainingArguments a checkpoint holds: the saver's absolute work folder among them, and a
+# resume never reads it (the resuming run has arguments of its own). Not kept.
+LEFT_OUT = ("training_args.bin",)
 # The keys two runs sharing a prefix may differ in: the length of the run, and its decay.
 LENGTH_KEYS = ("budget_tokens",)
 TRAIN_KEYS = ("steps", "decay_steps", "decay_fraction", "decay_shape", "min_lr_rate")
@@ -81,7 +84,7 @@ class Run:
         """Store the checkpoint folder at the stable end (unless an earlier build did) and list it."""
         step_material = material(self.ident, self.stable_end)
         if ctx.memo(MEMO, step_material) is None:
-            ctx.keep(MEMO, [step_material], lambda out: copy_tree(checkpoint, out))
+            ctx.keep(MEMO, [step_material], lambda out: copy_tree(checkpoint, out, leave=LEFT_OUT))
         self._list(ctx)
 
     def note(self, ctx) -> None:
@@ -100,13 +103,13 @@ class Run:
                      {"key": ctx.key, "target": ctx.target})
 
 
-def copy_tree(src: str, dst: str, last: str | None = None) -> None:
-    """Copy every file of `src` into `dst` (plain copies: nothing links to the source), `last` after
-    all the others (a marker that says the folder is whole)."""
+def copy_tree(src: str, dst: str, last: str | None = None, leave: tuple[str, ...] = ()) -> None:
+    """Copy every file of `src` but those named in `leave` into `dst` (plain copies: nothing links to
+    the source), `last` after all the others (a marker that says the folder is whole)."""
     names = []
     for root, _, files in os.walk(src):
         rel = os.path.relpath(root, src)
-        names += [os.path.normpath(os.path.join(rel, name)) for name in files]
+        names += [os.path.normpath(os.path.join(rel, name)) for name in files if name not in leave]
     for rel in sorted(names, key=lambda name: name == last):
         target = os.path.join(dst, rel)
         os.makedirs(os.path.dirname(target), exist_ok=True)

@@ -323,16 +323,17 @@ def train(ctx, trainer, run=None):
     resumed_at = step_of(resume)
     if run is not None:
         run.note(ctx)
+    trained = state.global_step - resumed_at  # the steps this attempt ran, not those it resumed after
     ctx.metrics({
-        "train_seconds": round(seconds, 3), "steps": state.global_step, "trained_steps": state.global_step - resumed_at,
-        "steps_per_second": round(state.global_step / seconds, 3) if seconds else None,
+        "train_seconds": round(seconds, 3), "steps": state.global_step, "trained_steps": trained,
+        "steps_per_second": round(trained / seconds, 3) if seconds else None,
         "seconds_before_first_step": round(watch.first_step_at - ctx.started, 3) if watch.first_step_at else None,
         "resumed_from_step": resumed_at if resume else None,
     })
     tokens = trained_tokens(state.log_history, resumed_at)
     if tokens and seconds:
         ctx.metrics({"tokens_per_second": round(tokens / seconds, 1)})
-    return {"result": result, "seconds": seconds, "steps": state.global_step - resumed_at}
+    return {"result": result, "seconds": seconds, "steps": trained}
 
 
 def trained_tokens(log_history: list[dict], resumed_at: int) -> float | None:
