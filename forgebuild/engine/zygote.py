@@ -73,10 +73,10 @@ def preload(modules: list[str], kinds: list[str]) -> list[str]:
         except Exception as e:  # a stage that needs it fails on its own, with its own traceback
             print(f"zygote: import {name} failed: {type(e).__name__}: {e}", flush=True)
             failed.append(name)
-    from forgebuild.rules import load_rule
-
     for kind in kinds:
         try:
+            from forgebuild.rules import load_rule
+
             load_rule(kind)
         except Exception as e:
             print(f"zygote: rule {kind} failed to load: {e}", flush=True)

@@ -11,6 +11,7 @@ import time
 import pytest
 
 from forgebuild.engine import launcher, warm, zygote
+from unit.test_launcher import gone
 
 pytestmark = pytest.mark.skipif(not warm.supported(), reason="warm workers: Linux only")
 
@@ -23,6 +24,9 @@ elif what == "exit":
     sys.exit(7)
 elif what == "segv":
     os.kill(os.getpid(), signal.SIGSEGV)
+elif what == "leave":  # a background process in the stage's group, left running when the stage exits
+    import subprocess
+    open("left.pid", "w").write(str(subprocess.Popen(["sleep", "60"]).pid))
 elif what == "sleep":
     open("stage.pid", "w").write(str(os.getpid()))
     time.sleep(600)
@@ -74,20 +78,25 @@ def test_exit_codes_are_run_loggeds(pool, tmp_path):
     assert pool.run(command("say"), log, str(tmp_path), env=pool.env) == 0  # the server survived the crash
 
 
+def test_what_a_warm_stage_leaves_in_its_group_is_killed_when_it_exits(pool, tmp_path):
+    assert pool.run(command("leave"), str(tmp_path / "log"), str(tmp_path), env=pool.env) == 0
+    assert gone(int((tmp_path / "left.pid").read_text()))
+
+
 def test_an_interrupt_kills_a_warm_stage(pool, tmp_path):
     codes = []
     thread = threading.Thread(target=lambda: codes.append(pool.run(command("sleep"), str(tmp_path / "log"),
                                                                      str(tmp_path), env=pool.env)))
     thread.start()
     deadline = time.time() + 30
-    while not launcher.WARM_GROUPS:
+    while not (tmp_path / "stage.pid").exists() or not (tmp_path / "stage.pid").read_text():
         assert time.time() < deadline
         time.sleep(0.02)
-    stage = int((tmp_path / "stage.pid").read_text()) if (tmp_path / "stage.pid").exists() else None
+    assert launcher.WARM_GROUPS == {int((tmp_path / "stage.pid").read_text())}
     launcher.kill_running()
     thread.join(30)
     assert codes == [-signal.SIGKILL] and not launcher.WARM_GROUPS
-    assert stage is None or not os.path.exists(f"/proc/{stage}/cmdline") or open(f"/proc/{stage}/stat").read().split(") ")[1][0] == "Z"
+    assert gone(int((tmp_path / "stage.pid").read_text()))
 
 
 def test_a_stage_whose_environment_differs_starts_cold_with_a_warning(pool, tmp_path):
