@@ -155,6 +155,7 @@ def test_an_s3_fetch_reads_each_object_with_one_get(tmp_path, s3_env, requests_s
         entry = json.load(open(os.path.join(a.root, ".forge", "ac", record["key"][:2], f"{record['key']}.json")))
         objects |= {f"ac/{record['key'][:2]}/{record['key']}.json", f"records/{entry['record']}.json",
                     *(f"cas/{d[:2]}/{d}" for d in [entry["provenance"], *(f["digest"] for f in entry["files"])])}
+    assert len(objects) == 3 + 3 + 3 + 2  # y.txt and z.txt are one blob: the fetches of two targets read it once
     requests_seen.seen.clear()
     assert b.build("--remote", url, env=s3_env) == dict.fromkeys(TARGETS, "cached")
     prefix = f"/team-cache/{tmp_path.name}/"

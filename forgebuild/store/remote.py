@@ -98,7 +98,7 @@ class Remote:
         self.refused: set[str] = set()
         self.bad_blobs: set[str] = set()
         self._entries: dict[str, dict | str | None] = {}  # key -> checked entry, None (a miss), or why refused
-        self._lock = threading.Lock()  # fetches run in several threads: one store, one blob pool
+        self._lock = threading.RLock()  # fetches run in several threads: one store, one blob pool, one warning
         self._blob_pool = None
         self._downloads: dict = {}  # digest -> the Future of its download (shared by the targets that name it)
 
@@ -141,7 +141,10 @@ class Remote:
         message = f"remote {self.url} cannot be reached ({type(error).__name__}: {error})"
         if self.require:
             raise RemoteUnreachable(message)
-        self.disabled = True
+        with self._lock:  # several fetches may find it gone at once: one says so
+            if self.disabled:
+                return
+            self.disabled = True
         self.report({"event": "warning", "message": f"{message}; going on with the local cache only"})
 
     # ---------------------------------------------------------------- keys
@@ -364,6 +367,8 @@ class Remote:
         """The blobs of `sizes` ({digest: declared size}) that the local store lacks, through the one pool of
         THREADS downloads every fetch of this process shares: targets fetched together fill it together, and a
         blob two of them name is downloaded once. False when the remote went away meanwhile."""
+        from forgebuild.store.documents import Untrusted
+
         with self._lock:
             if self._blob_pool is None:
                 self._blob_pool = ThreadPoolExecutor(THREADS, thread_name_prefix="forge-fetch")
@@ -373,18 +378,20 @@ class Remote:
                     continue
                 job = self._downloads.get(digest)
                 if job is None or (job.done() and job.exception() is None):  # a refusal stands for this run
-                    job = self._downloads[digest] = self._blob_pool.submit(
-                        self._fetch_blob, digest, sizes[digest], where, local)
+                    job = self._downloads[digest] = self._blob_pool.submit(self._fetch_blob, digest, sizes[digest], local)
                 jobs.append(job)
         wait(jobs)  # every one settled before a refusal is raised: none left writing into the local store
-        return all([job.result() for job in jobs])
+        try:
+            return all([job.result() for job in jobs])
+        except Untrusted as e:  # a download shared by targets names the blob; each refusal names its own entry
+            raise Untrusted(f"{where}: {e}") from None
 
-    def _fetch_blob(self, digest: str, size: int | None, where: str, local) -> bool:
+    def _fetch_blob(self, digest: str, size: int | None, local) -> bool:
         from forgebuild.store.documents import Untrusted
 
         tmp = os.path.join(local.root, "tmp", f"fetch-{uuid.uuid4().hex}")
         os.makedirs(os.path.dirname(tmp), exist_ok=True)
-        what = f"{where}: blob {digest}"
+        what = f"blob {digest}"
         try:
             done = self._io(what, self._download, self.store.blob_path(digest), tmp, size, what)
             if done is None:
