@@ -143,6 +143,8 @@ class Server:
             try:
                 if not self.handle(conn):
                     return 0
+            except OSError as e:  # the client went away mid-request: the next one is served all the same
+                print(f"zygote: a request failed: {e}", flush=True)
             finally:
                 conn.close()
 
@@ -156,13 +158,13 @@ class Server:
             request = read_message(conn)
         except (OSError, ValueError):
             return True
-        if request.get("op") == "stop":
+        op = request.get("op") if isinstance(request, dict) else None
+        if op == "stop":
             send(conn, {"stopping": os.getpid()})
             print("zygote: stopped on request", flush=True)
             return False
-        if request.get("op") == "ping":
-            send(conn, {"pid": os.getpid()})
-            return True
+        if op != "stage" or not well_formed(request):
+            return True  # not forgebuild's client: nothing to say
         changed = changed_file(self.files)
         if changed is not None:
             send(conn, {"refused": f"{changed} changed since it was preloaded", "retired": True})
@@ -183,6 +185,13 @@ class Server:
             env = {**self.set_by_imports, **request["env"]}
             supervise(conn, self.listener, {**request, "env": env}, self.initial_signals)  # never returns
         return True
+
+
+def well_formed(request: dict) -> bool:
+    argv, env = request.get("argv"), request.get("env")
+    return (isinstance(argv, list) and all(isinstance(a, str) for a in argv) and isinstance(env, dict)
+            and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
+            and isinstance(request.get("cwd"), str) and isinstance(request.get("log"), str))
 
 
 def supervise(conn: socket.socket, listener: socket.socket, request: dict, initial_signals: dict) -> None:
