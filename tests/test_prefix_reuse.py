@@ -146,3 +146,21 @@ def test_a_killed_build_that_reused_a_prefix_resumes_from_its_own_later_checkpoi
     assert metrics["prefix_reused_steps"] == 0 and metrics["resumed_from_step"] >= 40  # its own, not the prefix
     assert "resuming from checkpoint-" in stage_log(lab)
     assert digest_of(lab, "model:base") == cold60
+
+
+@pytest.mark.parametrize("train, message", [
+    ("lr = 3e-3, steps = 60, decay_steps = 10",
+     "decay_steps applies to schedule = \"wsd\" only (this schedule is \"cosine\")"),
+    ('lr = 3e-3, schedule = "wsd"',
+     "schedule = \"wsd\" counts its decay back from the last step: set steps, or give the decay as decay_steps"),
+    ('lr = 3e-3, steps = 60, schedule = "wsd", decay_steps = 10, decay_fraction = 0.5',
+     "give either decay_steps or decay_fraction, not both"),
+    ('lr = 3e-3, steps = 60, warmup_steps = 3, schedule = "wsd", decay_steps = 58',
+     "warmup_steps 3 and a decay of 58 steps do not fit in 60 steps"),
+])
+def test_a_wsd_train_table_that_cannot_be_run_is_a_forgefile_error(project, train, message):
+    project.write("text/a.txt", "some text\n")
+    project.forgefile(FORGEFILE.replace(WSD, f"train = {{ {train} }}"))
+    proc = project.run("status", "model:base", expect=2)
+    line = FORGEFILE.replace(WSD, "TRAIN").split("\n").index("TRAIN") + 1  # the train table's line
+    assert proc.stderr.strip() == f"Forgefile.toml:{line}: error: model:base: key 'train': {message}"
