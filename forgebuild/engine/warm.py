@@ -196,15 +196,15 @@ class WarmPool:
                 pass
             except OSError as e:
                 raise Unavailable(f"cannot connect: {e}") from None
-            if not wait:
-                return None
             proc = self.proc
-            if proc is None or (proc.poll() is not None and not self._reachable()):
-                if self.mode == "resident" and proc is None:
-                    self.start()
-                    continue
-                raise Unavailable(f"the server exited with code {proc.returncode if proc else '?'} (log: "
+            if proc is not None and proc.poll() is not None and not self._reachable():
+                raise Unavailable(f"the server exited with code {proc.returncode} (log: "
                                   f"{os.path.join(workers_dir(self.forge_dir), self.name + '.log')})")
+            if not wait:
+                return None  # still importing: this stage needs none of it
+            if proc is None:  # resident, found running at the start, gone since
+                self.start()
+                continue
             if time.time() > deadline:
                 raise Unavailable(f"not ready after {START_LIMIT:g} s")
             time.sleep(POLL)

@@ -133,3 +133,24 @@ def test_changed_file_sees_a_touch(tmp_path):
     assert zygote.changed_file(files) is None
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1))
     assert zygote.changed_file(files) == str(path)
+
+
+def test_a_server_that_cannot_fork_safely_leaves_stages_cold_with_a_warning(tmp_path, monkeypatch):
+    (tmp_path / "lib").mkdir()
+    (tmp_path / "lib" / "threader.py").write_text("import threading, time\n"
+                                                  "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n")
+    (tmp_path / "lib" / "warmhelper.py").write_text(HELPER)
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path / "lib"))
+    events = []
+    pool = warm.WarmPool(str(tmp_path / ".forge"), str(tmp_path), ["threader"], [], {None}, "run", 0, events.append)
+    pool.start()
+    try:
+        log = tmp_path / "stage.log"
+        assert pool.run(command("say"), str(log), str(tmp_path), env=pool.env) == 0  # waits, then starts cold
+        assert "hello from" in log.read_text() and pool.proc.returncode == 3
+        server_log = os.path.join(warm.workers_dir(pool.forge_dir), f"{pool.name}.log")
+        assert open(server_log).read().endswith("zygote: cannot fork safely: importing started 1 thread(s)\n")
+        assert [e["message"] for e in events] == [f"warm worker: the server exited with code 3 (log: {server_log}); "
+                                                  "starting cold"]
+    finally:
+        pool.close()
