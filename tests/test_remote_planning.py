@@ -199,3 +199,30 @@ def test_a_fetch_runs_beside_a_build(tmp_path, jobs):
     assert order.index(("start", "run:maker")) < order.index(("cached", "run:one"))
     assert [e["reason"] for e in events if e["event"] == "cached"] == [f"fetched from {url}"]
     assert b.runs() == ["maker"]
+
+
+TOKENIZER = """
+[corpus.c]
+sources = ["docs/*.txt"]
+
+[tokenizer.t]
+corpus = "corpus:c"
+vocab_size = 300
+"""
+HIDE_TOKENIZERS = "import sys\nsys.modules['tokenizers'] = None  # find_spec() answers None, import fails\n"
+
+
+def test_a_target_the_remote_holds_needs_no_package_to_be_fetched(tmp_path):
+    # preflight stops a build whose stage imports a missing package (exit 2); a fetch imports nothing
+    a, b = workspaces(tmp_path, pipeline=TOKENIZER)
+    for project in (a, b):
+        project.write("docs/a.txt", "the quick brown fox jumps over the lazy dog\n" * 40)
+    url = f"file://{tmp_path}/shared"
+    assert a.build("--remote", url) == {"corpus:c": "built", "tokenizer:t": "built"}
+    shim = tmp_path / "shim"
+    shim.mkdir()
+    (shim / "sitecustomize.py").write_text(HIDE_TOKENIZERS)
+    hidden = {"PYTHONPATH": f"{shim}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    assert b.run("-n", "--remote", url, env=hidden).stdout.splitlines()[-1] == "dry run: 0 to build, 2 to fetch, 0 fresh"
+    assert b.build("--remote", url, env=hidden) == {"corpus:c": "cached", "tokenizer:t": "cached"}
+    b.run("verify")

@@ -69,7 +69,8 @@ def cmd_path(args, session: Session, report) -> int:
     for address in addresses:
         d = decisions[address]
         if d.state != "fresh":
-            print(f"forgebuild: {address} is {d.state} ({'; '.join(d.reasons)}); build it with `forgebuild {address}`",
+            verb = "fetch" if d.state == "remote" else "build"
+            print(f"forgebuild: {address} is {d.state} ({'; '.join(d.reasons)}); {verb} it with `forgebuild {address}`",
                   file=sys.stderr)
             code = 1
             continue

@@ -13,7 +13,7 @@ def cmd_clean(args, session: Session, report) -> int:
     for part in ("out", "artifacts", "scratch", "work", "logs", "state"):
         remove_tree(ws.path(part))
     if args.cache:
-        for part in ("cas", "ac", "records", "tmp", "locks"):
+        for part in ("cas", "ac", "records", "index", "tmp", "locks"):
             remove_tree(os.path.join(session.store.root, part))
     what = "outputs, scratch and cache" if args.cache else "outputs and scratch (the cache is kept)"
     if not args.quiet and not args.json:

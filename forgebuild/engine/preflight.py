@@ -33,7 +33,9 @@ def check(plan, rules, decisions: dict, packages: bool = True) -> None:
     packages are theirs, and this one may only coordinate)."""
     from forgebuild.rules import parse_params
 
-    building = [a for a, d in decisions.items() if d.state != "fresh"]
+    # a target the remote holds is fetched, not built: it needs neither packages nor input checks here (if
+    # its entry is refused at fetch time it builds, and a missing package then fails that stage alone)
+    building = [a for a, d in decisions.items() if d.state not in ("fresh", "remote")]
     parsed = {a: parse_params(rules[plan.targets[a].kind], plan.targets[a].values)
               for a in building}
     missing = missing_modules(plan, rules, parsed) if packages else {}

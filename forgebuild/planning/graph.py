@@ -73,7 +73,7 @@ def render(plan, addresses, fmt: str, states: dict | None = None) -> str:
     closure = plan.closure(addresses)
     edges = [(dep, a) for a in closure for dep in plan.targets[a].deps]
     if fmt == "dot":
-        colours = {"fresh": "palegreen", "stale": "gold", "missing": "lightgrey"}
+        colours = {"fresh": "palegreen", "remote": "lightblue", "stale": "gold", "missing": "lightgrey"}
         lines = ["digraph forgebuild {", "  rankdir=LR;", "  node [shape=box, style=filled, fillcolor=white];"]
         for a in closure:
             colour = colours.get(states.get(a, ""), "white")
