@@ -131,6 +131,7 @@ SMOKE_PROFILE = dict(hidden=64, layers=2, heads=4, intermediate=256, seq_len=128
 FORGEFILE = """
 [forge]
 seed = 7
+{warm}
 
 [corpus.stdlib]
 sources = ["src/**/*.py"]
@@ -437,7 +438,8 @@ def target_name(precision: str, multi: int = 0) -> str:
 def forgefile(a, multi: int) -> str:
     threads = f"threads = {a.threads}" if a.threads is not None else ""
     text = FORGEFILE.format(vocab=a.vocab, seq_len=a.seq_len, threads=threads,
-                            workers=f"workers = {a.threads}" if a.threads is not None else "")
+                            workers=f"workers = {a.threads}" if a.threads is not None else "",
+                            warm=f'workers = "{a.workers}"' if a.workers else "")
     common = dict(hidden=a.hidden, layers=a.layers, heads=a.heads, intermediate=a.intermediate, lr=a.lr,
                   steps=a.steps, warmup_steps=a.warmup_steps, device=a.device, log_every=a.log_every,
                   checkpoint_every=a.checkpoint_every, threads=threads)
@@ -522,6 +524,9 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=None,
                     help="processes for the multi-process figure (default: every GPU when there are several; "
                          "with --cpu-smoke, 2 exercises the launch on CPU)")
+    ap.add_argument("--workers", choices=("cold", "run", "resident"), default=None,
+                    help="[forge] workers of the project (default: forgebuild's, run). resident: the model targets' "
+                         "forgebuild calls share one warm server, so the second and later start warm")
     ap.add_argument("--precision", default=None,
                     help="train.precision of the targets, comma-separated: one pretrain target is built at each "
                          "(default fp32,tf32,bf16; --cpu-smoke: fp32); the multi-process one at the first")
@@ -637,6 +642,8 @@ def main() -> None:
         phases.append(("generation", time.perf_counter() - t, ", ".join(row[0] for row in generated)))
         print("\ngeneration (generate targets on " + first + "): samples/s from the build record")
         print(table(generated, ["engine", "samples/s", "samples", "build", "outputs contract"]), flush=True)
+        if a.workers == "resident":  # the servers would outlive the folder they serve
+            forge_json(lab, env, "worker", "stop")
 
     total = time.perf_counter() - began
     report(a, probe, cfg, logged, meta, runs, extras, phases, total, multi)
@@ -717,6 +724,9 @@ def report(a, probe, cfg, logged, meta, runs, extras, phases, total, multi) -> N
     print(f"{one['target']} stage: wall {one['wall']:.1f} s = before first step {m.get('seconds_before_first_step')} s "
           f"(worker imports, model init on CPU, to the device) + train {m.get('train_seconds')} s "
           f"({m.get('steps')} steps) + other {other:.1f} s (planning, final eval, save, storing the artifact)")
+    print("before the first step, each model stage (spawn to first optimizer step; --workers "
+          f"{a.workers or 'default'}): " + ", ".join(f"{r['target']} {r['record'].get('seconds_before_first_step')} s"
+                                                    for r in runs))
     for r in runs:
         if r["smi"]:
             for i, s in sorted(r["smi"].items()):
