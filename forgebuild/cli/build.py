@@ -92,12 +92,12 @@ def _warm_pool(args, session: Session, report, decisions):
     from forgebuild.engine import preflight, warm
     from forgebuild.rules import hooks, parse_params
 
-    modules, heavy = set(), set()
+    modules, heavy = [], set()
     for target in building:
         rule = session.rules[target.kind]
-        needs = [m for m in hooks(rule).requires(parse_params(rule, target.values))
+        needs = [m for m in [*hooks(rule).preload, *sorted(hooks(rule).requires(parse_params(rule, target.values)))]
                  if preflight._installed(m.split(".", 1)[0])]
-        modules.update(needs)
+        modules += needs
         if warm.HEAVY.intersection(m.split(".", 1)[0] for m in needs):
             heavy.add(target.kind)
     return warm.pool_for(mode, settings.get("worker_idle") or 900, session.workspace.dir, session.plan.root,

@@ -39,20 +39,16 @@ MODES = ("cold", "run", "resident")
 # waits for a server still importing; one that needs only pyarrow, tokenizers or numpy (each < 0.3 s)
 # starts cold rather than wait for torch's import, which it does not need.
 HEAVY = frozenset({"torch", "transformers", "trl", "peft", "accelerate", "deepspeed", "vllm", "lm_eval", "datasets"})
-# What a built-in rule's build imports, preloaded before the `requires` modules so that they load as in a
-# cold stage: training.py sets HF_HUB_OFFLINE & co. before it imports transformers, which reads them at
-# import (preloaded bare, a model's tokenizer_config.json said local_files_only false). The trainers are
-# lazy imports of transformers and trl that every model stage pays after `import trl`: 0.4 s for
-# transformers.trainer, 0.8 s for TRL's SFT, DPO and GRPO trainers here.
-BUILD_MODULES = {"model": ("forgebuild.rules.model.training", "transformers.trainer", "trl.trainer.sft_trainer",
-                           "trl.trainer.dpo_trainer", "trl.trainer.grpo_trainer"),
-                 "eval": ("forgebuild.rules.eval.evaluate",), "generate": ("forgebuild.rules.synth.generation",)}
 
 
-def preload_order(kinds, modules) -> list[str]:
-    """What a server imports, in order: the rules' build modules, then the other modules, sorted."""
-    first = list(dict.fromkeys(m for k in sorted(set(kinds)) for m in BUILD_MODULES.get(k, ())))
-    return first + sorted(set(modules) - set(first))
+def preload_order(modules) -> list[str]:
+    """What a server imports, in order: forgebuild's own build modules first, then the rest as given. A build
+    module may set what a library reads at import: training.py sets HF_HUB_OFFLINE & co. before it imports
+    transformers (preloaded bare, a model's tokenizer_config.json said local_files_only false)."""
+    unique = list(dict.fromkeys(modules))
+    return [m for m in unique if m.startswith("forgebuild.")] + [m for m in unique if not m.startswith("forgebuild.")]
+
+
 POLL = 0.02  # seconds between connection attempts while a server imports (a ~5 s import: 250 tries)
 START_LIMIT = 600.0  # seconds a stage waits for a server to finish importing before it starts cold
 
@@ -86,7 +82,7 @@ class WarmPool:
     def __init__(self, forge_dir: str, project_dir: str, modules: list[str], kinds: list[str],
                  heavy_kinds: set[str], mode: str = "run", idle: float = 900.0, report=None):
         self.forge_dir, self.project_dir = forge_dir, project_dir
-        self.modules, self.kinds, self.heavy_kinds = preload_order(kinds, modules), sorted(kinds), set(heavy_kinds)
+        self.modules, self.kinds, self.heavy_kinds = preload_order(modules), sorted(kinds), set(heavy_kinds)
         self.mode, self.idle = mode, idle
         self.report = report or (lambda event: None)
         self.name = server_name(forge_dir, mode)
@@ -111,7 +107,7 @@ class WarmPool:
                     return
                 if state:
                     self.kinds = sorted(set(self.kinds) | set(state.get("rules", [])))
-                    self.modules = preload_order(self.kinds, set(self.modules) | set(state.get("modules", [])))
+                    self.modules = preload_order([*state.get("modules", []), *self.modules])
                     stop_server(self.name)
             self._spawn_server()
 

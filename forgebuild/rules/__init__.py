@@ -19,6 +19,9 @@ fills in the default of a hook a module leaves out. In short:
   versions of these distributions (e.g. torch, transformers) enter the key.
 - optional ``isolate`` (default True): run ``build`` in a child Python process.
   A rule whose build only launches a command of its own may set it False.
+- optional ``preload``: modules a warm worker (engine/warm.py) imports before the
+  ``requires`` ones, in order: the rule's build-only modules and the lazy imports
+  every build of it pays (default: none).
 - optional ``params_model(raw) -> pydantic model class``: for a rule whose
   tables take different shapes (the ``model`` rule: one per ``recipe``); then
   ``Params`` may be a union, used only for the JSON schema.
@@ -112,6 +115,7 @@ class Rule(Protocol):
 
     # ---- optional hooks
     isolate: bool  # default True: run build in a child Python; False for a rule that only launches a command
+    preload: tuple[str, ...]  # default (): what a warm worker imports for this rule's builds, before `requires`
 
     def params_model(self, raw: dict) -> type[BaseModel]:
         """The model that validates this table (default: Params); Params may then be a union for the schema."""
@@ -172,6 +176,7 @@ class RuleHooks:
     def __init__(self, module: ModuleType):
         self.module = module
         self.isolate = bool(getattr(module, "isolate", True))
+        self.preload = tuple(getattr(module, "preload", ()))
         self._hooks = {name: getattr(module, name, None) for name in
                        ("params_model", "version_of", "check", "external_inputs", "environment", "check_deps",
                         "requires", "check_inputs", "upstream_inputs", "forge_defaults", "resources", "nodes",

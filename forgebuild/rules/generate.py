@@ -27,6 +27,7 @@ from forgebuild.rules import runtime
 from forgebuild.rules.synth.prompts import Template, template_problems
 
 version = "1"
+preload = ("forgebuild.rules.synth.generation",)  # what a warm worker imports for it (engine/warm.py)
 
 DATA_KINDS = ("dataset", "curate")  # the kinds whose artifact is a dataset's: split files and dataset.json
 

@@ -39,6 +39,7 @@ from forgebuild.rules import runtime
 from forgebuild.rules.model.common import Track
 
 version = "1"
+preload = ("forgebuild.rules.eval.evaluate",)  # what a warm worker imports for it (engine/warm.py)
 
 NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]*$")
 CODE = re.compile(r"^[^:]+\.py:[A-Za-z_][A-Za-z0-9_]*$")
