@@ -30,5 +30,7 @@ VOCAB = 2**24
 # counts of documents, rows, characters, bytes or tokens: 2^53, the largest integer a float64 holds
 # exactly (stats.json and metrics are read by JSON parsers that use doubles)
 AMOUNT = 2**53
+# a wait in seconds (a resident worker's idle timeout): a week; a longer one is a worker nobody remembers
+WAIT_SECONDS = 7 * 24 * 3600
 # bootstrap resamples: a million already takes minutes per metric, and the interval stops moving long before
 RESAMPLES = 10**6

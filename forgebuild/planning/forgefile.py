@@ -58,7 +58,7 @@ class ForgeSettings(BaseModel):
                            "from one warm worker per run that imported the ML stack once) or `resident` (a warm "
                            "worker that outlives the run, reused by later ones); --workers wins (runtime only)")
     # a week: past it a resident worker is forgotten rather than idle, and its libraries likely upgraded
-    worker_idle: int = Field(900, ge=1, le=7 * 24 * 3600,
+    worker_idle: int = Field(900, ge=1, le=limits.WAIT_SECONDS,
                              description="seconds a resident warm worker waits for a request before it exits "
                                          "(runtime only)")
 
