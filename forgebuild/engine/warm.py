@@ -26,7 +26,6 @@ import json
 import os
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -254,7 +253,7 @@ def connect(name: str) -> socket.socket:
     conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         conn.connect(zygote.socket_address(name))
-        uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[1]
+        uid = zygote.peer_uid(conn)
         if uid != os.getuid():
             raise Unavailable(f"the socket of worker {name} belongs to uid {uid}")
     except BaseException:

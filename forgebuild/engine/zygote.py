@@ -40,11 +40,17 @@ import threading
 import time
 import traceback
 
+from forgebuild.engine import launcher
+
 # Variables that differ per stage (or that only the server sets): every other one must equal the server's,
 # since libraries read some at import (libgomp reads OMP_NUM_THREADS when torch loads it).
 PER_STAGE = frozenset({"FORGE_ACTION_KEY", "FORGE_STAGE_STARTED", "FORGE_CONTEXT_FILE", "PYTORCH_NVML_BASED_CUDA_CHECK"})
 REQUEST_TIMEOUT = 5.0  # seconds a connected client may take to send its request (it sends at once)
-PR_SET_PDEATHSIG = 1
+
+
+def peer_uid(conn: socket.socket) -> int:
+    """The uid of the process at the other end (SO_PEERCRED: pid, uid, gid), as the kernel knows it."""
+    return struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[1]
 
 
 def socket_address(name: str) -> bytes:
@@ -150,8 +156,7 @@ class Server:
 
     def handle(self, conn: socket.socket) -> bool:
         """Serve one connection; False when the server should exit."""
-        uid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))[1]
-        if uid != os.getuid():
+        if peer_uid(conn) != os.getuid():
             return True  # another user's process: nothing to say to it
         conn.settimeout(REQUEST_TIMEOUT)
         try:
@@ -230,31 +235,21 @@ def watch(conn: socket.socket, pid: int) -> int | None:
             readable, _, _ = select.select([conn, exited], [], [])
             if exited in readable:
                 _, status = os.waitpid(pid, 0)
-                kill_group(pid)  # what the stage left running in its group goes with it
+                launcher.kill_group(pid)  # what the stage left running in its group goes with it
                 return os.waitstatus_to_exitcode(status)
             if not conn.recv(1):  # EOF: forgebuild is gone (or gave up on the stage)
-                kill_group(pid)
+                launcher.kill_group(pid)
                 os.waitpid(pid, 0)
                 return None
     finally:
         os.close(exited)
 
 
-def kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except OSError:
-        pass
-
-
 def become_stage(conn: socket.socket, request: dict, initial_signals: dict) -> None:
     """In the stage process: what a cold `python -m forgebuild.engine.worker CONTEXT.json` would be."""
     code = 1
     try:
-        os.setpgid(0, 0)
-        import ctypes
-
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # dies with its supervisor
+        launcher._child_setup()  # a process group of its own, and it dies with its supervisor
         for signum, handler in initial_signals.items():
             try:
                 signal.signal(signum, handler)
