@@ -53,7 +53,7 @@ class Train(BaseModel):
         if self.schedule == "wsd" and self.steps is None and self.decay_steps is None:
             raise PydanticCustomError("train", "schedule = \"wsd\" counts its decay back from the last step: set "
                                                "steps, or give the decay as decay_steps")
-        if self.schedule == "wsd" and self.steps is not None and self.decay_length(self.steps) + self.warmup_steps > self.steps:
+        if self.schedule == "wsd" and self.steps is not None and not self.decay_fits(self.steps):
             raise PydanticCustomError("train", f"warmup_steps {self.warmup_steps} and a decay of "
                                                f"{self.decay_length(self.steps)} steps do not fit in {self.steps} steps")
         return self
@@ -63,6 +63,10 @@ class Train(BaseModel):
         if self.decay_steps is not None:
             return self.decay_steps
         return max(1, round(steps * (self.decay_fraction or DEFAULT_DECAY_FRACTION)))
+
+    def decay_fits(self, steps: int) -> bool:
+        """wsd: whether the warmup and the decay both fit in a run of `steps`."""
+        return self.warmup_steps + self.decay_length(steps) <= steps
 
     def stable_end(self, steps: int) -> int:
         """wsd: the step the decay starts after; every step up to it runs at the schedule a longer run has."""

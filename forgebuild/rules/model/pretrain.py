@@ -243,7 +243,7 @@ def stable_run(ctx, steps: int | None):
     t = ctx.params.train
     if t.schedule != "wsd" or not steps:
         return None
-    if t.decay_length(steps) + t.warmup_steps > steps:  # with budget_tokens: checked once the steps are known
+    if not t.decay_fits(steps):  # with budget_tokens: checked once the steps are known
         raise ctx.bad_input(f"train.warmup_steps {t.warmup_steps} and a decay of {t.decay_length(steps)} steps do "
                             f"not fit in the {steps} steps budget_tokens gives")
     if training.processes(ctx) > 1:
