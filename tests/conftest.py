@@ -65,6 +65,18 @@ class Project:
         return lines
 
 
+def install_rule_plugin(site, dist: str, rules: dict[str, tuple[str, str]]) -> None:
+    """Rule plugins as pip would leave them in `site` (a folder on PYTHONPATH): each kind's module
+    ({kind: (module, source)}) and one distribution `dist` whose entry points name them."""
+    for module, source in rules.values():
+        (site / f"{module}.py").write_text(source)
+    info = site / f"{dist.replace('-', '_')}-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    points = "".join(f"{kind} = {module}\n" for kind, (module, _) in rules.items())
+    (info / "entry_points.txt").write_text(f"[forgebuild.rules]\n{points}")
+
+
 @pytest.fixture
 def project(tmp_path):
     return Project(str(tmp_path))

@@ -13,6 +13,7 @@ import sys
 import uuid
 
 import pytest
+from conftest import install_rule_plugin
 
 from forgebuild.hashing import file_digest
 
@@ -171,10 +172,7 @@ def build(ctx):
 
 def test_a_rule_writing_into_a_cached_step_it_was_handed_fails_and_the_step_is_made_again(project, tmp_path_factory):
     site = tmp_path_factory.mktemp("site")
-    (site / "scribble_rule.py").write_text(SCRIBBLE)
-    (site / "scribble_rule-0.1.dist-info").mkdir()
-    (site / "scribble_rule-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: scribble-rule\nVersion: 0.1\n")
-    (site / "scribble_rule-0.1.dist-info" / "entry_points.txt").write_text("[forgebuild.rules]\nscribble = scribble_rule\n")
+    install_rule_plugin(site, "scribble-rule", {"scribble": ("scribble_rule", SCRIBBLE)})
     env = {"PYTHONPATH": f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     project.forgefile("[scribble.s]\nscribble = true\n")
     failed = [e for e in project.events(expect=1, env=env) if e["event"] == "failed"]

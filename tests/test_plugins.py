@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 import pytest
+from conftest import install_rule_plugin
 
 RULE = '''
 """Concatenate source files (a test plugin)."""
@@ -73,12 +74,8 @@ def build(ctx):
 def plugin_env(tmp_path_factory):
     def install(version="1"):
         site = tmp_path_factory.mktemp("site")
-        (site / "concat_rule.py").write_text(RULE.format(version=version))
-        dist = site / "concat_rule-0.1.dist-info"
-        dist.mkdir()
-        (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: concat-rule\nVersion: 0.1\n")
-        (site / "perfile_rule.py").write_text(PERFILE)
-        (dist / "entry_points.txt").write_text("[forgebuild.rules]\nconcat = concat_rule\nperfile = perfile_rule\n")
+        install_rule_plugin(site, "concat-rule", {"concat": ("concat_rule", RULE.format(version=version)),
+                                                  "perfile": ("perfile_rule", PERFILE)})
         return {"PYTHONPATH": f"{site}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     return install
 
@@ -136,11 +133,8 @@ def test_plugin_failures_are_reported_without_traceback_on_the_console(project, 
 
 def test_broken_plugin_is_a_clear_error(project, tmp_path_factory):
     site = tmp_path_factory.mktemp("broken")
-    (site / "broken_rule.py").write_text("raise ImportError('needs a library that is not installed')\n")
-    dist = site / "broken_rule-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-rule\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[forgebuild.rules]\nbroken = broken_rule\n")
+    install_rule_plugin(site, "broken-rule",
+                        {"broken": ("broken_rule", "raise ImportError('needs a library that is not installed')\n")})
     project.forgefile('[run.a]\ncmd = "true"\n')
     proc = project.run(env={"PYTHONPATH": str(site)}, expect=2)
     assert proc.stderr == ("forgebuild: rule plugin 'broken' (broken_rule) failed to load: "
@@ -201,11 +195,7 @@ def build(ctx):
 
 def test_a_verdict_keeps_the_artifact_and_fails_every_time_without_rebuilding(project, tmp_path_factory):
     site = tmp_path_factory.mktemp("judge")
-    (site / "judge_rule.py").write_text(VERDICT_RULE)
-    dist = site / "judge_rule-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: judge-rule\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[forgebuild.rules]\njudge = judge_rule\n")
+    install_rule_plugin(site, "judge-rule", {"judge": ("judge_rule", VERDICT_RULE)})
     env = {"PYTHONPATH": str(site)}
     project.forgefile('[judge.j]\nscore = 0.25\n[run.after]\ncmd = "echo x > {out}/x"\ninputs = { j = "judge:j" }\n')
     for attempt in range(2):

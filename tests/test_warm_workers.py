@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import ENV, Project
+from conftest import ENV, Project, install_rule_plugin
 from tinylab import BASE_FORGEFILE, write_stdlib_text
 from unit.test_launcher import alive, gone
 
@@ -87,11 +87,7 @@ def build(ctx):
 @pytest.fixture
 def plugin(tmp_path_factory):
     site = tmp_path_factory.mktemp("site")
-    (site / "seen_rule.py").write_text(RULE)
-    dist = site / "seen_rule-0.1.dist-info"
-    dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: seen-rule\nVersion: 0.1\n")
-    (dist / "entry_points.txt").write_text("[forgebuild.rules]\nseen = seen_rule\n")
+    install_rule_plugin(site, "seen-rule", {"seen": ("seen_rule", RULE)})
     return {"env": {"PYTHONPATH": str(site), "WARM_TEST": "yes"}, "rule_file": site / "seen_rule.py"}
 
 
