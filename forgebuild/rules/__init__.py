@@ -81,7 +81,7 @@ GROUP = "forgebuild.rules"
 # Used when forgebuild runs from a source tree that was never pip-installed,
 # so its own entry points are not registered.
 BUILTIN = {kind: f"forgebuild.rules.{kind}" for kind in ("run", "corpus", "dataset", "tokenizer", "tokens", "model", "eval",
-                                                            "release", "search", "generate", "curate")}
+                                                            "release", "search", "generate", "curate", "images")}
 REQUIRED = ("version", "Params", "inputs", "build")
 KIND = re.compile(r"^[a-z][a-z0-9_-]*$")
 
