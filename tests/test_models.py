@@ -296,7 +296,7 @@ def test_cross_target_errors_come_before_any_training(recipe_project):
     assert any(line.endswith("error: model:fim: key 'fim_rate': fill-in-the-middle needs the FIM tokens: set "
                              "fim = true in tokenizer:plain") for line in lines), lines
     assert any("error: model:recipeless: key 'recipe': expected one of import, pretrain, continue, sft, dpo, "
-               "online-dpo, reward, grpo, select, got string \"sfft\" (did you mean 'sft'?)" in line for line in lines), lines
+               "online-dpo, reward, grpo, select, vlm, got string \"sfft\" (did you mean 'sft'?)" in line for line in lines), lines
     assert not os.path.exists(os.path.join(p.root, ".forge/logs"))
 
 

@@ -1,7 +1,7 @@
 """model: a trained language model, made by one of the training recipes.
 
     [model.base]
-    recipe = "pretrain"              # import, pretrain, continue, sft, dpo, online-dpo, reward, grpo, select
+    recipe = "pretrain"              # import, pretrain, continue, sft, dpo, online-dpo, reward, grpo, select, vlm
     tokens = "tokens:web"
     tokenizer = "tokenizer:bpe"
     arch = { family = "llama", hidden = 128, layers = 2, heads = 4 }
@@ -41,6 +41,7 @@ RECIPES = {
     "reward": "reward_model",
     "grpo": "grpo",
     "select": "select",
+    "vlm": "vlm",
 }
 
 # what every training recipe imports (forgebuild/rules/model/training.py); all in the `train` extra
@@ -112,6 +113,8 @@ def requires(params) -> dict:
     if params.recipe == "import":
         return {}
     modules = dict.fromkeys(TRAIN_MODULES, "train")
+    if params.recipe == "vlm" or str(getattr(params, "data", "")).startswith("images:"):
+        modules["PIL"] = "train"  # images are opened with Pillow
     if getattr(getattr(params, "launch", None), "backend", None) == "deepspeed":
         modules["deepspeed"] = "train"
     if getattr(params, "track", None) is not None:

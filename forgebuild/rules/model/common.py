@@ -2,7 +2,7 @@
 the planner imports this module to validate a Forgefile."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, field_validator, model_validator
@@ -169,16 +169,71 @@ def reference_problems(params: BaseModel, keys) -> list[tuple[str, str]]:
 DATA_KINDS = ("dataset", "curate")
 
 
-def kind_problems(params: BaseModel, deps: dict, expected: dict) -> list[tuple[str, str]]:
-    """`expected` maps a key to the kind its target must be: base -> model, data -> dataset (or curate)."""
+def kind_problems(params: BaseModel, deps: dict, expected: dict, images=()) -> list[tuple[str, str]]:
+    """`expected` maps a key to the kind its target must be: base -> model, data -> dataset (or curate);
+    a key in `images` takes an images target too."""
     problems = []
     for key, kind in expected.items():
         address = getattr(params, key, None)
         accepted = DATA_KINDS if kind == "dataset" else (kind,)
+        if key in images and "images" not in accepted:
+            accepted += ("images",)
         if address in deps and deps[address]["kind"] not in accepted:
-            problems.append((key, f"{address} is a {deps[address]['kind']} target; '{key}' takes a "
-                                  f"{' or '.join(accepted)} target"))
+            named = " or ".join(accepted) if len(accepted) < 3 else f"{', '.join(accepted[:-1])} or {accepted[-1]}"
+            problems.append((key, f"{address} is a {deps[address]['kind']} target; '{key}' takes a {named} target"))
     return problems
+
+
+def images_format_problem(params: BaseModel, deps: dict, key: str, allowed: tuple, recipe: str):
+    """An images target whose format (caption, vqa, messages, preference) this recipe cannot train on."""
+    address = getattr(params, key, None)
+    dep = deps.get(address)
+    declared = getattr(dep["params"], "format", None) if dep and dep["kind"] == "images" else None
+    if declared is not None and declared != "auto" and declared not in allowed:
+        return (key, f"{address} is a '{declared}' images target; recipe \"{recipe}\" trains on "
+                     f"{' or '.join(repr(a) for a in allowed)} images")
+    return None
+
+
+# What a model target was made to read, as far as planning can tell from the Forgefile: a recipe "vlm"
+# model sees images, a pretrained one text; a fine-tuned one what its data holds (a VLM is only ever
+# fine-tuned on images, a text model on text), else what its base saw. An import is unknown until built.
+TEXT_RECIPES = ("pretrain", "reward")
+IMAGES_NEED_VLM = ("{data} holds images and {base} is a text-only model: recipe \"{recipe}\" on image data needs a "
+                   "vision-language base (recipe \"vlm\", or an imported image-text-to-text model)")
+VLM_NEEDS_IMAGES = ("{base} is a vision-language model: recipe \"{recipe}\" trains it on an images target "
+                    "(data = \"images:NAME\"), not on {data}")
+
+
+def modality(address: str | None, deps: dict) -> str | None:
+    """"image" (a vision-language model), "text", or None where the Forgefile does not say (an import, or
+    a chain longer than planning's view of it)."""
+    dep = deps.get(address)
+    if not dep or dep["kind"] != "model":
+        return None
+    params, below = dep["params"], dep.get("deps", {})
+    if params.recipe == "vlm":
+        return "image"
+    if params.recipe in TEXT_RECIPES:
+        return "text"
+    data = below.get(getattr(params, "data", None))
+    if data is not None:
+        return "image" if data["kind"] == "images" else "text"
+    return modality(getattr(params, "base", None), below)
+
+
+def modality_problems(params: BaseModel, deps: dict) -> list[tuple[str, str]]:
+    """Image data for a text-only base, or text data for a vision-language one (`base` and `data` keys)."""
+    data = deps.get(params.data)
+    seen = modality(params.base, deps)
+    if data is None or seen is None:
+        return []
+    images = data["kind"] == "images"
+    if images and seen == "text":
+        return [("data", IMAGES_NEED_VLM.format(data=params.data, base=params.base, recipe=params.recipe))]
+    if not images and seen == "image":
+        return [("data", VLM_NEEDS_IMAGES.format(data=params.data, base=params.base, recipe=params.recipe))]
+    return []
 
 
 def dataset_format_problem(params: BaseModel, deps: dict, key: str, allowed: tuple, recipe: str):
@@ -215,9 +270,11 @@ def adapter_base_problem(params: BaseModel, deps: dict, key: str = "base"):
 class Deps:
     """What a recipe's target references must be, as data: `Deps({"base": "model", "data": ("dataset",
     FORMATS)})`. A key names a kind, or a (kind, formats) pair for a dataset the recipe trains on; each
-    `checks` function is a check no declaration can say (a reward model's recipe, FIM tokens)."""
+    `checks` function is a check no declaration can say (a reward model's recipe, FIM tokens). `images` maps
+    a key that also takes an images target (image-text data for a vision-language model) to its formats."""
     kinds: dict[str, str | tuple[str, tuple[str, ...]]]
     checks: tuple[Callable[[BaseModel, dict], list[tuple[str, str]]], ...] = ()
+    images: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def references(self, params: BaseModel) -> dict[str, str]:
         """The targets the params name, by key (a key left unset names none): a recipe's inputs."""
@@ -226,9 +283,11 @@ class Deps:
     def problems(self, params: BaseModel, deps: dict) -> list[tuple[str, str]]:
         """Wrong kinds first, then wrong formats, then adapter-only models, then the checks."""
         kinds = {key: kind if isinstance(kind, str) else kind[0] for key, kind in self.kinds.items()}
-        problems = kind_problems(params, deps, kinds)
+        problems = kind_problems(params, deps, kinds, self.images)
         found = [dataset_format_problem(params, deps, key, kind[1], params.recipe)
                  for key, kind in self.kinds.items() if not isinstance(kind, str)]
+        found += [images_format_problem(params, deps, key, formats, params.recipe)
+                  for key, formats in self.images.items()]
         # every model a recipe reads, it reads the weights of: an adapter-only one has none
         found += [adapter_base_problem(params, deps, key) for key, kind in kinds.items() if kind == "model"]
         problems += [problem for problem in found if problem]

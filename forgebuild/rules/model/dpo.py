@@ -19,6 +19,10 @@ adds them, weighted by `loss_weights`. "odpo" (alone) is DPO with an offset
 (Amini et al., 2024): the policy must prefer the chosen completion by a margin of
 `alpha * log(score_chosen - score_rejected)`, so every row of the dataset needs
 both scores, the chosen one higher. The other losses ignore the scores.
+
+A vision-language base trains on an images target in preference format instead
+(`data = "images:NAME"`: an image, a prompt, chosen and rejected answers), with its
+processor; TRL's DPOTrainer scores each answer given the image.
 """
 from __future__ import annotations
 
@@ -30,7 +34,7 @@ from pydantic import BeforeValidator, Field
 from pydantic_core import PydanticCustomError
 
 from forgebuild import limits
-from forgebuild.rules.model.common import Deps, Lora, Recipe, Train
+from forgebuild.rules.model.common import Deps, Lora, Recipe, Train, modality_problems
 
 version = "1"
 FORMATS = ("preference",)
@@ -59,7 +63,8 @@ Losses = Annotated[list[LossName], BeforeValidator(_as_list, json_schema_input_t
 class Params(Recipe):
     recipe: Literal["dpo"]
     base: str = Field(description="the model target to train (the policy)")
-    data: str = Field(description="a dataset target in preference format (prompt, chosen, rejected)")
+    data: str = Field(description="a dataset target in preference format (prompt, chosen, rejected); for a "
+                                  "vision-language base, an images target in preference format")
     reference: str | None = Field(
         None, description="the frozen reference model target; unset: the base's own weights. Same tokenizer as base")
     split: str = Field("train", description="the dataset split to train on")
@@ -88,7 +93,8 @@ def is_odpo(params: Params) -> bool:
 
 
 def environment(params) -> dict:
-    return {"libraries": ["torch", "transformers", "trl", "peft", "safetensors", "datasets"]}
+    images = ["pillow"] if params.data.startswith("images:") else []
+    return {"libraries": ["torch", "transformers", "trl", "peft", "safetensors", "datasets", *images]}
 
 
 def check(params: Params) -> list[tuple[str, str]]:
@@ -118,10 +124,17 @@ def check(params: Params) -> list[tuple[str, str]]:
     if modules != "all-linear" and "lm_head" in modules:
         problems.append(("lora.target_modules", "'lm_head' cannot take an adapter here: DPO reads the head's "
                                                 "weights directly, so it would never train"))
-    return problems
+    return problems + image_problems(params)
 
 
-DEPS = Deps({"base": "model", "data": ("dataset", FORMATS), "reference": "model"})
+def image_problems(params: Params) -> list[tuple[str, str]]:
+    if params.data.startswith("images:") and is_odpo(params):
+        return [("loss", "\"odpo\" reads score_chosen and score_rejected, which image preference pairs do not carry")]
+    return []
+
+
+DEPS = Deps({"base": "model", "data": ("dataset", FORMATS), "reference": "model"}, (modality_problems,),
+            images={"data": FORMATS})
 
 
 def score_problem(folder: str, address: str, split: str) -> str | None:
@@ -151,6 +164,7 @@ def score_problem(folder: str, address: str, split: str) -> str | None:
 
 def _vocabulary_problem(training, ctx, tokenizer) -> str | None:
     p = ctx.params
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a vision-language model's processor holds its tokenizer
     try:
         other = training.load_tokenizer(ctx.inputs["reference"])
     except (OSError, ValueError):
@@ -170,27 +184,39 @@ def build(ctx) -> None:
         if problem:
             raise ctx.bad_input(problem)
 
-    from forgebuild.rules.model import training
+    from forgebuild.rules.model import training, vision
 
+    problem = vision.modality_problem(ctx, ctx.inputs["base"])
+    if problem:
+        raise ctx.bad_input(problem)
     training.prepare(ctx)
     from trl import DPOConfig, DPOTrainer
 
+    images = p.data.startswith("images:")
+
     def split_rows(split):
+        if images:
+            return vision.image_split(ctx, p.data, ctx.inputs["data"], split, FORMATS)[0]
         data = training.dataset_split(ctx, p.data, ctx.inputs["data"], split, FORMATS)[0]
         if not odpo:  # the plain losses do not read the scores
             data = data.remove_columns([c for c in SCORES if c in data.column_names])
         return data
 
+    def load(key: str, address: str):
+        loader = vision.load_vlm if images else training.load_model
+        return loader(ctx, ctx.inputs[key], address)
+
     data = split_rows(p.split)
     evaluation = split_rows(p.eval_split) if p.eval_split else None
-    tokenizer = training.load_tokenizer(ctx.inputs["base"])
-    model = training.load_model(ctx, ctx.inputs["base"], p.base)
+    tokenizer = (vision.load_processor if images else training.load_tokenizer)(ctx.inputs["base"])
+    model = load("base", p.base)
     if p.reference is not None:
-        ref_model = training.load_model(ctx, ctx.inputs["reference"], p.reference)
+        ref_model = load("reference", p.reference)
         problem = _vocabulary_problem(training, ctx, tokenizer)
-        if problem is None and ref_model.config.vocab_size != model.config.vocab_size:
-            problem = (f"reference {p.reference} has a vocabulary of {ref_model.config.vocab_size} tokens, base "
-                       f"{p.base} one of {model.config.vocab_size}: the reference must score the same tokens")
+        sizes = [m.config.get_text_config().vocab_size for m in (ref_model, model)]
+        if problem is None and sizes[0] != sizes[1]:
+            problem = (f"reference {p.reference} has a vocabulary of {sizes[0]} tokens, base "
+                       f"{p.base} one of {sizes[1]}: the reference must score the same tokens")
         if problem:
             raise ctx.bad_input(problem)
     elif p.lora is not None:
@@ -198,7 +224,7 @@ def build(ctx) -> None:
     else:
         # The base's weights, loaded again: left to itself TRL would rebuild the reference from the
         # config's _name_or_path, a path that need not exist any more
-        ref_model = training.load_model(ctx, ctx.inputs["base"], p.base)
+        ref_model = load("base", p.base)
 
     loss = {"loss_type": ["sigmoid"]} if odpo else {"loss_type": list(p.loss), "loss_weights": p.loss_weights}
     args = training.trainer_args(ctx, DPOConfig, evaluating=evaluation is not None, max_length=p.max_length,

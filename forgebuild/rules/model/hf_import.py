@@ -7,7 +7,8 @@
 The folder is content-hashed through the stat cache, so a 15 GB folder is read
 once and then only stat()ed; its path never enters the key, so the same weights
 in another place (another machine's /models) are the same target. The artifact is
-a copy of the folder's files, checked to hold a config and weights.
+a copy of the folder's files, checked to hold a config and weights, and a vision-language
+model's folder to hold its processor too (what turns images and text into its inputs).
 """
 from __future__ import annotations
 
@@ -49,6 +50,12 @@ def build(ctx) -> None:
         raise ctx.bad_input(f"{ctx.params.path} is not a Hugging Face model folder: it has no config.json")
     if not any(n.endswith(WEIGHTS) for n in names) and not any(n.endswith(".index.json") for n in names):
         raise ctx.bad_input(f"{ctx.params.path} has no weights (*.safetensors or *.bin)")
+    from forgebuild.rules.model import vision  # reads config.json only: an import needs no ML library
+
+    if vision.is_vlm(folder) and not vision.has_processor(folder):
+        model_type = vision.read_config(folder).get("model_type", "?")
+        raise ctx.bad_input(f"{ctx.params.path} is a vision-language model ({model_type}) without its processor: "
+                            f"save it into the folder with processor.save_pretrained (processor_config.json)")
     if "tokenizer.json" not in names and "tokenizer_config.json" not in names:
         ctx.log(f"note: {ctx.params.path} has no tokenizer; recipes built on it will need one")
     copied = 0

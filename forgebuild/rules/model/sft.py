@@ -12,6 +12,9 @@ The loss is on the completions only (prompt_completion data) or on the assistant
 turns only (messages data, through the chat template's generation markers) unless
 `completion_only = false`. With `lora`, only the adapter trains; `merge = true`
 writes merged full weights, `merge = false` the adapter folder alone.
+
+A vision-language base (recipe "vlm", or an imported image-text-to-text model) trains on an
+images target instead (`data = "images:NAME"`, caption, vqa or messages), with its processor.
 """
 from __future__ import annotations
 
@@ -20,16 +23,18 @@ from typing import Literal
 from pydantic import Field
 
 from forgebuild import limits
-from forgebuild.rules.model.common import Deps, Lora, Recipe, Train
+from forgebuild.rules.model.common import Deps, Lora, Recipe, Train, modality_problems
 
 version = "1"
 FORMATS = ("prompt_completion", "messages")
+IMAGE_FORMATS = ("caption", "vqa", "messages")
 
 
 class Params(Recipe):
     recipe: Literal["sft"]
     base: str = Field(description="the model target to fine-tune")
-    data: str = Field(description="a dataset target in prompt_completion or messages format")
+    data: str = Field(description="a dataset target in prompt_completion or messages format; for a vision-language "
+                                  "base, an images target (caption, vqa or messages)")
     split: str = Field("train", description="the dataset split to train on")
     eval_split: str | None = Field(None, description="a split for the eval loss every train.eval_every steps")
     max_length: int = Field(512, ge=8, le=limits.TOKENS, description="tokens per example (longer ones are cut)")
@@ -40,19 +45,33 @@ class Params(Recipe):
 
 
 def environment(params) -> dict:
-    return {"libraries": ["torch", "transformers", "trl", "peft", "safetensors", "datasets"]}
+    images = ["pillow"] if params.data.startswith("images:") else []
+    return {"libraries": ["torch", "transformers", "trl", "peft", "safetensors", "datasets", *images]}
 
 
-DEPS = Deps({"base": "model", "data": ("dataset", FORMATS)})
+def check(params: Params) -> list[tuple[str, str]]:
+    if params.packing and params.data.startswith("images:"):
+        return [("packing", "image-text examples are not packed (each carries its own images): set packing = false")]
+    return []
+
+
+DEPS = Deps({"base": "model", "data": ("dataset", FORMATS)}, (modality_problems,), images={"data": IMAGE_FORMATS})
 
 
 def build(ctx) -> None:
-    from forgebuild.rules.model import training
+    from forgebuild.rules.model import training, vision
 
+    p = ctx.params
+    problem = vision.modality_problem(ctx, ctx.inputs["base"])
+    if problem:
+        raise ctx.bad_input(problem)
     training.prepare(ctx)
     from trl import SFTConfig, SFTTrainer
 
-    p = ctx.params
+    if p.data.startswith("images:"):
+        model = vision.load_vlm(ctx, ctx.inputs["base"], p.base)
+        vision.fine_tune(ctx, model, vision.load_processor(ctx.inputs["base"]), p.base)
+        return
     data, fmt = training.dataset_split(ctx, p.data, ctx.inputs["data"], p.split, FORMATS)
     evaluation = training.dataset_split(ctx, p.data, ctx.inputs["data"], p.eval_split, FORMATS)[0] \
         if p.eval_split else None

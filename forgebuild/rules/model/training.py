@@ -379,7 +379,7 @@ def save(ctx, model, tokenizer, trainer=None, config: dict | None = None, metric
         return
     with inference_config(model):
         model.save_pretrained(ctx.out, safe_serialization=True, **({"state_dict": state_dict} if state_dict else {}))
-    tokenizer.save_pretrained(ctx.out)
+    tokenizer.save_pretrained(ctx.out)  # a vision-language model's processor: its tokenizer, image processor, template
     rows = training_log(trainer) if trainer is not None else []
     identity = identity_params(ctx.params)
     resolved = {"target": ctx.target, "recipe": ctx.params.recipe, "seed": ctx.seed, "params": identity,
@@ -392,11 +392,11 @@ def save(ctx, model, tokenizer, trainer=None, config: dict | None = None, metric
     final = final_metrics(rows, **(metrics or {}))
     write_json(os.path.join(ctx.out, "metrics.json"), final)
     with open(os.path.join(ctx.out, "README.md"), "w", encoding="utf-8") as f:
-        f.write(model_card(ctx, identity, final))
+        f.write(model_card(ctx, identity, final, vision=hasattr(tokenizer, "image_processor")))
     ctx.metrics({k: v for k, v in final.items() if k in ("loss", "eval_loss", "steps", "train_loss")})
 
 
-def model_card(ctx, identity: dict, final: dict) -> str:
+def model_card(ctx, identity: dict, final: dict, vision: bool = False) -> str:
     """README.md: what the model is and what it was made from (the release card adds eval metrics)."""
     name = ctx.target.split(":", 1)[1]
     lines = [f"# {name}", "", f"Built by forgebuild as `{ctx.target}` with recipe `{ctx.params.recipe}` "
@@ -406,8 +406,10 @@ def model_card(ctx, identity: dict, final: dict) -> str:
               "## Final training metrics", "", "| metric | value |", "|---|---|"]
     lines += [f"| {k} | {v:.6g} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in sorted(final.items())]
     versions = ", ".join(f"{k} {v}" for k, v in sorted(library_versions().items()))
+    loader = ("AutoModelForImageTextToText.from_pretrained(path)` and its processor with "
+              "`transformers.AutoProcessor.from_pretrained(path)`" if vision else "AutoModelForCausalLM.from_pretrained(path)`")
     lines += ["", f"Libraries: {versions}.", "",
-              "Load it with `transformers.AutoModelForCausalLM.from_pretrained(path)`"
+              f"Load it with `transformers.{loader}"
               + (" (a LoRA adapter: `peft.PeftModel.from_pretrained(base, path)`)."
                  if getattr(ctx.params, "lora", None) is not None and not ctx.params.lora.merge else "."), ""]
     return "\n".join(lines)
@@ -473,21 +475,28 @@ def dataset_split(ctx, address: str, folder: str, split: str, allowed: tuple):
     anywhere), after checking its format is one this recipe trains on."""
     from datasets import Dataset
 
+    rows, fmt = dataset_rows(ctx, address, folder, split, allowed)
+    return Dataset.from_list(rows), fmt
+
+
+def dataset_rows(ctx, address: str, folder: str, split: str, allowed: tuple, noun: str = "dataset"):
+    """One split's records of a dataset-like artifact (dataset.json + SPLIT.jsonl: a dataset, curate or
+    images target) and its format, after checking the format is one this recipe trains on."""
     meta_path = os.path.join(folder, "dataset.json")
     if not os.path.isfile(meta_path):
         raise ctx.bad_input(f"{address} is not a dataset artifact: it has no dataset.json")
     with open(meta_path, encoding="utf-8") as f:
         meta = json.load(f)
     if meta["format"] not in allowed:
-        raise ctx.bad_input(f"{address} is a '{meta['format']}' dataset; recipe \"{ctx.params.recipe}\" trains on "
-                            f"{' or '.join(repr(a) for a in allowed)} data")
+        raise ctx.bad_input(f"{address} is a '{meta['format']}' {noun}; recipe \"{ctx.params.recipe}\" trains on "
+                            f"{' or '.join(repr(a) for a in allowed)} {'data' if noun == 'dataset' else 'images'}")
     if split not in meta["splits"]:
         raise ctx.bad_input(f"{address} has no split '{split}' (it has {', '.join(sorted(meta['splits']))})")
     with open(os.path.join(folder, meta["splits"][split]["path"]), encoding="utf-8") as f:
         rows = [json.loads(line) for line in f if line.strip()]
     if not rows:
         raise ctx.bad_input(f"{address} split '{split}' has no rows")
-    return Dataset.from_list(rows), meta["format"]
+    return rows, meta["format"]
 
 
 def lora_config(lora):
