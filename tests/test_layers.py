@@ -42,7 +42,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "forgebuild"
 
 BASE = {"forgebuild", "errors", "limits", "hashing"}
 BUILD_ONLY = {"rules.eval.evaluate", "rules.eval.harness", "rules.eval.report", "rules.eval.scoring",
-              "rules.model.training", "rules.model.packed", "rules.model.offset_dpo",
+              "rules.eval.vision",
+              "rules.model.training", "rules.model.packed", "rules.model.offset_dpo", "rules.model.vision",
               "rules.synth.sampling", "rules.synth.vllm_engine", "rules.synth.reward_scores", "rules.picture"}
 ML_STACK = {"torch", "transformers", "trl", "peft", "accelerate", "deepspeed", "datasets", "lm_eval",
             "matplotlib", "safetensors", "tokenizers", "ray", "submitit"}

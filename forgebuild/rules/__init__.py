@@ -60,8 +60,8 @@ rule and its harness), ``search``, and the synthetic-data rules ``generate`` and
 parts in ``synth/``). A rule module may import the base, planning's ``plan`` (addresses) and
 other rule modules; never the engine, the store or the command line (a build gets what it needs
 through its ``ctx``). At module level it imports no ML stack: planning imports it to validate.
-Build-only modules (model's ``training``, ``packed``, ``offset_dpo``; eval's ``evaluate``,
-``harness``, ``report``, ``scoring``; synth's ``sampling``, ``vllm_engine``, ``reward_scores``; the
+Build-only modules (model's ``training``, ``packed``, ``offset_dpo``, ``vision``; eval's ``evaluate``,
+``harness``, ``report``, ``scoring``, ``vision``; synth's ``sampling``, ``vllm_engine``, ``reward_scores``; the
 images rule's ``picture``) are imported inside ``build`` and may import torch or PIL at the top.
 """
 from __future__ import annotations
