@@ -54,8 +54,12 @@ class Benchmark(BaseModel):
     kind: Literal["generate", "choice", "perplexity", "lm-eval"] = Field(
         "generate", description="generate: answers scored against `answer`; choice: log-likelihood of `choices`; "
                                 "perplexity: on a corpus's holdout; lm-eval: lm-evaluation-harness tasks")
-    data: str | None = Field(None, description="generate, choice: a JSONL file of the project, or a target whose "
-                                                           "output holds one .jsonl file (e.g. run:bench, a generator)")
+    data: str | None = Field(None, description="generate, choice: a JSONL file of the project, a target whose "
+                                                "output holds one .jsonl file (e.g. run:bench, a generator), or a "
+                                                "dataset-like target (images:NAME, dataset:NAME) read by `split`")
+    split: str | None = Field(None, description=(
+        "generate, choice: the split of a dataset-like `data` target (one with a dataset.json) to read; "
+        "default: test"))
     corpus: str | None = Field(None, description="perplexity: the corpus target whose holdout split is scored")
     metrics: list[Literal["exact_match", "contains", "regex", "numeric"]] = Field(
         default_factory=lambda: ["exact_match"], description="generate: how outputs are scored")
@@ -217,6 +221,12 @@ def benchmark_problems(bench: Benchmark) -> list[tuple[str, str]]:
     for key in ("data", "corpus", "path"):
         if key != needs and getattr(bench, key) is not None:
             problems.append((key, f"'{key}' is not used by a {bench.kind} benchmark (it takes '{needs}')"))
+    if bench.split is not None and bench.kind not in ("generate", "choice"):
+        problems.append(("split", f"'split' is not used by a {bench.kind} benchmark (it names a split of a "
+                                  f"generate or choice benchmark's data)"))
+    elif bench.split is not None and bench.data and not ADDRESS.match(bench.data):
+        problems.append(("split", f"'split' names a split of a dataset-like target (images:NAME, dataset:NAME); "
+                                  f"{bench.data} is a file"))
     if bench.kind == "lm-eval" and not bench.tasks:
         problems.append(("tasks", "an lm-eval benchmark needs the names of its tasks"))
     if bench.kind != "generate" and (bench.scorers or bench.metrics != ["exact_match"]):
@@ -320,12 +330,49 @@ def check_deps(params: Params, deps: dict) -> list[tuple[str, str]]:
                                             f"set merge = true there to evaluate it"))
     problems += ancestor_problems(params, deps)
     for i, bench in enumerate(params.benchmarks):
+        problems += data_problems(params, i, bench, deps)
         corpus = deps.get(bench.corpus)
         if corpus and corpus["kind"] != "corpus":
             problems.append((f"benchmarks.{i}.corpus", f"{bench.corpus} is a {corpus['kind']} target, not a corpus"))
         elif corpus and (gap := holdout_gap(bench.corpus, corpus)):
             problems.append((f"benchmarks.{i}.corpus", no_holdout_message(bench.corpus, gap)))
     return problems
+
+
+def data_problems(params: Params, index: int, bench: Benchmark, deps: dict) -> list[tuple[str, str]]:
+    """A dataset-like data target has the split the benchmark reads; one of images is read by
+    vision-language models only (a model known to be text-only here; the others are checked at build time)."""
+    data = deps.get(bench.data) if bench.kind in ("generate", "choice") else None
+    splits = getattr((data or {}).get("params"), "splits", None)
+    if not data or not isinstance(splits, dict):
+        return []
+    problems = []
+    split = bench.split or "test"
+    if split not in splits:
+        problems.append((f"benchmarks.{index}.{'split' if bench.split else 'data'}",
+                         f"{bench.data} has no split '{split}'; its splits: {', '.join(sorted(splits))}"
+                         + ("" if bench.split else " (set split)")))
+    if data["kind"] == "images":
+        for j, address in enumerate(params.models):
+            if why := text_only(deps.get(address)):
+                problems.append((f"models.{j}", f"{address} is a text-only model ({why}) and benchmark "
+                                                f"{bench.name} reads images ({bench.data}): evaluate a "
+                                                f"vision-language model on it"))
+    return problems
+
+
+def text_only(found: dict | None, seen: int = 0) -> str | None:
+    """Why the model target is known to be text-only (its base chain starts with a pretrain), or None:
+    a vision-language recipe, an import (its folder says, at build time), or not known here."""
+    params = (found or {}).get("params")
+    recipe = getattr(params, "recipe", None)
+    if recipe == "pretrain":
+        return "recipe pretrain"
+    base = getattr(params, "base", None)
+    if recipe == "vlm" or not base or seen > 100:  # a cycle is reported where it is declared
+        return None
+    inherited = text_only(found["deps"].get(base), seen + 1)
+    return inherited and (inherited if " on " in inherited else f"built on {base}, {inherited}")
 
 
 def adapter_only(found: dict | None) -> bool:

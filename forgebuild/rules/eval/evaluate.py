@@ -33,6 +33,7 @@ def evaluate(ctx) -> None:
     for address, benches in per_model.items():
         for name, folder in benches.items():
             ctx.place(os.path.join(folder, "samples.jsonl"), sample_path(address, name))
+    place_images(ctx, per_model)
     training.write_json(os.path.join(ctx.out, "report.json"), report)
     write_reports(ctx.out, report, logs)
     ctx.metrics({f"{a} {m}": r["value"] for a, results in report["results"].items() for m, r in results.items()})
@@ -91,6 +92,21 @@ def recorded_base(folder: str) -> tuple[str | None, str | None]:
 
 def sample_path(address: str, bench: str) -> str:
     return f"samples/{address.replace(':', '-')}/{bench}.jsonl"
+
+
+def place_images(ctx, per_model: dict) -> None:
+    """A copy of every image the samples show, at the path they name (samples/images/DIGEST.png, once
+    each: the name is the content's digest), so the artifact and its report.html stand alone."""
+    placed = set()
+    for i, bench in enumerate(ctx.params.benchmarks):
+        if not image_benchmark(ctx, i):
+            continue
+        for benches in per_model.values():
+            with open(os.path.join(benches[bench.name], "samples.jsonl"), encoding="utf-8") as f:
+                shown = {rel for line in f for rel in json.loads(line).get("images", [])}
+            for rel in sorted(shown - placed):
+                ctx.place(os.path.join(ctx.inputs[f"benchmarks.{i}.data"], rel.removeprefix(SAMPLES)), rel)
+            placed |= shown
 
 
 def contamination_check(ctx) -> dict:
@@ -165,6 +181,8 @@ def run_benchmark(ctx, address: str, bench, index: int, folder: str) -> None:
     limit = bench.limit or ctx.params.limit
     if bench.kind == "lm-eval":
         scores, samples = lm_eval_scores(ctx, address, bench, index, limit)
+    elif image_benchmark(ctx, index):
+        scores, samples = image_scores(ctx, address, bench, index, limit)
     else:
         model, tokenizer = load(ctx, address)
         run = {"generate": generation_scores, "choice": choice_scores, "perplexity": perplexity_scores}[bench.kind]
@@ -177,11 +195,15 @@ def run_benchmark(ctx, address: str, bench, index: int, folder: str) -> None:
 
 
 def load(ctx, address: str):
+    """(model, tokenizer): a vision-language model is read through its tokenizer, its language model
+    answering a text benchmark as any causal model does."""
     import torch
 
+    from forgebuild.rules.eval import vision
     from forgebuild.rules.model import training
 
-    model = training.load_model(ctx, ctx.inputs_of(address), address)
+    folder = ctx.inputs_of(address)
+    model = vision.load(folder)[0] if vision.is_vlm(folder) else training.load_model(ctx, folder, address)
     if training.is_moe(model.config):  # no router loss under generate(): see training.inference_config
         model.config.output_router_logits = False
     if not training.on_cpu(ctx):
@@ -192,11 +214,22 @@ def load(ctx, address: str):
 
 
 def bench_file(ctx, index: int, key: str) -> str:
-    """The benchmark's file: a file of the project, or the one .jsonl file of a target's output."""
+    """The benchmark's file: a file of the project, the file of the split a dataset-like target's
+    dataset.json names, or the one .jsonl file of a target's output."""
     path = os.path.join(ctx.project_dir, ctx.inputs[f"benchmarks.{index}.{key}"])
-    address = getattr(ctx.params.benchmarks[index], key)
+    bench = ctx.params.benchmarks[index]
+    address = getattr(bench, key)
     if address not in ctx.dep_digests:  # a file (or lm-eval's task folder) of the project
         return path
+    if (meta := dataset_meta(ctx, index)) is not None and key == "data":
+        split = bench.split or "test"
+        if split not in meta.get("splits", {}):
+            raise ctx.bad_input(f"benchmark {bench.name}: {address} has no split '{split}'; its splits: "
+                                f"{', '.join(sorted(meta.get('splits', {})))}")
+        return os.path.join(path, meta["splits"][split]["path"])
+    if bench.split is not None and key == "data":
+        raise ctx.bad_input(f"benchmark {bench.name}: {address} has no dataset.json to read split "
+                            f"'{bench.split}' from: leave split out to read its one .jsonl file")
     found = sorted(glob.glob(os.path.join(path, "**", "*.jsonl"), recursive=True))
     if len(found) != 1:
         raise ctx.bad_input(f"benchmark {ctx.params.benchmarks[index].name}: {address} must hold one .jsonl file "
@@ -204,9 +237,29 @@ def bench_file(ctx, index: int, key: str) -> str:
     return found[0]
 
 
+def dataset_meta(ctx, index: int) -> dict | None:
+    """The dataset.json of the benchmark's data target (a dataset-like one: images, dataset), else None."""
+    address = ctx.params.benchmarks[index].data
+    if address not in ctx.dep_digests:
+        return None
+    path = os.path.join(ctx.project_dir, ctx.inputs[f"benchmarks.{index}.data"], "dataset.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def image_benchmark(ctx, index: int) -> bool:
+    """The benchmark reads an images target's records (a generate or choice benchmark)."""
+    bench = ctx.params.benchmarks[index]
+    return bench.kind in ("generate", "choice") and (dataset_meta(ctx, index) or {}).get("kind") == "images"
+
+
 def read(ctx, bench, index: int, kind: str, limit):
     from forgebuild.rules.eval.scoring import BenchmarkError, read_rows
 
+    if image_benchmark(ctx, index):
+        return read_image_rows(ctx, bench, index, kind, limit)
     try:
         rows = read_rows(bench_file(ctx, index, "data"), kind, label=bench.data, prompt_field=bench.prompt_field,
                          answer_field=bench.answer_field, choices_field=bench.choices_field)
@@ -215,8 +268,52 @@ def read(ctx, bench, index: int, kind: str, limit):
     return rows[:limit] if limit else rows
 
 
+def read_image_rows(ctx, bench, index: int, kind: str, limit) -> list[dict]:
+    from forgebuild.rules.eval.scoring import BenchmarkError
+    from forgebuild.rules.eval.vision import read_records
+
+    path = bench_file(ctx, index, "data")
+    try:
+        rows = read_records(path, ctx.inputs[f"benchmarks.{index}.data"], kind,
+                            f"{bench.data} {os.path.basename(path)}", answer_field=bench.answer_field,
+                            choices_field=bench.choices_field)
+    except BenchmarkError as e:
+        raise ctx.bad_input(str(e)) from None
+    return rows[:limit] if limit else rows
+
+
+# an image's path in the eval's artifact: the images target's own path (images/DIGEST.png) under samples/
+SAMPLES = "samples/"
+
+
+def image_scores(ctx, address: str, bench, index: int, limit):
+    """A vision-language model on an images target's split: generated answers scored like text ones,
+    or each choice's log-likelihood after the image and the prompt. A text-only model is an error."""
+    from forgebuild.rules.eval import vision
+    from forgebuild.rules.model import training
+
+    folder = ctx.inputs_of(address)
+    if not vision.is_vlm(folder):
+        raise ctx.bad_input(f"{address} is a text-only model (model_type {vision.model_type(folder)}) and "
+                            f"benchmark {bench.name} reads images ({bench.data}): evaluate a vision-language "
+                            f"model on it")
+    rows = read(ctx, bench, index, bench.kind, limit)
+    model, processor = vision.load(folder)
+    if not training.on_cpu(ctx):
+        model = model.to("cuda")
+    data, g = ctx.inputs[f"benchmarks.{index}.data"], ctx.params.generation
+    if bench.kind == "choice":
+        scores, samples = choice_results(rows, vision.choice_scores(model, processor, data, rows))
+    else:
+        outputs = vision.generate(model, processor, data, rows, g.max_new_tokens, tuple(g.stop),
+                                  ctx.params.batch_size, g.temperature, ctx.seed)
+        scores, samples = generated_results(ctx, bench, rows, outputs)
+    return scores, [{**sample, "images": [SAMPLES + rel for rel in row["images"]]}
+                    for sample, row in zip(samples, rows)]
+
+
 def generation_scores(ctx, model, tokenizer, bench, index, limit):
-    from forgebuild.rules.eval.scoring import generate, score_output
+    from forgebuild.rules.eval.scoring import generate
 
     rows = read(ctx, bench, index, "generate", limit)
     g = ctx.params.generation
@@ -224,10 +321,17 @@ def generation_scores(ctx, model, tokenizer, bench, index, limit):
     with torch.no_grad():
         outputs = generate(model, tokenizer, prompts, max_new_tokens=g.max_new_tokens, stop=tuple(g.stop),
                            batch_size=ctx.params.batch_size, temperature=g.temperature, seed=ctx.seed)
+    return generated_results(ctx, bench, rows, outputs)
+
+
+def generated_results(ctx, bench, rows: list[dict], outputs: list[str]):
+    """(per-metric scores, per-example samples) of generated outputs against the rows' answers."""
+    from forgebuild.rules.eval.scoring import score_output
+
     scores = {m: [score_output(o, r["answer"], m, pattern=bench.pattern, tolerance=bench.tolerance)
                   for o, r in zip(outputs, rows)] for m in bench.metrics}
     for ref in bench.scorers:
-        scores[ref.rsplit(":", 1)[-1]] = code_scores(ctx, ref, prompts, outputs, rows)
+        scores[ref.rsplit(":", 1)[-1]] = code_scores(ctx, ref, [r["prompt"] for r in rows], outputs, rows)
     samples = [{"line": r["line"], "prompt": r["prompt"], "output": o, "reference": r["answer"],
                 "scores": {m: s[i] for m, s in scores.items()}} for i, (o, r) in enumerate(zip(outputs, rows))]
     return scores, samples
@@ -250,6 +354,11 @@ def choice_scores(ctx, model, tokenizer, bench, index, limit):
     rows = read(ctx, bench, index, "choice", limit)
     with torch.no_grad():
         found = score(model, tokenizer, rows, batch_size=ctx.params.batch_size)
+    return choice_results(rows, found)
+
+
+def choice_results(rows: list[dict], found: list[dict]):
+    """(per-metric scores, per-example samples) of each row's choice log-likelihoods."""
     scores = {"accuracy": [f["correct"] for f in found], "accuracy_norm": [f["correct_norm"] for f in found]}
     samples = [{"line": r["line"], "prompt": r["prompt"], "output": r["choices"][f["pred"]],
                 "reference": r["choices"][r["answer"]], "loglikelihoods": f["loglikelihoods"],
@@ -331,8 +440,9 @@ def assemble(ctx, per_model: dict, contamination: dict) -> dict:
         "benchmarks": [{"name": b.name, "kind": b.kind,
                         "examples": max((r[m]["n"] for r in results.values() for m in r
                                          if m.startswith(b.name + ".")), default=0),
-                        "metrics": [m.split(".", 1)[1] for m in produced if m.startswith(b.name + ".")]}
-                       for b in p.benchmarks],
+                        "metrics": [m.split(".", 1)[1] for m in produced if m.startswith(b.name + ".")],
+                        **({"images": True} if image_benchmark(ctx, i) else {})}
+                       for i, b in enumerate(p.benchmarks)],
         "results": results,
         "comparisons": comparisons(models, values, p.bootstrap, ctx.seed),
         "gates": gates(ctx, results, gated, produced),

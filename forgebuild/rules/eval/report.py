@@ -27,9 +27,11 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import math
 import os
 import re
+import struct
 import threading
 
 from forgebuild.planning.matrix import format_value
@@ -77,6 +79,8 @@ CONTAMINATION_NOTE = ("Every corpus, dataset and curate target each model is bui
                       "these examples, not an estimate: no interval.")
 NOT_CHECKED = ("Not checked: {names} (a perplexity benchmark reads a corpus's holdout; an lm-eval benchmark's data lives "
                "in its task folder).")
+EXAMPLES = 50              # examples per image benchmark shown in report.html; the samples hold them all
+SMALL_SIDE, LARGE_SIDE = 96, 192   # px: an image's longer side is drawn between these
 _PLOT_LOCK = threading.Lock()   # rc_context is process-global; builds run in threads
 
 
@@ -626,6 +630,11 @@ figure { margin: 0; border: 1px solid #e3e6ea; border-radius: 4px; padding: 4px;
 figure img { display: block; max-width: 100%; height: auto; }
 h3 { font-size: 15px; margin: 20px 0 4px; word-break: break-word; }
 ul.trends { margin: 4px 0 10px; padding-left: 20px; color: #33393f; }
+img.example { image-rendering: pixelated; border: 1px solid #d0d7de; background: #fff; margin: 0 4px 4px 0; }
+td.img { white-space: nowrap; }
+.output { display: block; font-family: "DejaVu Sans Mono", Menlo, Consolas, monospace; white-space: pre-wrap; }
+.scores { display: block; color: #57606a; font-size: 12px; } .none { color: #8c959f; font-style: italic; }
+td.right { background: #dafbe1 !important; } td.wrong { background: #ffebe9 !important; }
 """
 
 
@@ -661,7 +670,8 @@ def _img(b64: str, alt: str, size: tuple[float, float]) -> str:
             f'src="data:image/png;base64,{b64}"></figure>')
 
 
-def render_html(report: dict, training_logs: dict[str, list[dict]] | None) -> str:
+def render_html(report: dict, training_logs: dict[str, list[dict]] | None, examples: list[dict] | None = None) -> str:
+    """The page; `examples` (image_examples) adds the Examples section: each image beside its answers."""
     import matplotlib
     import matplotlib.style
 
@@ -744,6 +754,8 @@ def render_html(report: dict, training_logs: dict[str, list[dict]] | None) -> st
             p.append('<div class="figs">' + "".join(_img(b, f"{model}: {key}", PANEL_SIZE)
                                                     for key, b in panels[model]) + "</div>")
 
+    p += _html_examples(examples or [])
+
     p.append("<h2>Models and benchmarks</h2>")
     p.append(html_table(["model", "digest"],
                          [("", [("", escape(_model_name(report, m))),
@@ -763,6 +775,85 @@ def render_html(report: dict, training_logs: dict[str, list[dict]] | None) -> st
         p.append("</ul>")
     p.append("</main></body></html>")
     return "\n".join(p) + "\n"
+
+
+def _html_examples(examples: list[dict]) -> list[str]:
+    """Per image benchmark, a table: each example's image(s), prompt and reference, then each model's
+    output with its scores."""
+    if not examples:
+        return []
+    p = ["<h2>Examples</h2>"]
+    for found in examples:
+        shown = f"the first {len(found['rows'])} of {found['total']}" if found["total"] > len(found["rows"]) else "every"
+        note = (f"{found['bench']}: {shown} example(s), the image as the model saw it; each model's output and its "
+                f"scores (1: right). All of them: samples/MODEL/{found['bench']}.jsonl.")
+        p.append(html_table(
+            ["image", "prompt", "reference", *found["models"]],
+            [("", [("img", "".join(_example_img(path, w, h, row["prompt"]) for path, w, h in row["images"])),
+                   ("", escape(row["prompt"])), ("", escape(_reference(row["reference"]))),
+                   *((_verdict_class(scores), _output_cell(output, scores)) for output, scores in row["outputs"])])
+             for row in found["rows"]],
+            caption=note, table_id=f"examples-{found['bench']}"))
+    return p
+
+
+def _example_img(path: str, width: int, height: int, prompt: str) -> str:
+    return (f'<img class="example" src="{escape(path)}" width="{width}" height="{height}" '
+            f'alt="{escape(f"the image of: {prompt}")}">')
+
+
+def _reference(value) -> str:
+    return " | ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def _output_cell(output, scores: dict) -> str:
+    marks = " ".join(f"{m}={_score(v)}" for m, v in scores.items())
+    shown = escape(output) if str(output).strip() else '<span class="none">(nothing)</span>'
+    return f'<span class="output">{shown}</span><span class="scores">{escape(marks)}</span>'
+
+
+def _score(value) -> str:
+    return f"{value:.4g}" if isinstance(value, (int, float)) else MISSING
+
+
+def _verdict_class(scores: dict) -> str:
+    """The cell's colour by its first score: right, wrong or unscored."""
+    first = next(iter(scores.values()), None)
+    return "" if not isinstance(first, (int, float)) else "right" if first >= 1 else "wrong"
+
+
+def image_examples(folder: str, report: dict, limit: int = EXAMPLES) -> list[dict]:
+    """Per image benchmark: its first `limit` examples, each with its images ((path, width, height) as
+    shown) and every model's (output, scores), read from the samples written in `folder`."""
+    found = []
+    for bench in report.get("benchmarks", []):
+        if not bench.get("images"):
+            continue
+        models = [m for m in report.get("models", []) if bench["name"] in report.get("samples", {}).get(m, {})]
+        rows = {m: _sample_rows(os.path.join(folder, report["samples"][m][bench["name"]])) for m in models}
+        first = rows[models[0]] if models else []
+        found.append({"bench": bench["name"], "models": models, "total": len(first), "rows": [
+            {"prompt": row.get("prompt", ""), "reference": row.get("reference", ""),
+             "images": [(rel, *_shown_size(os.path.join(folder, rel))) for rel in row.get("images", [])],
+             "outputs": [(rows[m][i].get("output", ""), rows[m][i].get("scores", {})) for m in models]}
+            for i, row in enumerate(first[:limit])]})
+    return found
+
+
+def _sample_rows(path: str) -> list[dict]:
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def _shown_size(path: str) -> tuple[int, int]:
+    """The size an image is drawn at: a small one scaled up (pixelated) to a longer side of 96 px, a
+    large one down to 192 px, the aspect kept. Read from the PNG's header (the images target writes PNG)."""
+    with open(path, "rb") as f:
+        head = f.read(24)
+    width, height = struct.unpack(">II", head[16:24])
+    longer = max(width, height, 1)
+    scale = SMALL_SIDE / longer if longer < SMALL_SIDE else min(1.0, LARGE_SIDE / longer)
+    return max(1, round(width * scale)), max(1, round(height * scale))
 
 
 def _html_contamination(report: dict) -> list[str]:
@@ -803,10 +894,11 @@ def _html_sweeps(report: dict, drawn: list) -> list[str]:
 
 
 def write_reports(folder: str, report: dict, training_logs: dict[str, list[dict]] | None) -> None:
-    """Write folder/report.md and folder/report.html (each written whole, then renamed into place)."""
+    """Write folder/report.md and folder/report.html (each written whole, then renamed into place); the
+    HTML shows the examples of the image benchmarks, read from the samples already in `folder`."""
     os.makedirs(folder, exist_ok=True)
     for name, text in (("report.md", render_markdown(report, training_logs)),
-                       ("report.html", render_html(report, training_logs))):
+                       ("report.html", render_html(report, training_logs, image_examples(folder, report)))):
         path = os.path.join(folder, name)
         tmp = path + ".tmp"
         with open(tmp, "w", encoding="utf-8", newline="\n") as f:
