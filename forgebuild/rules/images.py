@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -66,6 +66,9 @@ MAX_SIDE = 65535  # JPEG's and WebP's largest side (16 bits): a larger one in a 
 EXAMPLES = 20  # invalid rows quoted in stats.json
 
 
+Side = Annotated[int, Field(ge=1, le=MAX_SIDE)]  # an image's width or height, in pixels
+
+
 class Limits(BaseModel):
     model_config = ConfigDict(extra="forbid")
     # 20 MB holds a 12-megapixel camera JPEG; a larger file is more likely a mistake than a picture
@@ -96,8 +99,7 @@ class Params(BaseModel):
     image: Limits = Field(default_factory=Limits, description="limits every image is checked against")
     mode: Literal["RGB", "L", "RGBA"] = Field(
         "RGB", description="colour mode every image is converted to (transparency composited on white for RGB, L)")
-    resize: list[int] | None = Field(
-        None, min_length=2, max_length=2, description="[width, height] every image is resized to")
+    resize: list[Side] | None = Field(None, description="[width, height] every image is resized to")
     max_side: int | None = Field(
         None, ge=1, le=MAX_SIDE, description="scale larger images down, keeping their aspect, to this longer side")
     resample: Literal["nearest", "bilinear", "bicubic", "lanczos"] = Field(
@@ -141,11 +143,10 @@ def check(params: Params) -> list[tuple[str, str]]:
             problems.append((_at("images", i, params.images), "names image files, folders or globs, not a target "
                                                               "(a source target's own images need no key)"))
     problems += _field_problems(params)
-    if params.resize is not None:
-        if params.max_side is not None:
-            problems.append(("max_side", "give resize or max_side, not both"))
-        if not all(1 <= side <= MAX_SIDE for side in params.resize):
-            problems.append(("resize", f"width and height are 1 to {MAX_SIDE} pixels, got {params.resize}"))
+    if params.resize is not None and len(params.resize) != 2:
+        problems.append(("resize", f"expected [width, height], got {_count(len(params.resize), 'number')}"))
+    if params.resize is not None and params.max_side is not None:
+        problems.append(("max_side", "give resize or max_side, not both"))
     if "prompt" in params.model_fields_set and params.format != "caption":
         problems.append(("prompt", f"is the user's text of a caption record; format {params.format} reads its "
                                    "text from the rows"))
@@ -169,8 +170,11 @@ def _field_problems(params: Params) -> list[tuple[str, str]]:
         elif column in taken:
             problems.append((f"fields.{name}", f"column '{column}' is already mapped to {taken[column]}"))
         taken.setdefault(column, name)
+    mapped = {column: name for name, column in params.fields.items()}
     for i, column in enumerate(params.keep):
-        if column in known or column in params.fields.values():
+        if column in mapped:
+            problems.append((f"keep.{i}", f"'{column}' is the column of record field {mapped[column]}, not an extra one"))
+        elif column in known:
             problems.append((f"keep.{i}", f"'{column}' is a record field, not an extra column"))
     return problems
 
@@ -395,10 +399,7 @@ class Reader:
         from forgebuild.hashing import bytes_digest
 
         if isinstance(value, dict) and set(value) <= {"bytes", "path"}:
-            if value.get("bytes") is not None:
-                value = value["bytes"]
-            else:
-                value = value.get("path")
+            value = value.get("bytes") if value.get("bytes") is not None else value.get("path", value)
         if isinstance(value, (bytes, bytearray)):
             return Picture(f"of {len(value):,} bytes", bytes_digest(bytes(value)), data=bytes(value))
         if not isinstance(value, str):
@@ -413,7 +414,7 @@ class Reader:
             raise ImageRowError(path, name, f"is an absolute path: write it relative to {f.label}")
         folder = self.folders.get(f.source)
         if folder is not None:  # a file of a target's output: the target's digest covers it
-            full = os.path.normpath(os.path.join(os.path.dirname(f.path), value))
+            full = os.path.abspath(os.path.join(os.path.dirname(f.path), value))
             if os.path.commonpath([full, folder]) != folder:
                 raise ImageRowError(path, name, f"is outside {f.source}'s output")
             if not os.path.isfile(full):
@@ -442,7 +443,7 @@ def _target_folders(ctx) -> dict[str, str]:
     """address -> the output folder of each target named in `source` (ctx.inputs lists folders)."""
     by_digest = {os.path.basename(os.path.normpath(p)): p for p in as_list(ctx.inputs.get("source"))
                  if os.path.isdir(p)}
-    return {address: os.path.normpath(by_digest[digest]) for address, digest in ctx.dep_digests.items()
+    return {address: os.path.abspath(by_digest[digest]) for address, digest in ctx.dep_digests.items()
             if digest in by_digest}
 
 

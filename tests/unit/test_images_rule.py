@@ -1,0 +1,187 @@
+"""The images rule in process: one image's normalisation (deterministic PNG bytes, modes, sizes, limits),
+the Forgefile's error texts, and generated broken rows and images, each named by file, line and field."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image, PngImagePlugin
+
+from forgebuild.rules.picture import BadImage, Normalisation, normalised_png
+from unitlab import Lab, lab  # noqa: F401  (a fixture)
+
+PLAIN = Normalisation("RGB", None, None, "bicubic", 10_000, 4096, 1)
+
+
+def encoded(image: Image.Image, fmt: str = "PNG", **options) -> bytes:
+    out = io.BytesIO()
+    image.save(out, fmt, **options)
+    return out.getvalue()
+
+
+def decoded(png: bytes) -> Image.Image:
+    image = Image.open(io.BytesIO(png))
+    image.load()
+    return image
+
+
+def picture(colour=(200, 40, 40), size=(24, 12)) -> Image.Image:
+    image = Image.new("RGB", size, (255, 255, 255))
+    image.paste(colour, (2, 2, 10, 10))
+    return image
+
+
+# ------------------------------------------------------------------ one image
+
+def test_the_same_pixels_give_the_same_bytes_whatever_the_file_held():
+    text = PngImagePlugin.PngInfo()
+    text.add_text("Software", "a camera")
+    forms = [encoded(picture()), encoded(picture(), compress_level=1, pnginfo=text), encoded(picture(), "BMP"),
+             encoded(picture().convert("RGBA"), "PNG", icc_profile=b"")]
+    pngs = {normalised_png(data, PLAIN) for data in forms}
+    assert len(pngs) == 1
+    assert decoded(pngs.pop()).tobytes() == picture().tobytes()
+
+
+def test_modes_composite_transparency_on_white():
+    clear = Image.new("RGBA", (8, 8), (0, 0, 0, 0))  # transparent black: dropping alpha would make it black
+    as_rgb = decoded(normalised_png(encoded(clear), PLAIN))
+    assert (as_rgb.mode, as_rgb.getpixel((0, 0))) == ("RGB", (255, 255, 255))
+    as_grey = decoded(normalised_png(encoded(clear), Normalisation("L", None, None, "bicubic", 10_000, 4096, 1)))
+    assert (as_grey.mode, as_grey.getpixel((0, 0))) == ("L", 255)
+    kept = decoded(normalised_png(encoded(clear), Normalisation("RGBA", None, None, "bicubic", 10_000, 4096, 1)))
+    assert kept.getpixel((0, 0)) == (0, 0, 0, 0)
+
+
+def test_resize_to_a_size_or_down_to_a_longest_side():
+    exact = Normalisation("RGB", (10, 10), None, "nearest", 10_000, 4096, 1)
+    assert decoded(normalised_png(encoded(picture()), exact)).size == (10, 10)
+    longest = Normalisation("RGB", None, 12, "bicubic", 10_000, 4096, 1)
+    assert decoded(normalised_png(encoded(picture(size=(24, 12))), longest)).size == (12, 6)
+    assert decoded(normalised_png(encoded(picture(size=(8, 4))), longest)).size == (8, 4)  # never scaled up
+
+
+@pytest.mark.parametrize("data, how, message", [
+    (b"hello", PLAIN, "is not an image (cannot identify image file)"),
+    (encoded(picture())[:50], PLAIN, "is not a readable image (Truncated File Read)"),
+    (encoded(picture()), Normalisation("RGB", None, None, "bicubic", 40, 4096, 1),
+     f"is larger than image.max_bytes = 40 ({len(encoded(picture()))} bytes)"),
+    (encoded(picture()), Normalisation("RGB", None, None, "bicubic", 10_000, 200, 1),
+     "has more pixels than image.max_pixels = 200 (24x12 = 288)"),
+    (encoded(picture()), Normalisation("RGB", None, None, "bicubic", 10_000, 4096, 16),
+     "has a side shorter than image.min_side = 16 (24x12 pixels)"),
+])
+def test_each_limit_and_each_broken_file_says_what_is_wrong(data, how, message):
+    with pytest.raises(BadImage) as e:
+        normalised_png(data, how)
+    assert str(e.value) == message
+
+
+# ------------------------------------------------------------------ the Forgefile
+
+def test_bad_keys_are_forgefile_errors_with_line_target_and_key(lab):
+    lab.write("data/qa.jsonl", "")
+    lab.write("Forgefile.toml", """\
+        [images.a]
+        source = "data/qa.jsonl"
+        format = "vqa"
+        fields = { image = "file", questoin = "q" }
+        resize = [16]
+        max_side = 8
+        prompt = "Say it."
+        keep = ["file"]
+
+        [images.b]
+        source = "dataset:d"
+        images = "run:r"
+        format = "caption"
+
+        [images.c]
+        source = "data/qa.jsonl"
+        format = "caption"
+        resize = [16, 70000]
+
+        [dataset.d]
+        source = "data/qa.jsonl"
+
+        [run.r]
+        cmd = "true"
+    """)
+    code, out = lab.build("images:a", "images:b", "images:c")
+    assert code == 2
+    assert out.splitlines() == [
+        "Forgefile.toml:4: error: images:a: key 'fields.questoin': unknown record field 'questoin' (did you mean "
+        "'question'?); fields of format vqa: image, question, answer, choices",
+        "Forgefile.toml:5: error: images:a: key 'resize': expected [width, height], got 1 number",
+        "Forgefile.toml:6: error: images:a: key 'max_side': give resize or max_side, not both",
+        "Forgefile.toml:7: error: images:a: key 'prompt': is the user's text of a caption record; format vqa reads "
+        "its text from the rows",
+        "Forgefile.toml:8: error: images:a: key 'keep[0]': 'file' is the column of record field image, not an "
+        "extra one",
+        "Forgefile.toml:11: error: images:b: key 'source': dataset:d holds records, not rows with image columns: "
+        "read files or a run target's output",
+        "Forgefile.toml:12: error: images:b: key 'images': names image files, folders or globs, not a target (a "
+        "source target's own images need no key)",
+        "Forgefile.toml:18: error: images:c: key 'resize[1]': expected an integer <= 65535, got integer 70000",
+    ]
+
+
+# ------------------------------------------------------------------ generated broken rows
+
+GOOD = encoded(picture())
+
+
+def _truncated(cut):
+    return {"value": "img/bad.png", "files": {"data/img/bad.png": GOOD[:cut]},
+            "says": re.compile(r"image 'img/bad\.png' is not (an image \(cannot identify image file\)|a readable "
+                               r"image \(.+\))")}
+
+
+BROKEN = st.one_of(
+    st.text("abcdefghijklmnopqrstuvwxyz ", min_size=0, max_size=40).map(lambda junk: {
+        "value": "img/bad.png", "files": {"data/img/bad.png": junk.encode()},
+        "says": "image 'img/bad.png' is not an image (cannot identify image file)"}),
+    st.integers(0, len(GOOD) - 1).map(_truncated),
+    st.just({"value": "img/none.png", "files": {},
+             "says": "image 'img/none.png' is not found (no file data/img/none.png)"}),
+    st.integers(2, 5).map(lambda up: {"value": "../" * up + "x.png", "files": {},
+                                      "says": f"image '{'../' * up}x.png' is outside the project"}),
+    st.just({"value": "/etc/hosts", "files": {},
+             "says": "image '/etc/hosts' is an absolute path: write it relative to data/qa.jsonl"}),
+    st.just({"value": "../other/x.png", "files": {"other/x.png": GOOD},
+             "says": "image '../other/x.png' is not an input of this target (other/x.png): name its folder in "
+                     "images, e.g. images = \"other/\""}),
+    st.sampled_from([(3, "a number"), (None, "null"), (True, "a boolean"), ([], "a list"), ({"url": "x"}, "an object")])
+    .map(lambda case: {"value": case[0], "files": {}, "says": f"expected an image path or bytes, got {case[1]}"}),
+    st.just({"value": "", "files": {}, "says": "is an empty string"}),
+)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(broken=BROKEN, line=st.integers(1, 4), column=st.sampled_from(["image", "file", "picture"]))
+def test_generated_broken_rows_fail_with_file_line_and_field(tmp_path_factory, broken, line, column):
+    lab = Lab(str(tmp_path_factory.mktemp("broken")))
+    rows = [{column: "img/good.png", "question": "Colour?", "answer": "red"} for _ in range(3)]
+    rows.insert(line - 1, {column: broken["value"], "question": "Colour?", "answer": "red"})
+    lab.write("data/qa.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+    for rel, data in {"data/img/good.png": GOOD, **broken["files"]}.items():
+        os.makedirs(os.path.dirname(os.path.join(lab.root, rel)), exist_ok=True)
+        with open(os.path.join(lab.root, rel), "wb") as f:
+            f.write(data)
+    fields = f'fields = {{ image = "{column}" }}\n' if column != "image" else ""
+    lab.write("Forgefile.toml", f'[images.q]\nsource = "data/qa.jsonl"\nimages = "data/img/"\nformat = "vqa"\n{fields}')
+    with contextlib.chdir(lab.root):
+        code, out = lab.build()
+    assert code == 2, out
+    field = f"field '{column}'" + (" (image)" if column != "image" else "")
+    [failed] = [line for line in out.splitlines() if line.startswith("FAILED  images:q: ")]
+    where, says = f"FAILED  images:q: data/qa.jsonl:{line}: {field}: ", failed.split(f"{field}: ", 1)[-1]
+    assert failed.startswith(where), out
+    assert says == broken["says"] if isinstance(broken["says"], str) else broken["says"].fullmatch(says), out
+    assert "Traceback" not in out
