@@ -11,6 +11,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from forgebuild.hashing import file_digest
+from test_corpus import write_bytes
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 30), "blue": (30, 30, 220), "yellow": (230, 200, 20)}
 
@@ -25,13 +26,6 @@ def shape_png(colour: str, count: int = 1, size: int = 32, fmt: str = "PNG") -> 
     out = io.BytesIO()
     image.save(out, fmt)
     return out.getvalue()
-
-
-def put(project, rel: str, data: bytes) -> None:
-    path = os.path.join(project.root, rel)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(data)
 
 
 def jsonl(rows) -> str:
@@ -69,7 +63,7 @@ def shapes_folder(project, n: int = 8) -> list[dict]:
     rows = []
     for i in range(n):
         colour = list(COLOURS)[i % 4]
-        put(project, f"data/shapes/img/{i:02d}.png", shape_png(colour, i // 4 + 1))
+        write_bytes(project, f"data/shapes/img/{i:02d}.png", shape_png(colour, i // 4 + 1))
         rows.append({"file": f"img/{i:02d}.png", "q": "What colour is the shape?", "answer": colour})
     project.write("data/shapes/qa.jsonl", jsonl(rows))
     return rows
@@ -119,8 +113,8 @@ def test_caption_messages_preference_parquet_and_a_run_target(project):
     import pyarrow.parquet as pq
 
     for colour in ("red", "blue"):
-        put(project, f"pics/{colour}.png", shape_png(colour))
-    put(project, "pics/blue.jpg", shape_png("blue", fmt="JPEG"))
+        write_bytes(project, f"pics/{colour}.png", shape_png(colour))
+    write_bytes(project, "pics/blue.jpg", shape_png("blue", fmt="JPEG"))
     project.write("data/captions.jsonl", jsonl([{"image": "../pics/red.png", "caption": "A red square."}]))
     project.write("data/chat.jsonl", jsonl([
         {"messages": [{"role": "system", "content": "Be brief."},
@@ -217,7 +211,7 @@ def test_a_changed_image_rebuilds_the_target_and_processes_that_image_only(proje
     before = {r["answer"] + r["images"][0]: split for split in ("train", "test")
               for r in records(project, "shapes", split)}
     assert project.build() == {"images:shapes": "cached"}  # nothing changed: a no-op
-    put(project, "data/shapes/img/03.png", shape_png("yellow", 3))
+    write_bytes(project, "data/shapes/img/03.png", shape_png("yellow", 3))
     assert project.run("explain", "images:shapes").stdout.splitlines() == [
         "images:shapes: stale", "  - input data/shapes/img/03.png changed"]
     assert project.build() == {"images:shapes": "built"}
@@ -232,8 +226,8 @@ def test_a_changed_image_rebuilds_the_target_and_processes_that_image_only(proje
 
 def test_a_broken_image_fails_with_file_line_field_and_exit_2(project):
     rows = shapes_folder(project, 4)
-    put(project, "data/shapes/img/01.png", b"not a picture")
-    put(project, "data/shapes/img/02.png", shape_png("blue")[:60])  # cut short
+    write_bytes(project, "data/shapes/img/01.png", b"not a picture")
+    write_bytes(project, "data/shapes/img/02.png", shape_png("blue")[:60])  # cut short
     forgefile = """
         [images.shapes]
         source = "data/shapes/"
@@ -259,10 +253,10 @@ def test_dedup_by_image_and_splits_keep_an_images_questions_together(project):
     rows = []
     for i in range(12):
         colour = list(COLOURS)[i % 4]
-        put(project, f"data/img/{i:02d}.png", shape_png(colour, i // 4 + 1))
+        write_bytes(project, f"data/img/{i:02d}.png", shape_png(colour, i // 4 + 1))
         rows += [{"image": f"img/{i:02d}.png", "question": "Colour?", "answer": colour},
                  {"image": f"img/{i:02d}.png", "question": "How many?", "answer": str(i // 4 + 1)}]
-    put(project, "data/img/copy.png", shape_png("red", 1))  # the same pixels as 00.png under another name
+    write_bytes(project, "data/img/copy.png", shape_png("red", 1))  # the same pixels as 00.png under another name
     rows.append({"image": "img/copy.png", "question": "Colour?", "answer": "red"})
     project.write("data/qa.jsonl", jsonl(rows))
     project.forgefile("""
@@ -302,7 +296,7 @@ def test_adding_rows_moves_no_record_to_another_split(project, split_by):
     project.forgefile(forgefile)
     project.build()
     before = {json.dumps(r, sort_keys=True): s for s in ("train", "test") for r in records(project, "s", s)}
-    put(project, "data/shapes/img/99.png", shape_png("green", 3))
+    write_bytes(project, "data/shapes/img/99.png", shape_png("green", 3))
     project.write("data/shapes/qa.jsonl", jsonl([{"file": "img/99.png", "q": "What colour?", "answer": "green"},
                                                 *rows]))
     project.build()
