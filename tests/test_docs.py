@@ -39,3 +39,13 @@ def test_every_generate_key_is_documented():
     models = [generate.Params, generate.Sampling, Template, Range]
     missing = sorted(f"{m.__name__}.{key}" for m in models for key in m.model_fields if f"`{key}`" not in text)
     assert missing == []
+
+
+def test_every_images_key_is_documented():
+    from forgebuild.rules import images
+
+    text = open(os.path.join(os.path.dirname(DOC), "images.md"), encoding="utf-8").read()
+    missing = sorted([f"Params.{key}" for key in images.Params.model_fields if f"`{key}`" not in text]
+                     + [f"image.{key}" for key in images.Limits.model_fields if f"`image.{key}`" not in text])
+    assert missing == []
+    assert all(f"| `{fmt}` |" in text for fmt in images.REQUIRED)  # each format's row in the Formats table
