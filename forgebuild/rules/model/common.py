@@ -180,8 +180,13 @@ def kind_problems(params: BaseModel, deps: dict, expected: dict, images=()) -> l
             accepted += ("images",)
         if address in deps and deps[address]["kind"] not in accepted:
             named = " or ".join(accepted) if len(accepted) < 3 else f"{', '.join(accepted[:-1])} or {accepted[-1]}"
-            problems.append((key, f"{address} is a {deps[address]['kind']} target; '{key}' takes a {named} target"))
+            problems.append((key, f"{address} is {article(deps[address]['kind'])} target; '{key}' takes "
+                                  f"{article(named)} target"))
     return problems
+
+
+def article(noun: str) -> str:
+    return f"{'an' if noun[0] in 'aeiou' else 'a'} {noun}"
 
 
 def images_format_problem(params: BaseModel, deps: dict, key: str, allowed: tuple, recipe: str):
