@@ -157,9 +157,10 @@ BROKEN = st.one_of(
     st.just({"value": "../other/x.png", "files": {"other/x.png": GOOD},
              "says": "image '../other/x.png' is not an input of this target (other/x.png): name its folder in "
                      "images, e.g. images = \"other/\""}),
-    st.sampled_from([(3, "a number"), (None, "null"), (True, "a boolean"), ([], "a list"), ({"url": "x"}, "an object")])
+    st.sampled_from([(3, "a number"), (None, "null"), (True, "a boolean"), ({"url": "x"}, "an object")])
     .map(lambda case: {"value": case[0], "files": {}, "says": f"expected an image path or bytes, got {case[1]}"}),
-    st.just({"value": "", "files": {}, "says": "is an empty string"}),
+    st.sampled_from([("", "is an empty string"), ([], "is an empty list")])
+    .map(lambda case: {"value": case[0], "files": {}, "says": case[1]}),
 )
 
 
@@ -185,3 +186,91 @@ def test_generated_broken_rows_fail_with_file_line_and_field(tmp_path_factory, b
     assert failed.startswith(where), out
     assert says == broken["says"] if isinstance(broken["says"], str) else broken["says"].fullmatch(says), out
     assert "Traceback" not in out
+
+
+# ------------------------------------------------------------------ row errors of each format
+
+def rows(*items) -> str:
+    return "".join(json.dumps(item) + "\n" for item in items)
+
+
+IMAGE_PART = {"type": "image"}
+ASK = {"type": "text", "text": "Colour?"}
+ROW_ERRORS = [  # (params, the row, the message after "FAILED  images:eN: ")
+    ('format = "messages"', rows({"messages": [{"role": "user", "content": [IMAGE_PART, IMAGE_PART, ASK]},
+                                               {"role": "assistant", "content": "red"}], "images": ["good.png"]}),
+     "data/x.jsonl:1: field 'images': 1 image given for 2 image parts"),
+    ('format = "messages"', rows({"messages": [{"role": "user", "content": [{"type": "image", "image": "good.png"},
+                                                                            ASK]},
+                                               {"role": "assistant", "content": "red"}], "images": ["good.png"]}),
+     "data/x.jsonl:1: field 'images': images are given both here and in the image parts: give them in one place"),
+    ('format = "messages"', rows({"messages": [{"role": "user", "content": [{"type": "image", "image": "good.png"},
+                                                                            IMAGE_PART, ASK]},
+                                               {"role": "assistant", "content": "red"}]}),
+     "data/x.jsonl:1: field 'messages': 1 of 2 image parts name their image: name it in every part, or list them "
+     "all in the images column"),
+    ('format = "messages"', rows({"messages": [{"role": "user", "content": "Hi"},
+                                               {"role": "assistant", "content": "red"}]}),
+     "data/x.jsonl:1: field 'messages': has no image part ({\"type\": \"image\"})"),
+    ('format = "messages"', rows({"messages": [{"role": "user", "content": [IMAGE_PART, ASK]}],
+                                  "images": ["good.png"]}),
+     "data/x.jsonl:1: field 'messages': has no assistant message"),
+    ('format = "messages"', rows({"messages": [{"role": "user", "content": [{"type": "audio"}]}]}),
+     "data/x.jsonl:1: field 'messages[0].content[0].type': expected \"text\" or \"image\", got \"audio\""),
+    ('format = "vqa"\nfields = { choices = "options" }',
+     rows({"image": "good.png", "question": "Colour?", "answer": "red", "options": ["blue", "green"]}),
+     "data/x.jsonl:1: field 'answer': \"red\" is not one of the choices"),
+    ('format = "vqa"', rows({"image": "good.png", "question": "Colour?", "answer": "red", "choices": ["red"]}),
+     "data/x.jsonl:1: field 'choices': expected a list of two or more choices, got a list of 1"),
+    ('format = "preference"', rows({"image": ["good.png"], "prompt": "Colour?", "chosen": "red", "rejected": "red "}),
+     "data/x.jsonl:1: field 'rejected': is the same as chosen"),
+    ('format = "caption"', rows({"image": [], "caption": "x"}), "data/x.jsonl:1: field 'image': is an empty list"),
+    ('format = "caption"', rows({"picture": "good.png", "caption": "x"}),
+     "data/x.jsonl:1: no field 'image' (fields present: caption, picture)"),
+]
+
+
+def test_each_format_names_the_bad_row_and_field(lab):
+    from PIL import Image as PilImage
+
+    body = ""
+    for i, (params, data, _) in enumerate(ROW_ERRORS):
+        lab.write(f"e{i}/x.jsonl", data)
+        PilImage.new("RGB", (8, 8)).save(os.path.join(lab.root, f"e{i}/good.png"))
+        body += f'[images.e{i}]\nsource = "e{i}/"\n{params}\n\n'
+    lab.write("Forgefile.toml", body)
+    code, out = lab.build("-k")
+    assert code == 2
+    for i, (_, _, message) in enumerate(ROW_ERRORS):
+        assert f"FAILED  images:e{i}: {message.replace('data/', f'e{i}/')}\n" in out, out
+
+
+def test_parquet_bytes_and_a_run_targets_paths_are_named_too(lab):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    os.makedirs(os.path.join(lab.root, "data"))
+    pq.write_table(pa.table({"image": [GOOD, b"GIF89a broken"], "caption": ["a", "b"]}),
+                   os.path.join(lab.root, "data/x.parquet"))
+    lab.write("gen.py", """\
+        import json, sys
+        open(sys.argv[1] + "/rows.jsonl", "w").write(json.dumps({"image": "../x.png", "caption": "c"}) + "\\n")
+    """)
+    lab.write("Forgefile.toml", """\
+        [images.p]
+        source = "data/x.parquet"
+        format = "caption"
+
+        [run.gen]
+        cmd = "python3 {in.script} {out}"
+        inputs = { script = "gen.py" }
+
+        [images.r]
+        source = "run:gen"
+        format = "caption"
+    """)
+    code, out = lab.build("-k")
+    assert code == 2
+    assert ("FAILED  images:p: data/x.parquet:2: field 'image': image of 13 bytes is not an image (cannot identify "
+            "image file)\n" in out), out
+    assert "FAILED  images:r: run:gen/rows.jsonl:1: field 'image': image '../x.png' is outside run:gen's output\n" in out
