@@ -106,6 +106,8 @@ def test_vqa_from_a_folder_gives_the_contract_artifact(project):
     assert stats["images"]["distinct"] == 8 and stats["images"]["sizes"] == {"16x16": 8}
     assert stats["sources"] == {"data/shapes/qa.jsonl": {"rows_in": 9, "invalid": 0, "duplicates": 1,
                                                          "rows_out": 8}}
+    # from an empty cache (every image decoded and encoded again), bit for bit the same artifact
+    assert "verified: 1 target rebuilt bit for bit" in project.run("verify", "--rebuild").stdout
 
 
 def test_caption_messages_preference_parquet_and_a_run_target(project):

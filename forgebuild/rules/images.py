@@ -281,7 +281,7 @@ class Reader:
         else:
             self._single_turn(draft)
         for column in self.p.keep:
-            draft.record[column] = row.data.get(column)
+            draft.record[column] = _kept(row.data.get(column), column)
         return draft
 
     def _column(self, name: str) -> str:
@@ -437,6 +437,16 @@ class Reader:
             raise ImageRowError(path, name, f"is not found (no file {rel})")
         raise ImageRowError(path, name, f"is not an input of this target ({rel}): name its folder in images, "
                                         f"e.g. images = \"{os.path.dirname(rel) or '.'}/\"")
+
+
+def _kept(value, column: str):
+    """A `keep` column's value, which the record's JSON line must hold (Parquet has bytes, dates, NaN)."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        shown = type(value).__name__ if not isinstance(value, float) else str(value)
+        raise RowError([column], f"holds {shown}, which a JSON record cannot keep") from None
+    return value
 
 
 def _assistant(text: str) -> dict:

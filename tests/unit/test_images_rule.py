@@ -252,6 +252,7 @@ def test_parquet_bytes_and_a_run_targets_paths_are_named_too(lab):
     os.makedirs(os.path.join(lab.root, "data"))
     pq.write_table(pa.table({"image": [GOOD, b"GIF89a broken"], "caption": ["a", "b"]}),
                    os.path.join(lab.root, "data/x.parquet"))
+    pq.write_table(pa.table({"image": [GOOD], "caption": ["a"], "raw": [b"\x00"]}), os.path.join(lab.root, "k.parquet"))
     lab.write("gen.py", """\
         import json, sys
         open(sys.argv[1] + "/rows.jsonl", "w").write(json.dumps({"image": "../x.png", "caption": "c"}) + "\\n")
@@ -268,9 +269,15 @@ def test_parquet_bytes_and_a_run_targets_paths_are_named_too(lab):
         [images.r]
         source = "run:gen"
         format = "caption"
+
+        [images.k]
+        source = "k.parquet"
+        format = "caption"
+        keep = ["raw"]
     """)
     code, out = lab.build("-k")
     assert code == 2
     assert ("FAILED  images:p: data/x.parquet:2: field 'image': image of 13 bytes is not an image (cannot identify "
             "image file)\n" in out), out
     assert "FAILED  images:r: run:gen/rows.jsonl:1: field 'image': image '../x.png' is outside run:gen's output\n" in out
+    assert "FAILED  images:k: k.parquet:1: field 'raw': holds bytes, which a JSON record cannot keep\n" in out
