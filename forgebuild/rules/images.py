@@ -177,7 +177,8 @@ def _field_problems(params: Params) -> list[tuple[str, str]]:
     mapped = {column: name for name, column in params.fields.items()}
     for i, column in enumerate(params.keep):
         if column in mapped:
-            problems.append((f"keep.{i}", f"'{column}' is the column of record field {mapped[column]}, not an extra one"))
+            problems.append((f"keep.{i}", f"'{column}' is the column of record field {mapped[column]}, "
+                                          "not an extra one"))
         elif column in known:
             problems.append((f"keep.{i}", f"'{column}' is a record field, not an extra column"))
     return problems
@@ -220,14 +221,13 @@ class Normalised:
 class ImageRowError(RowError):
     """A row refused for one of its images: "image 'img/07.png' is not an image (cannot identify image file)"."""
 
-    def __init__(self, path: list, name: str, reason: str):
+    def __init__(self, path: list, name: str, reason: str, kind: str | None = None):
         super().__init__(path, f"image {name} {reason}")
-        self.reason = reason
+        self.kind = kind or reason.split(" (")[0]  # what stats.json counts: no image's name or particulars
 
     @property
-    def kind(self) -> RowError:
-        """The same refusal without the image's name and particulars, as stats.json counts it."""
-        return RowError(self.path, self.reason.split(" (")[0].split(":")[0])
+    def counted(self) -> RowError:
+        return RowError(self.path, self.kind)
 
 
 def build(ctx) -> None:
@@ -257,7 +257,6 @@ class Reader:
     def __init__(self, ctx):
         self.ctx = ctx
         self.p = ctx.params
-        self.layout = Layout(self.p.format, True, self.p.fields, self.p.keep)  # for dataset's messages
         self.folders = _target_folders(ctx)
         self.file_digests: dict[str, str] = {}
 
@@ -287,7 +286,7 @@ class Reader:
     def _column(self, name: str) -> str:
         return self.p.fields.get(name, name)
 
-    def _value(self, row: Row, name: str | None):
+    def _value(self, row: Row, name: str):
         return row.data.get(self._column(name))
 
     def _single_turn(self, draft: Draft) -> None:
@@ -304,17 +303,21 @@ class Reader:
         text = _text(self._value(row, asked), [asked]) if asked else self.p.prompt
         user = {"role": "user", "content": [{"type": "image"} for _ in given] + [{"type": "text", "text": text}]}
         if fmt == "preference":
-            chosen, rejected = (_text(self._value(row, k), [k]) for k in ("chosen", "rejected"))
-            if normal_content(chosen) == normal_content(rejected):
-                raise RowError(["rejected"], "is the same as chosen")
-            draft.record.update(prompt=[user], chosen=[_assistant(chosen)], rejected=[_assistant(rejected)],
-                                answer=chosen)
-            return
-        answer = _text(self._value(row, "caption"), ["caption"]) if fmt == "caption" else \
-            _answer(self._value(row, "answer"), ["answer"])
-        draft.record.update(messages=[user, _assistant(answer)], answer=answer)
-        if fmt == "vqa":
-            draft.record["choices"] = self._choices(row, answer)
+            draft.record.update(self._pair(row, user))
+        elif fmt == "caption":
+            caption = _text(self._value(row, "caption"), ["caption"])
+            draft.record.update(messages=[user, _assistant(caption)], answer=caption)
+        else:
+            answer = _answer(self._value(row, "answer"), ["answer"])
+            draft.record.update(messages=[user, _assistant(answer)], answer=answer,
+                                choices=self._choices(row, answer))
+
+    def _pair(self, row: Row, user: dict) -> dict:
+        """TRL's conversational preference columns; the chosen text is the reference answer."""
+        chosen, rejected = (_text(self._value(row, k), [k]) for k in ("chosen", "rejected"))
+        if normal_content(chosen) == normal_content(rejected):
+            raise RowError(["rejected"], "is the same as chosen")
+        return {"prompt": [user], "chosen": [_assistant(chosen)], "rejected": [_assistant(rejected)], "answer": chosen}
 
     def _choices(self, row: Row, answer: str) -> list[str] | None:
         value = self._value(row, "choices")
@@ -333,37 +336,33 @@ class Reader:
 
     def _messages(self, draft: Draft) -> None:
         """messages: TRL's conversational form; image parts carry their image, or the images column has them."""
-        row = draft.row
-        value = self._value(row, "messages")
+        value = self._value(draft.row, "messages")
         if not isinstance(value, list) or not value:
             raise RowError(["messages"], f"expected a list of messages, got {json_kind(value)}"
                            if not isinstance(value, list) else "is an empty list")
-        messages, inline = [], []
-        for i, message in enumerate(value):
-            messages.append(self._message(message, ["messages", i], inline, row))
+        inline: list = []  # (where, picture) of each image part that names its image
+        messages = [self._message(message, ["messages", i], inline, draft.row) for i, message in enumerate(value)]
+        draft.pictures = self._conversation_images(draft.row, messages, inline)
+        draft.record.update(messages=messages, answer=_last_answer(messages))
+
+    def _conversation_images(self, row: Row, messages: list, inline: list) -> list:
+        """One picture per image part, in order: those the parts name, or those the images column lists."""
         listed = self._value(row, "images")
         if listed is not None and not isinstance(listed, list):
             raise RowError(["images"], f"expected a list of images, got {json_kind(listed)}")
         parts = sum(part == {"type": "image"} for m in messages for part in m["content"])
+        if parts == 0:
+            raise RowError(["messages"], "has no image part ({\"type\": \"image\"})")
         if inline and listed:
             raise RowError(["images"], "images are given both here and in the image parts: give them in one place")
         if inline and len(inline) < parts:
             raise RowError(["messages"], f"{len(inline)} of {parts} image parts name their image: name it in "
                                          "every part, or list them all in the images column")
-        draft.pictures = inline or [(["images", i], self.picture(row, item, ["images", i]))
-                                    for i, item in enumerate(listed or [])]
-        if parts == 0:
-            raise RowError(["messages"], "has no image part ({\"type\": \"image\"})")
-        if len(draft.pictures) != parts:
-            raise RowError(["images"], f"{_count(len(draft.pictures), 'image')} given for "
-                                       f"{_count(parts, 'image part')}")
-        assistant = [m for m in messages if m["role"] == "assistant"]
-        if not assistant:
-            raise RowError(["messages"], "has no assistant message")
-        answer = "".join(p["text"] for p in assistant[-1]["content"] if p["type"] == "text")
-        if not answer.strip():
-            raise RowError(["messages"], "the last assistant message has no text")
-        draft.record.update(messages=messages, answer=answer)
+        pictures = inline or [(["images", i], self.picture(row, item, ["images", i]))
+                              for i, item in enumerate(listed or [])]
+        if len(pictures) != parts:
+            raise RowError(["images"], f"{_count(len(pictures), 'image')} given for {_count(parts, 'image part')}")
+        return pictures
 
     def _message(self, message, path: list, inline: list, row: Row) -> dict:
         if not isinstance(message, dict):
@@ -415,14 +414,16 @@ class Reader:
     def _file(self, f: SourceFile, value: str, path: list) -> Picture:
         name = "'" + value + "'"
         if os.path.isabs(value) or value.startswith("~"):
-            raise ImageRowError(path, name, f"is an absolute path: write it relative to {f.label}")
+            raise ImageRowError(path, name, f"is an absolute path: write it relative to {f.label}",
+                                "is an absolute path")
         folder = self.folders.get(f.source)
         if folder is not None:  # a file of a target's output: the target's digest covers it
             full = os.path.abspath(os.path.join(os.path.dirname(f.path), value))
             if os.path.commonpath([full, folder]) != folder:
-                raise ImageRowError(path, name, f"is outside {f.source}'s output")
+                raise ImageRowError(path, name, f"is outside {f.source}'s output", "is outside its target's output")
             if not os.path.isfile(full):
-                raise ImageRowError(path, name, f"is not found (no file {os.path.relpath(full, folder)} in {f.source}'s output)")
+                raise ImageRowError(path, name, f"is not found (no file {os.path.relpath(full, folder)} in "
+                                                f"{f.source}'s output)")
             if full not in self.file_digests:
                 from forgebuild.hashing import file_digest
 
@@ -437,6 +438,17 @@ class Reader:
             raise ImageRowError(path, name, f"is not found (no file {rel})")
         raise ImageRowError(path, name, f"is not an input of this target ({rel}): name its folder in images, "
                                         f"e.g. images = \"{os.path.dirname(rel) or '.'}/\"")
+
+
+def _last_answer(messages: list) -> str:
+    """The text of the last assistant message: what an eval compares a model's answer with."""
+    said = [m for m in messages if m["role"] == "assistant"]
+    if not said:
+        raise RowError(["messages"], "has no assistant message")
+    answer = "".join(part["text"] for part in said[-1]["content"] if part["type"] == "text")
+    if not answer.strip():
+        raise RowError(["messages"], "the last assistant message has no text")
+    return answer
 
 
 def _kept(value, column: str):
@@ -544,7 +556,7 @@ def _valid_records(ctx, rows: list[Row], outcomes: list, normalised: dict, stats
         raise ctx.bad_input(messages[0] + more)
     by_reason: dict[str, int] = {}
     for row, e in invalid:
-        reason = _reason(e.kind if isinstance(e, ImageRowError) else e)
+        reason = _reason(e.counted if isinstance(e, ImageRowError) else e)
         by_reason[reason] = by_reason.get(reason, 0) + 1
         stats["sources"][row.file.source]["invalid"] += 1
     stats["invalid"] = {"rows": len(invalid), "policy": ctx.params.invalid,
@@ -596,16 +608,8 @@ def _without_duplicates(ctx, records: list[Record], stats: dict) -> list[Record]
 def _write(ctx, records: list[Record], normalised: dict, stats: dict) -> None:
     p = ctx.params
     fractions = sorted(p.splits.items())  # sorted: the key's canonical JSON does not keep the table's order
-    key_of = _image_key if p.split_by == "image" else _content_key
     columns = sorted({c for record in records for c in record.data})
-    by_split: dict[str, list[str]] = {name: [] for name, _ in fractions}
-    images: dict[str, set] = {name: set() for name, _ in fractions}
-    for record in records:
-        split = split_of(key_of(record.data), fractions, p.split_seed)
-        row = {c: record.data.get(c) for c in columns}  # every record has every column
-        by_split[split].append(json.dumps(row, sort_keys=True, ensure_ascii=False, allow_nan=False))
-        images[split].update(record.data["images"])
-        stats["sources"][record.row.file.source]["rows_out"] += 1
+    by_split, images = _split(ctx, records, fractions, columns, stats)
     pngs = {f"{IMAGE_FOLDER}/{n.digest}.png": n.png for n in normalised.values() if n.png}
     used = sorted(set().union(*images.values()))
     for rel in used:
@@ -626,6 +630,20 @@ def _write(ctx, records: list[Record], normalised: dict, stats: dict) -> None:
     write_json(os.path.join(ctx.out, "stats.json"), stats)
     ctx.log(f"{stats['rows_in']} rows in, {len(records)} out, {_count(len(used), 'image')}: "
             + ", ".join(f"{name} {n}" for name, n in stats["splits"].items()))
+
+
+def _split(ctx, records: list[Record], fractions: list, columns: list, stats: dict) -> tuple[dict, dict]:
+    """Each split's JSON lines, in reading order, and the images its records use."""
+    key_of = _image_key if ctx.params.split_by == "image" else _content_key
+    by_split: dict[str, list[str]] = {name: [] for name, _ in fractions}
+    images: dict[str, set] = {name: set() for name, _ in fractions}
+    for record in records:
+        split = split_of(key_of(record.data), fractions, ctx.params.split_seed)
+        row = {c: record.data.get(c) for c in columns}  # every record has every column
+        by_split[split].append(json.dumps(row, sort_keys=True, ensure_ascii=False, allow_nan=False))
+        images[split].update(record.data["images"])
+        stats["sources"][record.row.file.source]["rows_out"] += 1
+    return by_split, images
 
 
 def _sizes(pngs: list[str]) -> dict[str, int]:

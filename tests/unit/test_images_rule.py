@@ -279,5 +279,6 @@ def test_parquet_bytes_and_a_run_targets_paths_are_named_too(lab):
     assert code == 2
     assert ("FAILED  images:p: data/x.parquet:2: field 'image': image of 13 bytes is not an image (cannot identify "
             "image file)\n" in out), out
-    assert "FAILED  images:r: run:gen/rows.jsonl:1: field 'image': image '../x.png' is outside run:gen's output\n" in out
+    assert ("FAILED  images:r: run:gen/rows.jsonl:1: field 'image': image '../x.png' is outside run:gen's "
+            "output\n" in out)
     assert "FAILED  images:k: k.parquet:1: field 'raw': holds bytes, which a JSON record cannot keep\n" in out
