@@ -59,6 +59,12 @@ def test_modes_composite_transparency_on_white():
     assert kept.getpixel((0, 0)) == (0, 0, 0, 0)
 
 
+def test_exif_orientation_is_applied():
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to view": a phone's portrait photo, stored on its side
+    assert decoded(normalised_png(encoded(picture(size=(24, 12)), exif=exif), PLAIN)).size == (12, 24)
+
+
 def test_resize_to_a_size_or_down_to_a_longest_side():
     exact = Normalisation("RGB", (10, 10), None, "nearest", 10_000, 4096, 1)
     assert decoded(normalised_png(encoded(picture()), exact)).size == (10, 10)
@@ -76,11 +82,34 @@ def test_resize_to_a_size_or_down_to_a_longest_side():
      "has more pixels than image.max_pixels = 200 (24x12 = 288)"),
     (encoded(picture()), Normalisation("RGB", None, None, "bicubic", 10_000, 4096, 16),
      "has a side shorter than image.min_side = 16 (24x12 pixels)"),
+    # an eXIf chunk that is no TIFF: exif_transpose raised SyntaxError past every check (found by byte flips)
+    (encoded(picture(), exif=b"Exif\x00\x00MX\x00*\x00\x00\x00\x08"), PLAIN,
+     "has unreadable EXIF data (not a TIFF file (header b'MX\\x00*\\x00\\x00\\x00\\x08' not valid))"),
 ])
 def test_each_limit_and_each_broken_file_says_what_is_wrong(data, how, message):
     with pytest.raises(BadImage) as e:
         normalised_png(data, how)
     assert str(e.value) == message
+
+
+FORMATS = {fmt: encoded(picture(), fmt) for fmt in ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP")}
+
+
+@settings(max_examples=300, deadline=None)
+@given(fmt=st.sampled_from(sorted(FORMATS)), flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)),
+                                                            min_size=1, max_size=6), cut=st.integers(0, 10**6))
+def test_damaged_files_of_every_format_are_refused_or_read_never_raise(fmt, flips, cut):
+    data = bytearray(FORMATS[fmt])
+    for at, value in flips:
+        data[at % len(data)] = value
+    data = bytes(data[:max(1, cut % (len(data) + 1))])
+    try:
+        png = normalised_png(data, PLAIN)
+    except BadImage as e:
+        assert str(e).startswith(("is not an image", "is not a readable image", "has unreadable EXIF data",
+                                  "has more pixels", "has a side shorter", "is larger than")), str(e)
+    else:
+        assert decoded(png).mode == "RGB"
 
 
 # ------------------------------------------------------------------ the Forgefile
