@@ -46,6 +46,7 @@ def test_every_images_key_is_documented():
 
     text = open(os.path.join(os.path.dirname(DOC), "images.md"), encoding="utf-8").read()
     missing = sorted([f"Params.{key}" for key in images.Params.model_fields if f"`{key}`" not in text]
-                     + [f"image.{key}" for key in images.Limits.model_fields if f"`image.{key}`" not in text])
+                     + [f"image.{key}" for key in images.Limits.model_fields if f"`image.{key}`" not in text]
+                     + [f"resize.{key}" for key in images.Size.model_fields if f"`resize.{key}`" not in text])
     assert missing == []
     assert all(f"| `{fmt}` |" in text for fmt in images.REQUIRED)  # each format's row in the Formats table

@@ -79,7 +79,7 @@ def test_vqa_from_a_folder_gives_the_contract_artifact(project):
         source = "data/shapes/"
         format = "vqa"
         fields = { image = "file", question = "q" }
-        resize = [16, 16]
+        resize = { width = 16, height = 16 }
         splits = { train = 0.5, test = 0.5 }
     """)
     assert project.build() == {"images:shapes": "built"}

@@ -5,7 +5,7 @@ for vision-language models, every image validated, normalised and stored once by
     source = "data/shapes/"                  # JSONL or Parquet files, folders, globs, or a run target
     format = "vqa"                           # caption, vqa, messages or preference
     fields = { image = "file", question = "q" }
-    resize = [32, 32]
+    resize = { width = 32, height = 32 }
     splits = { train = 0.8, test = 0.2 }
 
 The artifact: `images/<digest>.png` (each distinct image after normalisation, named by the digest of
@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -70,9 +70,6 @@ EXAMPLES = 20  # invalid rows quoted in stats.json
 BATCH = 64
 
 
-Side = Annotated[int, Field(ge=1, le=MAX_SIDE)]  # an image's width or height, in pixels
-
-
 class Limits(BaseModel):
     model_config = ConfigDict(extra="forbid")
     # 20 MB holds a 12-megapixel camera JPEG; a larger file is more likely a mistake than a picture
@@ -82,6 +79,14 @@ class Limits(BaseModel):
     max_pixels: int = Field(4096 * 4096, ge=1, le=limits.AMOUNT,
                             description="largest width x height accepted, read from the header before decoding")
     min_side: int = Field(1, ge=1, le=MAX_SIDE, description="smallest width and height accepted, in pixels")
+
+
+class Size(BaseModel):
+    """A table, as Hugging Face image processors write a size ({"height": 224, "width": 224})."""
+
+    model_config = ConfigDict(extra="forbid")
+    width: int = Field(ge=1, le=MAX_SIDE, description="width in pixels")
+    height: int = Field(ge=1, le=MAX_SIDE, description="height in pixels")
 
 
 class Params(BaseModel):
@@ -103,7 +108,7 @@ class Params(BaseModel):
     image: Limits = Field(default_factory=Limits, description="limits every image is checked against")
     mode: Literal["RGB", "L", "RGBA"] = Field(
         "RGB", description="colour mode every image is converted to (transparency composited on white for RGB, L)")
-    resize: list[Side] | None = Field(None, description="[width, height] every image is resized to")
+    resize: Size | None = Field(None, description="{ width, height } every image is resized to")
     max_side: int | None = Field(
         None, ge=1, le=MAX_SIDE, description="scale larger images down, keeping their aspect, to this longer side")
     resample: Literal["nearest", "bilinear", "bicubic", "lanczos"] = Field(
@@ -147,8 +152,6 @@ def check(params: Params) -> list[tuple[str, str]]:
             problems.append((_at("images", i, params.images), "names image files, folders or globs, not a target "
                                                               "(a source target's own images need no key)"))
     problems += _field_problems(params)
-    if params.resize is not None and len(params.resize) != 2:
-        problems.append(("resize", f"expected [width, height], got {_count(len(params.resize), 'number')}"))
     if params.resize is not None and params.max_side is not None:
         problems.append(("max_side", "give resize or max_side, not both"))
     if "prompt" in params.model_fields_set and params.format != "caption":
@@ -482,7 +485,7 @@ def _normalise(ctx, drafts: list[Draft]) -> dict[str, Normalised]:
     from forgebuild.rules.picture import Normalisation
 
     p = ctx.params
-    how = Normalisation(p.mode, tuple(p.resize) if p.resize else None, p.max_side, p.resample,
+    how = Normalisation(p.mode, (p.resize.width, p.resize.height) if p.resize else None, p.max_side, p.resample,
                         p.image.max_bytes, p.image.max_pixels, p.image.min_side)
     pictures = {pic.digest: pic for d in drafts for _, pic in d.pictures}
     digests = sorted(pictures)

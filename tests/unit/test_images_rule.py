@@ -121,7 +121,7 @@ def test_bad_keys_are_forgefile_errors_with_line_target_and_key(lab):
         source = "data/qa.jsonl"
         format = "vqa"
         fields = { image = "file", questoin = "q" }
-        resize = [16]
+        resize = { width = 16, height = 16 }
         max_side = 8
         prompt = "Say it."
         keep = ["file"]
@@ -134,7 +134,7 @@ def test_bad_keys_are_forgefile_errors_with_line_target_and_key(lab):
         [images.c]
         source = "data/qa.jsonl"
         format = "caption"
-        resize = [16, 70000]
+        resize = { width = 16, hight = 70000 }
 
         [dataset.d]
         source = "data/qa.jsonl"
@@ -147,7 +147,6 @@ def test_bad_keys_are_forgefile_errors_with_line_target_and_key(lab):
     assert out.splitlines() == [
         "Forgefile.toml:4: error: images:a: key 'fields.questoin': unknown record field 'questoin' (did you mean "
         "'question'?); fields of format vqa: image, question, answer, choices",
-        "Forgefile.toml:5: error: images:a: key 'resize': expected [width, height], got 1 number",
         "Forgefile.toml:6: error: images:a: key 'max_side': give resize or max_side, not both",
         "Forgefile.toml:7: error: images:a: key 'prompt': is the user's text of a caption record; format vqa reads "
         "its text from the rows",
@@ -157,7 +156,8 @@ def test_bad_keys_are_forgefile_errors_with_line_target_and_key(lab):
         "read files or a run target's output",
         "Forgefile.toml:12: error: images:b: key 'images': names image files, folders or globs, not a target (a "
         "source target's own images need no key)",
-        "Forgefile.toml:18: error: images:c: key 'resize[1]': expected an integer <= 65535, got integer 70000",
+        "Forgefile.toml:18: error: images:c: key 'resize.height': missing required key",
+        "Forgefile.toml:18: error: images:c: key 'resize.hight': unknown key",
     ]
 
 
