@@ -22,9 +22,10 @@ changes the key and rebuilds this target, and an unchanged one is a no-op. A row
 is not an input is a row error saying which key to add: reading it anyway would let the image change
 without the target noticing.
 
-Each image's decode and normalisation is a memo keyed by the digest of its bytes and the
-normalisation (ctx.memo, as a corpus caches each source file), so adding one image to a thousand
-processes that image only.
+Each image's decode and normalisation is cached, keyed by the digest of its bytes, the normalisation
+and Pillow's version (ctx.recall / ctx.keep, as a corpus caches each source file with ctx.memo), so
+adding one image to a thousand processes that image only; images with the same normalisation are
+shared across targets.
 """
 from __future__ import annotations
 
