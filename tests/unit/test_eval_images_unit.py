@@ -214,3 +214,25 @@ def test_report_shows_each_image_beside_its_prompt_reference_and_every_models_an
     assert 'id="examples-colour"' in page and 'id="examples-text"' not in page   # image benchmarks only
     assert "<script" not in page
     assert 'id="examples-' not in render_html(report, None)                     # no examples given: none shown
+
+
+# ------------------------------------------------------------------ contamination by picture
+
+def test_an_image_example_is_contaminated_by_its_picture_not_by_its_repeated_question(tmp_path):
+    from forgebuild.rules.eval.contamination import Example, Prompts, scan
+
+    seen, unseen = f"images/{'01' * 32}.png", f"images/{'02' * 32}.png"
+    trained = tmp_path / "images-train"   # an images artifact a model was trained from: one picture
+    os.makedirs(trained)
+    (trained / "dataset.json").write_text(json.dumps({"kind": "images", "splits": {"train": {"path": "train.jsonl"}}}))
+    (trained / "train.jsonl").write_text(json.dumps(record(images=[seen])) + "\n")
+    chat = tmp_path / "dataset-chat"      # a text dataset that asks the same question
+    os.makedirs(chat)
+    (chat / "dataset.json").write_text(json.dumps({"splits": {"train": {"path": "train.jsonl"}}}))
+    (chat / "train.jsonl").write_text(json.dumps({"prompt": "what colour?", "completion": "red"}) + "\n")
+    prompts = Prompts([Example("colour", 1, "what colour?", (seen,)), Example("colour", 2, "what colour?", (unseen,)),
+                       Example("text", 1, "what colour?")], ngram=13)
+    assert scan(str(trained), prompts) == {0: {"file": "train.jsonl", "where": "line 1", "how": "same image"},
+                                           2: {"file": "train.jsonl", "where": "line 1", "how": "exact prompt"}}
+    # the question alone flags the text benchmark's example, never an image example
+    assert scan(str(chat), prompts) == {2: {"file": "train.jsonl", "where": "line 1", "how": "exact prompt"}}

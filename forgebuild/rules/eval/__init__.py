@@ -18,7 +18,7 @@ digest, the benchmark's files and settings): adding a model to `models` evaluate
 that model only. The artifact: report.json, report.md, report.html and
 samples/MODEL/BENCHMARK.jsonl (prompt, output, reference, score per example). A
 failed gate fails the build (exit 1) but the report is kept and cached: asking
-again answers from the cache. Every corpus, dataset and curate target each model is
+again answers from the cache. Every corpus, dataset, curate and images target each model is
 built from is checked against the generate and choice benchmarks' prompts
 (contamination.py): `contamination` and `BENCH.contamination` are results a gate may
 hold. See docs/rules/eval.md.
@@ -97,8 +97,9 @@ class Generation(BaseModel):
 class Contamination(BaseModel):
     """`contamination = { check = true, ngram = 13 }`: each model's upstream data against the prompts."""
     model_config = ConfigDict(extra="forbid")
-    check: bool = Field(True, description="check every corpus, dataset and curate target each model is built from "
-                                          "against the generate and choice benchmarks' prompts; false: no check")
+    check: bool = Field(True, description="check every corpus, dataset, curate and images target each model is "
+                                          "built from against the generate and choice benchmarks' prompts (an image "
+                                          "benchmark's examples by their images); false: no check")
     ngram: int = Field(13, ge=1, le=limits.TOKENS, description=(
         "words in a shared run that makes a prompt contaminated; a prompt shorter than this is contaminated "
         "when a text (or a line of one) equals it"))
@@ -328,9 +329,9 @@ def check_deps(params: Params, deps: dict) -> list[tuple[str, str]]:
         if adapter_only(deps.get(address)):
             problems.append((f"models.{i}", f"{address} emits a LoRA adapter only (lora.merge = false); "
                                             f"set merge = true there to evaluate it"))
-    problems += ancestor_problems(params, deps)
+    problems += ancestor_problems(params, deps) + modality_problems(params, deps)
     for i, bench in enumerate(params.benchmarks):
-        problems += data_problems(params, i, bench, deps)
+        problems += data_problems(i, bench, deps)
         corpus = deps.get(bench.corpus)
         if corpus and corpus["kind"] != "corpus":
             problems.append((f"benchmarks.{i}.corpus", f"{bench.corpus} is a {corpus['kind']} target, not a corpus"))
@@ -339,26 +340,30 @@ def check_deps(params: Params, deps: dict) -> list[tuple[str, str]]:
     return problems
 
 
-def data_problems(params: Params, index: int, bench: Benchmark, deps: dict) -> list[tuple[str, str]]:
-    """A dataset-like data target has the split the benchmark reads; one of images is read by
-    vision-language models only (a model known to be text-only here; the others are checked at build time)."""
+def data_problems(index: int, bench: Benchmark, deps: dict) -> list[tuple[str, str]]:
+    """A dataset-like data target (images, dataset) has the split the benchmark reads."""
     data = deps.get(bench.data) if bench.kind in ("generate", "choice") else None
     splits = getattr((data or {}).get("params"), "splits", None)
     if not data or not isinstance(splits, dict):
         return []
-    problems = []
     split = bench.split or "test"
-    if split not in splits:
-        problems.append((f"benchmarks.{index}.{'split' if bench.split else 'data'}",
-                         f"{bench.data} has no split '{split}'; its splits: {', '.join(sorted(splits))}"
-                         + ("" if bench.split else " (set split)")))
-    if data["kind"] == "images":
-        for j, address in enumerate(params.models):
-            if why := text_only(deps.get(address)):
-                problems.append((f"models.{j}", f"{address} is a text-only model ({why}) and benchmark "
-                                                f"{bench.name} reads images ({bench.data}): evaluate a "
-                                                f"vision-language model on it"))
-    return problems
+    if split in splits:
+        return []
+    return [(f"benchmarks.{index}.{'split' if bench.split else 'data'}",
+             f"{bench.data} has no split '{split}'; its splits: {', '.join(sorted(splits))}"
+             + ("" if bench.split else " (set split)"))]
+
+
+def modality_problems(params: Params, deps: dict) -> list[tuple[str, str]]:
+    """A model known to be text-only, with the first benchmark that reads an images target (one message
+    per model)."""
+    images = [b for b in params.benchmarks
+              if b.kind in ("generate", "choice") and (deps.get(b.data) or {}).get("kind") == "images"]
+    if not images:
+        return []
+    return [(f"models.{j}", f"{address} is a text-only model ({why}) and benchmark {images[0].name} reads images "
+                            f"({images[0].data}): evaluate a vision-language model on it")
+            for j, address in enumerate(params.models) if (why := text_only(deps.get(address)))]
 
 
 def text_only(found: dict | None, seen: int = 0) -> str | None:

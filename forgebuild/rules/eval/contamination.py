@@ -1,12 +1,14 @@
 """Benchmark contamination across the graph: each model's training data checked against the prompts
 of the benchmarks that judge it.
 
-Planning gives an eval, under `contamination.I`, every corpus, dataset and curate target that
+Planning gives an eval, under `contamination.I`, every corpus, dataset, curate and images target that
 `models[I]` is built from, directly or not (the rule's `upstream_inputs`). Here each such artifact's
 texts are streamed once and held against the benchmarks' prompts (small): an example is contaminated
 when its prompt shares a run of `ngram` words with a text (the dataset rule's word n-grams: casefolded
 `\\w+` runs), or, for a prompt shorter than `ngram` words, when its normalised text (NFKC, whitespace
-collapsed, casefolded) equals a whole text or one line of one. Each artifact's result is a memo keyed
+collapsed, casefolded) equals a whole text or one line of one. An example with images (an images
+target's record) is contaminated when one of its pictures is a picture of an images target's record:
+the same file name, which is the digest of the normalised PNG; its text is not checked. Each artifact's result is a memo keyed
 by its digest, the prompts and `ngram`: a second model on the same corpus, or a rebuild after a
 benchmark-free change, reads nothing again.
 
@@ -21,7 +23,7 @@ from dataclasses import asdict, dataclass
 
 from forgebuild.rules.dataset import WORD, normal_content, strings_of, word_grams
 
-KINDS = ("corpus", "dataset", "curate")  # the targets whose texts a model may have learnt a benchmark from
+KINDS = ("corpus", "dataset", "curate", "images")  # the targets a model may have learnt a benchmark from
 CHECKED = ("generate", "choice")  # benchmarks with prompts; perplexity and lm-eval are left out (docs say why)
 SHOWN = 20  # matches listed per benchmark in report.md and report.html; report.json keeps them all
 METRIC = "contamination"
@@ -32,6 +34,7 @@ class Example:
     bench: str
     line: int  # the benchmark file's line
     prompt: str
+    images: tuple[str, ...] = ()  # an image benchmark's pictures: images/DIGEST.png, the digest of the content
 
 
 def is_metric(name: str) -> bool:
@@ -50,8 +53,14 @@ class Prompts:
         self.examples, self.ngram = examples, ngram
         self.grams: dict[tuple, list[int]] = {}
         self.exact: dict[str, list[int]] = {}
+        self.pictures: dict[str, list[int]] = {}
         for i, example in enumerate(examples):
-            if len(WORD.findall(example.prompt)) >= ngram:
+            if example.images:
+                # an image example is its picture: its question ("what colour?") repeats across the
+                # whole benchmark and the training data by design, so its text would flag them all
+                for rel in set(example.images):
+                    self.pictures.setdefault(os.path.basename(rel), []).append(i)
+            elif len(WORD.findall(example.prompt)) >= ngram:
                 for gram in set(word_grams(example.prompt, ngram)):
                     self.grams.setdefault(gram, []).append(i)
             elif key := exact_key(example.prompt):
@@ -72,6 +81,9 @@ class Prompts:
             for piece in {text, *text.splitlines()}:
                 for i in self.exact.get(exact_key(piece), ()):
                     yield i, "exact prompt"
+        if self.pictures and text.startswith("images/"):  # an images record's picture, named by its digest
+            for i in self.pictures.get(os.path.basename(text), ()):
+                yield i, "same image"
 
 
 # ------------------------------------------------------------------ one artifact's texts

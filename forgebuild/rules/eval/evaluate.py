@@ -119,7 +119,7 @@ def contamination_check(ctx) -> dict:
     checked = [(i, b) for i, b in enumerate(p.benchmarks) if b.kind in contamination.CHECKED]
     if not p.contamination.check or not checked:
         return {}
-    examples = [contamination.Example(b.name, r["line"], r["prompt"])
+    examples = [contamination.Example(b.name, r["line"], r["prompt"], tuple(r.get("images", ())))
                 for i, b in checked for r in read(ctx, b, i, b.kind, b.limit or p.limit)]
     section = contamination.check(ctx, examples, p.contamination.ngram, [b.name for _, b in checked],
                                   [b.name for b in p.benchmarks if b.kind not in contamination.CHECKED])
@@ -201,9 +201,10 @@ def load(ctx, address: str):
 
     from forgebuild.rules.eval import vision
     from forgebuild.rules.model import training
+    from forgebuild.rules.model.vision import is_vlm
 
     folder = ctx.inputs_of(address)
-    model = vision.load(folder)[0] if vision.is_vlm(folder) else training.load_model(ctx, folder, address)
+    model = vision.load_model(folder) if is_vlm(folder) else training.load_model(ctx, folder, address)
     if training.is_moe(model.config):  # no router loss under generate(): see training.inference_config
         model.config.output_router_logits = False
     if not training.on_cpu(ctx):
@@ -291,10 +292,12 @@ def image_scores(ctx, address: str, bench, index: int, limit):
     or each choice's log-likelihood after the image and the prompt. A text-only model is an error."""
     from forgebuild.rules.eval import vision
     from forgebuild.rules.model import training
+    from forgebuild.rules.model.vision import is_vlm, read_config
 
     folder = ctx.inputs_of(address)
-    if not vision.is_vlm(folder):
-        raise ctx.bad_input(f"{address} is a text-only model (model_type {vision.model_type(folder)}) and "
+    if not is_vlm(folder):
+        kind = read_config(folder).get("model_type")
+        raise ctx.bad_input(f"{address} is a text-only model (model_type {kind}) and "
                             f"benchmark {bench.name} reads images ({bench.data}): evaluate a vision-language "
                             f"model on it")
     rows = read(ctx, bench, index, bench.kind, limit)

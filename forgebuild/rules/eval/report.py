@@ -73,10 +73,11 @@ SWEEPS_NOTE = ("Each matrix with two or more of its cells evaluated: a row per c
                "them, and each metric as value [bootstrap 95% interval] n=examples.")
 SWEEP_CHARTS = ("Each metric against each param the cells sweep (two or more values), with its 95% interval "
                 "as an error bar; a line per combination of the other swept params.")
-CONTAMINATION_NOTE = ("Every corpus, dataset and curate target each model is built from, against the prompts of the "
-                      "generate and choice benchmarks: a prompt is contaminated when it shares a run of {n} words "
-                      "with a text, or, shorter than {n} words, equals a whole text or one line of one. A count of "
-                      "these examples, not an estimate: no interval.")
+CONTAMINATION_NOTE = ("Every corpus, dataset, curate and images target each model is built from, against the prompts "
+                      "of the generate and choice benchmarks: a prompt is contaminated when it shares a run of {n} "
+                      "words with a text, or, shorter than {n} words, equals a whole text or one line of one; an "
+                      "example with images, when one of its images (by content digest) is in an images target. A "
+                      "count of these examples, not an estimate: no interval.")
 NOT_CHECKED = ("Not checked: {names} (a perplexity benchmark reads a corpus's holdout; an lm-eval benchmark's data lives "
                "in its task folder).")
 EXAMPLES = 50              # examples per image benchmark shown in report.html; the samples hold them all

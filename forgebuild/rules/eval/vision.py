@@ -11,13 +11,13 @@ into the image's patch tokens and its pixel values.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 
 import torch  # this module runs inside an eval's build process only
 
 from forgebuild.rules.eval.scoring import BenchmarkError, _choice_answer, _choices, _cut, _generate_answer
+from forgebuild.rules.model.vision import load_processor, open_images
 from forgebuild.rules.rows import json_kind, parse_line
 
 IMAGE = re.compile(r"images/[0-9a-f]{64}\.png")  # the contract's path of a picture in an images artifact
@@ -98,40 +98,21 @@ def prompt_text(turns: list[dict]) -> str:
 
 # ------------------------------------------------------------------ models
 
-def is_vlm(folder: str) -> bool:
-    """The model folder holds an image-text-to-text model (its config's model_type is one that
-    AutoModelForImageTextToText loads)."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+def load_model(folder: str):
+    """A vision-language model folder's model, in float32."""
+    from transformers import AutoModelForImageTextToText
 
-    return model_type(folder) in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
-
-
-def model_type(folder: str) -> str | None:
-    path = os.path.join(folder, "config.json")
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f).get("model_type")
+    return AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32)
 
 
 def load(folder: str):
-    """(model in float32, processor) of a vision-language model folder."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    return (AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32),
-            AutoProcessor.from_pretrained(folder))
+    """(model, processor) of a vision-language model folder."""
+    return load_model(folder), load_processor(folder)
 
 
-def open_images(folder: str, rows: list[dict]) -> list:
-    """Every row's images as PIL images, in order (they are already in the declared mode and size)."""
-    from PIL import Image
-
-    found = []
-    for row in rows:
-        for rel in row["images"]:
-            with Image.open(os.path.join(folder, rel)) as image:
-                found.append(image.copy())
-    return found
+def images_of(folder: str, rows: list[dict]) -> list:
+    """Every row's images as PIL images, in order (already in the declared mode and size)."""
+    return [image for row in rows for image in open_images(folder, row)]
 
 
 def encoded(processor, images: list, texts: list[str], device, side: str) -> dict:
@@ -163,7 +144,7 @@ def generate(model, processor, folder: str, rows: list[dict], max_new_tokens: in
     outputs = []
     for start in range(0, len(rows), size):
         batch = rows[start:start + size]
-        inputs = encoded(processor, open_images(folder, batch), prompts_of(processor, batch),
+        inputs = encoded(processor, images_of(folder, batch), prompts_of(processor, batch),
                          next(model.parameters()).device, "left")
         if temperature > 0:
             torch.manual_seed(seed + start)
@@ -202,7 +183,7 @@ def choice_scores(model, processor, folder: str, rows: list[dict]) -> list[dict]
 def choice_loglikelihoods(model, processor, folder: str, row: dict) -> list[float]:
     prompt = prompts_of(processor, [row])[0]
     device = next(model.parameters()).device
-    images = open_images(folder, [row])
+    images = images_of(folder, [row])
     context = processor(images=images, text=prompt, return_tensors="pt")["input_ids"][0].tolist()
     n = len(row["choices"])
     batch = encoded(processor, images * n, [prompt + c for c in row["choices"]], device, "right")
