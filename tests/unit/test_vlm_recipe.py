@@ -164,7 +164,7 @@ def test_the_chat_template_renders_image_parts_as_the_image_token_and_marks_the_
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what colour?"}]},
                 {"role": "assistant", "content": [{"type": "text", "text": "red"}]}]
     rendered, marked = _render_with_assistant_indices(template, messages, None, None, False)
-    assert rendered == "user: <image>what colour?\nassistant: red</s>\n"
+    assert rendered == "user: <image>what colour?\nassistant:\nred</s>\n"
     assert [rendered[start:end] for start, end in marked] == ["red</s>"]  # what assistant_only_loss trains on
-    assert template.render(messages=messages[:1], add_generation_prompt=True) == "user: <image>what colour?\nassistant: "
+    assert template.render(messages=messages[:1], add_generation_prompt=True) == "user: <image>what colour?\nassistant:\n"
     assert template.render(messages=[{"role": "user", "content": "hi"}], add_generation_prompt=False) == "user: hi\n"

@@ -311,6 +311,9 @@ def train(ctx, trainer, run=None):
         ctx.metrics({"prefix_reused_steps": 0})
     if resume and prefix is None and is_main():
         ctx.log(f"resuming from {os.path.basename(resume)} of an earlier, interrupted build")
+    if resume:
+        load_renamed_weights(trainer)
+        trainer.add_callback(TokenCount(trainer))
     started = time.time()
     try:
         result = trainer.train(resume_from_checkpoint=resume)
@@ -334,6 +337,45 @@ def train(ctx, trainer, run=None):
     if tokens and seconds:
         ctx.metrics({"tokens_per_second": round(tokens / seconds, 1)})
     return {"result": result, "seconds": seconds, "steps": trained}
+
+
+class TokenCount(TrainerCallback):
+    """TRL's SFT and DPO trainers log `num_tokens` from a count of their own (_total_train_tokens) that a
+    checkpoint does not keep: a resumed run would count again from 0, and its training log (in the
+    artifact) would differ from an uninterrupted run's. The count is the last one the resumed log holds."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        counts = [row["num_tokens"] for row in state.log_history if "num_tokens" in row]
+        if counts and hasattr(self.trainer, "_total_train_tokens"):
+            self.trainer._total_train_tokens = counts[-1]
+
+
+def load_renamed_weights(trainer) -> None:
+    """transformers' Trainer resumes a checkpoint's weights with model.load_state_dict(the file's tensors,
+    strict=False). A model whose save_pretrained writes them under other names than its modules' (LLaVA
+    writes "language_model.model.*" for "model.language_model.*", transformers 5.25) then resumes with
+    none of them, silently: seen as a loss back at its step-1 value after the resume. Such a checkpoint
+    is read back with from_pretrained, which maps the names, and copied into the model whole."""
+    from safetensors import safe_open
+
+    original = trainer._load_from_checkpoint
+
+    def load(resume_from_checkpoint, model=None):
+        model = model if model is not None else trainer.model
+        path = os.path.join(resume_from_checkpoint, "model.safetensors")
+        if not os.path.isfile(path) or not isinstance(model, transformers.PreTrainedModel):
+            return original(resume_from_checkpoint, model)  # sharded, or a peft model's adapter: its own names
+        with safe_open(path, "pt") as f:
+            renamed = not set(f.keys()) <= set(model.state_dict())
+        if not renamed:
+            return original(resume_from_checkpoint, model)
+        saved = type(model).from_pretrained(resume_from_checkpoint, dtype=torch.float32)
+        model.load_state_dict(saved.state_dict(), strict=True)
+
+    trainer._load_from_checkpoint = load
 
 
 def trained_tokens(log_history: list[dict], resumed_at: int) -> float | None:

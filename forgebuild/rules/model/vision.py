@@ -109,16 +109,19 @@ def modality_problem(ctx, base_folder: str) -> str | None:
 
 
 def chat_template(image_token: str, eos_token: str) -> str:
-    """forgebuild's own template for the models the vlm recipe builds: each turn is `role: text` on a line,
-    an image part is the image token, an assistant turn ends with eos and sits in {% generation %} markers
-    (TRL's assistant_only_loss masks everything else). Content may be a string or a list of parts."""
+    """forgebuild's own template for the models the vlm recipe builds: `user: ` and the turn's text on a
+    line, an image part as the image token; `assistant:` on a line of its own, then the answer and eos in
+    {% generation %} markers (TRL's assistant_only_loss trains on those alone). The answer starts a line
+    rather than following a space: a byte-level BPE merges a space into the word after it (" red"), so a
+    prompt ending in a space would end in a token the model never saw an answer follow. Content may be a
+    string or a list of parts."""
     parts = ("{% for part in message['content'] %}{% if part['type'] == 'image' %}" + image_token +
              "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}{% endfor %}")
     text = ("{% if message['content'] is string %}{{ message['content'] }}{% else %}" + parts + "{% endif %}")
-    return ("{% for message in messages %}{{ message['role'] + ': ' }}"
-            "{% if message['role'] == 'assistant' %}{% generation %}" + text + eos_token + "{% endgeneration %}"
-            "{% else %}" + text + "{% endif %}{{ '\\n' }}{% endfor %}"
-            "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}")
+    return ("{% for message in messages %}"
+            "{% if message['role'] == 'assistant' %}{{ 'assistant:\\n' }}{% generation %}" + text + eos_token +
+            "{% endgeneration %}{% else %}{{ message['role'] + ': ' }}" + text + "{% endif %}{{ '\\n' }}{% endfor %}"
+            "{% if add_generation_prompt %}{{ 'assistant:\\n' }}{% endif %}")
 
 
 def fine_tune(ctx, model, processor, base_address: str | None, config: dict | None = None) -> None:
