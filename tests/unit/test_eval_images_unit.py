@@ -211,6 +211,8 @@ def test_report_shows_each_image_beside_its_prompt_reference_and_every_models_an
     assert [i["alt"] for i in found.images] == ["the image of: what colour?", "the image of: and <this>?"]
     assert found.cells[:10] == ["", "what colour?", "red", "redexact_match=1", "(nothing)exact_match=0",
                                 "", "and <this>?", "blue", "redexact_match=0", "blueexact_match=1"]
+    assert "All 2 examples: each image as the model saw it" in page
+    assert "The first 1 of 2 examples" in render_html(report, None, image_examples(str(artifact), report, limit=1))
     assert 'id="examples-colour"' in page and 'id="examples-text"' not in page   # image benchmarks only
     assert "<script" not in page
     assert 'id="examples-' not in render_html(report, None)                     # no examples given: none shown

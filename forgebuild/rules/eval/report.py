@@ -14,7 +14,9 @@ of the other swept params; and per model a small chart of each training
 quantity its training_log.jsonl holds: the loss, DPO's reward margins and
 accuracies, GRPO's reward per reward function, total
 reward and KL); and a Contamination table (each model's upstream data against the
-benchmarks' prompts, with the first matches). No scripts, no external URLs. Both are deterministic: the same
+benchmarks' prompts, with the first matches); with image benchmarks, an Examples section (each
+picture beside every model's answer, the pictures linked as the artifact's own samples/images/
+files: the one thing the page reads beside itself). No scripts, no external URLs. Both are deterministic: the same
 report gives the same bytes (no timestamps, PNGs saved without a Software tag,
 a fixed matplotlib style).
 
@@ -785,9 +787,11 @@ def _html_examples(examples: list[dict]) -> list[str]:
         return []
     p = ["<h2>Examples</h2>"]
     for found in examples:
-        shown = f"the first {len(found['rows'])} of {found['total']}" if found["total"] > len(found["rows"]) else "every"
-        note = (f"{found['bench']}: {shown} example(s), the image as the model saw it; each model's output and its "
-                f"scores (1: right). All of them: samples/MODEL/{found['bench']}.jsonl.")
+        shown = len(found["rows"])
+        count = f"the first {shown} of {found['total']} examples" if found["total"] > shown else f"all {shown} examples"
+        note = (f"{count.capitalize()}: each image as the model saw it, the prompt, the reference, and each model's "
+                f"output with its scores (1: right). Every example: samples/MODEL/{found['bench']}.jsonl.")
+        p.append(f"<h3>{escape(found['bench'])}</h3>")
         p.append(html_table(
             ["image", "prompt", "reference", *found["models"]],
             [("", [("img", "".join(_example_img(path, w, h, row["prompt"]) for path, w, h in row["images"])),
