@@ -45,7 +45,7 @@ BUILD_ONLY = {"rules.eval.evaluate", "rules.eval.harness", "rules.eval.report", 
               "rules.eval.vision",
               "rules.model.training", "rules.model.packed", "rules.model.offset_dpo", "rules.model.vision",
               "rules.synth.sampling", "rules.synth.vllm_engine", "rules.synth.reward_scores", "rules.picture"}
-ML_STACK = {"torch", "transformers", "trl", "peft", "accelerate", "deepspeed", "datasets", "lm_eval",
+ML_STACK = {"PIL", "torch", "transformers", "trl", "peft", "accelerate", "deepspeed", "datasets", "lm_eval",
             "matplotlib", "safetensors", "tokenizers", "ray", "submitit"}
 
 EXCEPTIONS: dict[tuple[str, str], str] = {}
