@@ -229,11 +229,11 @@ class Layout:
 
 
 def build(ctx) -> None:
-    files = _files(ctx, "source", RECORD_FILES)
-    rows = [row for f in files for row in _rows(ctx, f)]
+    files = source_files(ctx, "source", RECORD_FILES)
+    rows = [row for f in files for row in read_rows(ctx, f)]
     layout = _layout(ctx, rows, files)
     ctx.log(f"format {layout.format}{' (conversational)' if layout.conversational else ''}; "
-            f"{_count(len(rows), 'row')} from {_count(len(files), 'file')}")
+            f"{count_of(len(rows), 'row')} from {count_of(len(files), 'file')}")
     stats = _new_stats(layout, files, rows)
     records = _valid_records(ctx, rows, layout, stats)
     records = _without_duplicates(ctx, records, layout.format, stats)
@@ -245,7 +245,7 @@ def build(ctx) -> None:
 
 # ------------------------------------------------------------------ sources
 
-def _files(ctx, key: str, extensions: tuple) -> list[SourceFile]:
+def source_files(ctx, key: str, extensions: tuple) -> list[SourceFile]:
     """The files an input key names, in the order written; folders and targets expanded."""
     owners: dict[str, str] = {}
     for address, digest in sorted(ctx.dep_digests.items()):
@@ -279,7 +279,7 @@ def _target_files(address: str, folder: str, extensions: tuple) -> list[SourceFi
             if rel.lower().endswith(extensions)]
 
 
-def _rows(ctx, f: SourceFile):
+def read_rows(ctx, f: SourceFile):
     from forgebuild.rules.rows import DataError, format_of, read_records
 
     try:
@@ -382,14 +382,14 @@ def _valid_records(ctx, rows: list[Row], layout: Layout, stats: dict) -> list[Re
             records.append(Record(row, _record(row, layout)))
         except RowError as e:
             invalid.append((row, e))
-    messages = [f"{row.where}: {_say(e, row, layout)}" for row, e in invalid]
-    _log_rows(ctx, "invalid", messages)
+    messages = [f"{row.where}: {say_row_error(e, row, layout)}" for row, e in invalid]
+    log_rows(ctx, "invalid", messages)
     if invalid and ctx.params.invalid == "error":
-        more = f" (and {_count(len(invalid) - 1, 'more invalid row')}, listed in the log)" if len(invalid) > 1 else ""
+        more = f" (and {count_of(len(invalid) - 1, 'more invalid row')}, listed in the log)" if len(invalid) > 1 else ""
         raise ctx.bad_input(messages[0] + more)
     by_reason: dict[str, int] = {}
     for row, e in invalid:
-        reason = _reason(e)
+        reason = reason_of(e)
         by_reason[reason] = by_reason.get(reason, 0) + 1
         stats["sources"][row.file.source]["invalid"] += 1
     stats["invalid"] = {"rows": len(invalid), "policy": ctx.params.invalid,
@@ -397,7 +397,7 @@ def _valid_records(ctx, rows: list[Row], layout: Layout, stats: dict) -> list[Re
     return records
 
 
-def _say(e: RowError, row: Row, layout: Layout) -> str:
+def say_row_error(e: RowError, row: Row, layout: Layout) -> str:
     """`field 'response' (completion): expected a string, got null`, in the user's column names."""
     if not e.path:
         return e.message
@@ -408,7 +408,7 @@ def _say(e: RowError, row: Row, layout: Layout) -> str:
     return f"field '{shown}'{alias}: {e.message}"
 
 
-def _reason(e: RowError) -> str:
+def reason_of(e: RowError) -> str:
     """The reason a row counts under in stats.json: the field path without row-specific indices."""
     if not e.path:
         return e.message.split(" (")[0]  # "no field 'x' (fields present: ...)" -> "no field 'x'"
@@ -456,13 +456,13 @@ def _checked(name: str, value, layout: Layout, csv: bool):
     if name in ("score_chosen", "score_rejected"):
         return _number(value, [name], csv)
     if name == "answer":
-        return _answer(value, [name])
+        return answer_text(value, [name])
     if layout.conversational:  # prompt, completion, chosen, rejected
         return _messages(value, [name], csv)
-    return _text(value, [name])
+    return text_of(value, [name])
 
 
-def _text(value, path: list) -> str:
+def text_of(value, path: list) -> str:
     if not isinstance(value, str):
         raise RowError(path, f"expected a string, got {_kind(value)}")
     if not value.strip():
@@ -507,7 +507,7 @@ def _number(value, path: list, csv: bool) -> float:
     return float(value)
 
 
-def _answer(value, path: list) -> str:
+def answer_text(value, path: list) -> str:
     """Reference answers are text (numbers written as text), so the column has one type."""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
         raise RowError(path, f"expected a string or a number, got {_kind(value)}")
@@ -580,7 +580,7 @@ def _without_duplicates(ctx, records: list[Record], fmt: str, stats: dict) -> li
             first[key] = record.row.where
             kept.append(record)
     stats["duplicates"]["rows"] = len(removed)
-    _log_rows(ctx, "duplicate", removed)
+    log_rows(ctx, "duplicate", removed)
     return kept
 
 
@@ -609,9 +609,9 @@ def _benchmark_index(ctx) -> tuple[dict, list[str]]:
     p = ctx.params
     index: dict[tuple, set] = {}
     longest: dict[str, int] = {}
-    for f in _files(ctx, "decontaminate", (*RECORD_FILES, ".txt")):
+    for f in source_files(ctx, "decontaminate", (*RECORD_FILES, ".txt")):
         if f.path.lower().endswith(RECORD_FILES):
-            texts = [text for row in _rows(ctx, f) for text in _benchmark_texts(ctx, row)]
+            texts = [text for row in read_rows(ctx, f) for text in _benchmark_texts(ctx, row)]
         else:
             try:
                 texts = [read_text(f.path)]
@@ -688,7 +688,7 @@ def _decontaminated(ctx, records: list[Record], fmt: str, stats: dict) -> list[R
         stats["sources"][record.row.file.source]["decontaminated"] += 1
         removed.append(f"{record.row.where}: shares a {p.ngram}-word sequence with {', '.join(which)}")
     stats["decontaminated"].update(rows=len(removed), by_benchmark=by_benchmark)
-    _log_rows(ctx, "decontaminated", removed)
+    log_rows(ctx, "decontaminated", removed)
     return kept
 
 
@@ -757,11 +757,11 @@ def _nothing_left(stats: dict) -> str:
             f"{stats['duplicates']['rows']} duplicates, {stats['decontaminated']['rows']} decontaminated")
 
 
-def _count(n: int, noun: str) -> str:
+def count_of(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def _log_rows(ctx, what: str, lines: list[str]) -> None:
+def log_rows(ctx, what: str, lines: list[str]) -> None:
     for line in lines[:LOG_LIMIT]:
         ctx.log(f"{what}: {line}")
     if len(lines) > LOG_LIMIT:

@@ -40,9 +40,9 @@ from forgebuild import limits
 from forgebuild.errors import did_you_mean
 from forgebuild.planning.plan import classify
 from forgebuild.rules import runtime
-from forgebuild.rules.dataset import (ROLES, Layout, Row, RowError, SourceFile, _answer, _count, _files, _log_rows,
-                                      _reason, _rows, _say, _text, as_list, canonical, normal_content, split_of,
-                                      split_problems, write_json)
+from forgebuild.rules.dataset import (ROLES, Layout, Row, RowError, SourceFile, answer_text, as_list, canonical,
+                                      count_of, log_rows, normal_content, read_rows, reason_of, say_row_error,
+                                      source_files, split_of, split_problems, text_of, write_json)
 from forgebuild.rules.rows import json_kind
 
 version = "1"
@@ -235,12 +235,12 @@ class ImageRowError(RowError):
 
 
 def build(ctx) -> None:
-    files = _files(ctx, "source", RECORD_FILES)
+    files = source_files(ctx, "source", RECORD_FILES)
     for f in files:
         if not f.path.lower().endswith(RECORD_FILES):
             raise ctx.bad_input(f"{f.label}: images reads JSONL (.jsonl) or Parquet (.parquet) files")
-    rows = [row for f in files for row in _rows(ctx, f)]
-    ctx.log(f"format {ctx.params.format}; {_count(len(rows), 'row')} from {_count(len(files), 'file')}")
+    rows = [row for f in files for row in read_rows(ctx, f)]
+    ctx.log(f"format {ctx.params.format}; {count_of(len(rows), 'row')} from {count_of(len(files), 'file')}")
     reader = Reader(ctx)
     outcomes = [reader.draft(row) for row in rows]
     normalised = _normalise(ctx, [d for d in outcomes if isinstance(d, Draft)])
@@ -304,21 +304,21 @@ class Reader:
             path = ["image", i] if isinstance(value, list) else ["image"]
             draft.pictures.append((path, self.picture(row, item, path)))
         asked = {"vqa": "question", "preference": "prompt"}.get(fmt)  # the column holding the user's text
-        text = _text(self._value(row, asked), [asked]) if asked else self.p.prompt
+        text = text_of(self._value(row, asked), [asked]) if asked else self.p.prompt
         user = {"role": "user", "content": [{"type": "image"} for _ in given] + [{"type": "text", "text": text}]}
         if fmt == "preference":
             draft.record.update(self._pair(row, user))
         elif fmt == "caption":
-            caption = _text(self._value(row, "caption"), ["caption"])
+            caption = text_of(self._value(row, "caption"), ["caption"])
             draft.record.update(messages=[user, _assistant(caption)], answer=caption)
         else:
-            answer = _answer(self._value(row, "answer"), ["answer"])
+            answer = answer_text(self._value(row, "answer"), ["answer"])
             draft.record.update(messages=[user, _assistant(answer)], answer=answer,
                                 choices=self._choices(row, answer))
 
     def _pair(self, row: Row, user: dict) -> dict:
         """TRL's conversational preference columns; the chosen text is the reference answer."""
-        chosen, rejected = (_text(self._value(row, k), [k]) for k in ("chosen", "rejected"))
+        chosen, rejected = (text_of(self._value(row, k), [k]) for k in ("chosen", "rejected"))
         if normal_content(chosen) == normal_content(rejected):
             raise RowError(["rejected"], "is the same as chosen")
         return {"prompt": [user], "chosen": [_assistant(chosen)], "rejected": [_assistant(rejected)], "answer": chosen}
@@ -331,7 +331,7 @@ class Reader:
             raise RowError(["choices"], f"expected a list of two or more choices, got {json_kind(value)}"
                            + (f" of {len(value)}" if isinstance(value, list) else ""))
         for i, choice in enumerate(value):
-            _text(choice, ["choices", i])
+            text_of(choice, ["choices", i])
         if len(set(value)) < len(value):
             raise RowError(["choices"], "holds the same choice twice")
         if answer not in value:
@@ -365,7 +365,7 @@ class Reader:
         pictures = inline or [(["images", i], self.picture(row, item, ["images", i]))
                               for i, item in enumerate(listed or [])]
         if len(pictures) != parts:
-            raise RowError(["images"], f"{_count(len(pictures), 'image')} given for {_count(parts, 'image part')}")
+            raise RowError(["images"], f"{count_of(len(pictures), 'image')} given for {count_of(parts, 'image part')}")
         return pictures
 
     def _message(self, message, path: list, inline: list, row: Row) -> dict:
@@ -501,7 +501,7 @@ def _normalise(ctx, drafts: list[Draft]) -> dict[str, Normalised]:
         made = ctx.keep("image", [material(d) for d in batch],
                         lambda folder, batch=batch: _normalise_into(folder, [pictures[d] for d in batch], how))
         folders.update(dict.fromkeys(batch, made))
-    ctx.log(f"images: {_count(len(digests), 'distinct image')}: {len(todo)} processed, "
+    ctx.log(f"images: {count_of(len(digests), 'distinct image')}: {len(todo)} processed, "
             f"{len(digests) - len(todo)} from the cache")
     ctx.metrics({"images_processed": len(todo), "images_cached": len(digests) - len(todo)})
     return {d: _result(folders[d], d) for d in digests}
@@ -553,14 +553,14 @@ def _valid_records(ctx, rows: list[Row], outcomes: list, normalised: dict, stats
         else:
             records.append(outcome)
     layout = Layout(ctx.params.format, True, ctx.params.fields, ctx.params.keep)
-    messages = [f"{row.where}: {_say(e, row, layout)}" for row, e in invalid]
-    _log_rows(ctx, "invalid", messages)
+    messages = [f"{row.where}: {say_row_error(e, row, layout)}" for row, e in invalid]
+    log_rows(ctx, "invalid", messages)
     if invalid and ctx.params.invalid == "error":
-        more = f" (and {_count(len(invalid) - 1, 'more invalid row')}, listed in the log)" if len(invalid) > 1 else ""
+        more = f" (and {count_of(len(invalid) - 1, 'more invalid row')}, listed in the log)" if len(invalid) > 1 else ""
         raise ctx.bad_input(messages[0] + more)
     by_reason: dict[str, int] = {}
     for row, e in invalid:
-        reason = _reason(e.counted if isinstance(e, ImageRowError) else e)
+        reason = reason_of(e.counted if isinstance(e, ImageRowError) else e)
         by_reason[reason] = by_reason.get(reason, 0) + 1
         stats["sources"][row.file.source]["invalid"] += 1
     stats["invalid"] = {"rows": len(invalid), "policy": ctx.params.invalid,
@@ -603,7 +603,7 @@ def _without_duplicates(ctx, records: list[Record], stats: dict) -> list[Record]
             first[key] = record.row.where
             kept.append(record)
     stats["duplicates"]["rows"] = len(removed)
-    _log_rows(ctx, "duplicate", removed)
+    log_rows(ctx, "duplicate", removed)
     return kept
 
 
@@ -632,7 +632,7 @@ def _write(ctx, records: list[Record], normalised: dict, stats: dict) -> None:
         "splits": {name: {"path": f"{name}.jsonl", "rows": len(by_split[name]), "fraction": fraction}
                    for name, fraction in fractions}})
     write_json(os.path.join(ctx.out, "stats.json"), stats)
-    ctx.log(f"{stats['rows_in']} rows in, {len(records)} out, {_count(len(used), 'image')}: "
+    ctx.log(f"{stats['rows_in']} rows in, {len(records)} out, {count_of(len(used), 'image')}: "
             + ", ".join(f"{name} {n}" for name, n in stats["splits"].items()))
 
 
