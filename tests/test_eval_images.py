@@ -290,3 +290,34 @@ def test_answers_do_not_depend_on_the_batch_and_stop_strings_cut_them(colours, v
     assert answers(8) == greedy and sum(a == r["answer"] for a, r in zip(greedy, rows)) > len(rows) * CHANCE
     assert answers(3, temperature=1.0) == answers(8, temperature=1.0)
     assert answers(8, stop=("e",)) == [a[:a.index("e")] if "e" in a else a for a in greedy]
+
+
+def test_a_vlm_built_from_an_images_target_is_contaminated_by_its_training_pictures_only(project, tmp_path):
+    """model:vlm (the vlm recipe, a text model imported as its language model) trains two steps on the
+    train split of images:shapes: evaluated on that split, every example's picture is in its training
+    data; on the test split none is, though every question is the same."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    p = project
+    write_shapes(p.root)
+    folder = tmp_path / "lm"
+    LlamaForCausalLM(LlamaConfig(vocab_size=len(char_tokenizer()), hidden_size=32, intermediate_size=64,
+                                 num_hidden_layers=1, num_attention_heads=2)).save_pretrained(folder)
+    char_tokenizer().save_pretrained(folder)
+    p.forgefile(SHAPES.replace("test = 1.0", "train = 0.5, test = 0.5") + imported("lm", str(folder)) + '''
+[model.vlm]
+recipe = "vlm"
+vision = { family = "siglip", hidden = 32, layers = 1, heads = 2, image_size = 32, patch_size = 8 }
+language = "model:lm"
+data = "images:shapes"
+train = { lr = 1e-3, steps = 2, batch_size = 4 }
+threads = 1
+''' + eval_table(["model:vlm"], more='\n    { name = "seen", data = "images:shapes", split = "train" },'))
+    p.run("eval:colours", timeout=300)
+    section = json.loads(p.read(".forge/out/eval/colours/report.json"))["contamination"]["models"]["model:vlm"]
+    assert section["data"] == ["images:shapes"]
+    found = section["benchmarks"]
+    assert found["seen"]["examples"] > 0 and found["seen"]["rate"] == 1.0
+    assert {m["how"] for m in found["seen"]["matches"]} == {"same image"}
+    assert found["colour"]["contaminated"] == found["pick"]["contaminated"] == 0
+    assert found["colour"]["examples"] + found["seen"]["examples"] == 4 * PER_COLOUR

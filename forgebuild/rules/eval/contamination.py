@@ -88,23 +88,26 @@ class Prompts:
 
 # ------------------------------------------------------------------ one artifact's texts
 
-def texts(folder: str):
-    """(file, where, text) for every text of a data artifact: a dataset's or curate's splits (as its
-    dataset.json names them: each string of each record, a message's role left out), else a corpus's
-    train and holdout Parquet shards (each document), streamed a batch at a time."""
+def texts(folder: str, skip: str | None = None):
+    """(file, where, text) for every text of a data artifact: a dataset's, curate's or images target's
+    splits (as its dataset.json names them: each string of each record, a message's role left out; the
+    split file `skip` left out), else a corpus's train and holdout Parquet shards (each document),
+    streamed a batch at a time."""
     meta = os.path.join(folder, "dataset.json")
     if os.path.isfile(meta):
-        yield from _record_texts(folder, meta)
+        yield from _record_texts(folder, meta, skip)
     else:
         yield from _corpus_texts(folder)
 
 
-def _record_texts(folder: str, meta: str):
+def _record_texts(folder: str, meta: str, skip: str | None):
     from forgebuild.rules.rows import read_records
 
     with open(meta, encoding="utf-8") as f:
         splits = json.load(f)["splits"]
     for _, split in sorted(splits.items()):
+        if split["path"] == skip:
+            continue
         for line, record in read_records(os.path.join(folder, split["path"])):
             for text in strings_of(record):
                 yield split["path"], f"line {line}", text
@@ -123,42 +126,61 @@ def _corpus_texts(folder: str):
                     yield f"{part}/{name}", f"document {doc}", text or ""
 
 
-def scan(folder: str, prompts: Prompts) -> dict[int, dict]:
-    """Example index -> where its first match in this artifact is: {file, where, how}."""
+def scan(folder: str, prompts: Prompts, skip: str | None = None) -> dict[int, dict]:
+    """Example index -> where its first match in this artifact (but its split file `skip`) is: {file, where, how}."""
     found: dict[int, dict] = {}
-    for file, where, text in texts(folder):
+    for file, where, text in texts(folder, skip):
         for i, how in prompts.hits(text):
             found.setdefault(i, {"file": file, "where": where, "how": how})
     return found
 
 
-def scanned(ctx, folder: str, digest: str, prompts: Prompts) -> dict[int, dict]:
-    """scan(), as a memo keyed by the artifact's digest and the prompts' (so by `ngram` too)."""
+def scanned(ctx, folder: str, digest: str, prompts: Prompts, skip: str | None = None) -> dict[int, dict]:
+    """scan(), as a memo keyed by the artifact's digest, the prompts' (so by `ngram` too) and `skip`."""
     def produce(out: str) -> None:
         with open(os.path.join(out, "matches.json"), "w", encoding="utf-8") as f:
-            json.dump({str(i): m for i, m in sorted(scan(folder, prompts).items())}, f, sort_keys=True)
+            json.dump({str(i): m for i, m in sorted(scan(folder, prompts, skip).items())}, f, sort_keys=True)
 
-    memo = ctx.memo("contamination", {"artifact": digest, "prompts": prompts.digest}, produce)
+    material = {"artifact": digest, "prompts": prompts.digest, **({"skip": skip} if skip else {})}
+    memo = ctx.memo("contamination", material, produce)
     with open(os.path.join(memo, "matches.json"), encoding="utf-8") as f:
         return {int(i): m for i, m in json.load(f).items()}
 
 
 # ------------------------------------------------------------------ per model
 
-def check(ctx, examples: list[Example], ngram: int, benches: list[str], skipped: list[str]) -> dict:
+def check(ctx, examples: list[Example], ngram: int, benches: list[str], skipped: list[str],
+          reads: dict[str, tuple] | None = None, trained: dict[str, set] | None = None) -> dict:
     """The report's `contamination` section: per listed model, the data targets of its closure, and per
-    checked benchmark its examples, the contaminated ones and their rate, with every match."""
-    prompts = Prompts(examples, ngram)
+    checked benchmark its examples, the contaminated ones and their rate, with every match.
+
+    `reads`: benchmark -> (data target, split, split file) of a benchmark reading a split of a
+    dataset-like target; `trained`: model -> the (data target, split) pairs its base chain trained on.
+    The split a benchmark reads is left out of that target's texts unless the model trained on it:
+    every example is in the split it is read from, which says nothing of what the model saw."""
     models = {}
     for i, address in enumerate(ctx.params.models):
         data = sorted((item["address"], item["digest"], os.path.join(ctx.project_dir, item["path"]))
                       for item in ctx.sources.get(f"{METRIC}.{i}", []))
         first: dict[int, dict] = {}
         for source, digest, folder in data:
-            for j, match in scanned(ctx, folder, digest, prompts).items():
-                first.setdefault(j, {"address": source, **match})
+            unseen = {bench: split_file for bench, (data, split, split_file) in (reads or {}).items()
+                      if data == source and (data, split) not in (trained or {}).get(address, set())}
+            for skip, indices in _by_split_read(examples, unseen).items():
+                prompts = Prompts([examples[j] for j in indices], ngram)
+                for j, match in scanned(ctx, folder, digest, prompts, skip).items():
+                    first.setdefault(indices[j], {"address": source, **match})
         models[address] = {"data": [a for a, _, _ in data], "benchmarks": _per_benchmark(examples, first, benches)}
     return {"ngram": ngram, "kinds": list(KINDS), "skipped": skipped, "models": models}
+
+
+def _by_split_read(examples: list[Example], unseen: dict[str, str]) -> dict:
+    """The examples' indices grouped by the split file their benchmark reads and the model did not train
+    on (None: none): each group is held against the artifact without that split."""
+    groups: dict = {}
+    for j, example in enumerate(examples):
+        groups.setdefault(unseen.get(example.bench), []).append(j)
+    return groups
 
 
 def _per_benchmark(examples: list[Example], first: dict[int, dict], benches: list[str]) -> dict:

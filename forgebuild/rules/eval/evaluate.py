@@ -78,14 +78,19 @@ def ancestors_of(ctx, address: str, folder: str) -> list[tuple[str, str, str]]:
     return chain[::-1]
 
 
+def training_config(folder: str) -> dict:
+    """The model folder's training_config.json ({} without one: an imported model)."""
+    path = os.path.join(folder, "training_config.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
 def recorded_base(folder: str) -> tuple[str | None, str | None]:
     """(address, output digest) of the model the model in `folder` was trained from, as its
     training_config.json records them: (None, None) without one."""
-    path = os.path.join(folder, "training_config.json")
-    if not os.path.exists(path):
-        return None, None
-    with open(path, encoding="utf-8") as f:
-        config = json.load(f)
+    config = training_config(folder)
     base = config.get("params", {}).get("base")
     return base, config.get("inputs", {}).get(base)
 
@@ -121,13 +126,31 @@ def contamination_check(ctx) -> dict:
         return {}
     examples = [contamination.Example(b.name, r["line"], r["prompt"], tuple(r.get("images", ())))
                 for i, b in checked for r in read(ctx, b, i, b.kind, b.limit or p.limit)]
+    reads = {b.name: (b.data, b.split or "test", os.path.basename(bench_file(ctx, i, "data"))) for i, b in checked
+             if dataset_meta(ctx, i) is not None}
+    trained = {address: trained_splits(ctx, address) for address in p.models}
     section = contamination.check(ctx, examples, p.contamination.ngram, [b.name for _, b in checked],
-                                  [b.name for b in p.benchmarks if b.kind not in contamination.CHECKED])
+                                  [b.name for b in p.benchmarks if b.kind not in contamination.CHECKED], reads,
+                                  trained)
     for address, model in section["models"].items():
         hit = sum(b["contaminated"] for b in model["benchmarks"].values())
         ctx.log(f"contamination of {address}: {hit} of {len(examples)} examples share a {p.contamination.ngram}-word "
                 f"run with (or, if shorter, equal) a text of {', '.join(model['data']) or 'no data target'}")
     return section
+
+
+def trained_splits(ctx, address: str) -> set[tuple[str, str]]:
+    """(data target, split) of every split the model and the models below it in its `base` chain trained
+    (or measured their eval loss) on, as their training_config.json record them; the walk stops at an
+    ancestor not in the workspace."""
+    found, folder = set(), ctx.inputs_of(address)
+    while folder and os.path.isdir(folder):
+        params = training_config(folder).get("params", {})
+        if isinstance(params.get("data"), str):
+            found |= {(params["data"], params[k]) for k in ("split", "eval_split") if isinstance(params.get(k), str)}
+        base, digest = recorded_base(folder)
+        folder = os.path.join(ctx.workspace_dir, "artifacts", digest) if isinstance(base, str) and digest else None
+    return found
 
 
 def contaminated(report: dict, failed: list[dict]) -> str:
