@@ -292,6 +292,20 @@ def test_answers_do_not_depend_on_the_batch_and_stop_strings_cut_them(colours, v
     assert answers(8, stop=("e",)) == [a[:a.index("e")] if "e" in a else a for a in greedy]
 
 
+def test_a_vlm_reads_a_text_benchmark_through_its_tokenizer(vlms):
+    """No image: the language model scores choices and measures perplexity as any causal model does."""
+    import math
+
+    from forgebuild.rules.eval import scoring, vision
+    from transformers import AutoTokenizer
+
+    model, tokenizer = vision.load_model(vlms["trained"]), AutoTokenizer.from_pretrained(vlms["trained"])
+    picked = scoring.choice_scores(model, tokenizer, [{"prompt": "user: abc", "choices": ["d", "xyz"], "answer": 0}])
+    assert len(picked[0]["loglikelihoods"]) == 2 and all(math.isfinite(v) for v in picked[0]["loglikelihoods"])
+    docs = scoring.perplexity(model, tokenizer, ["what colour? red", "assistant: blue"], seq_len=8)
+    assert [d["tokens"] for d in docs] == [17, 16] and all(math.isfinite(d["nll"]) and d["nll"] > 0 for d in docs)
+
+
 def test_a_vlm_built_from_an_images_target_is_contaminated_by_its_training_pictures_only(project, tmp_path):
     """model:vlm (the vlm recipe, a text model imported as its language model) trains two steps on the
     train split of images:shapes: evaluated on that split, every example's picture is in its training
