@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from forgebuild.rules import eval as eval_rule
-from forgebuild.rules.eval.report import render_html, image_examples
+from forgebuild.rules.eval.report import image_examples, render_html, render_markdown
 from forgebuild.rules.eval.scoring import BenchmarkError
 from forgebuild.rules.eval.vision import read_records
 
@@ -216,6 +216,9 @@ def test_report_shows_each_image_beside_its_prompt_reference_and_every_models_an
     assert 'id="examples-colour"' in page and 'id="examples-text"' not in page   # image benchmarks only
     assert "<script" not in page
     assert 'id="examples-' not in render_html(report, None)                     # no examples given: none shown
+    assert render_markdown(report, None).endswith(
+        "\nImages (colour): each picture beside every model's answer in report.html (Examples); the pictures are in "
+        "`samples/images/`.\n")
 
 
 # ------------------------------------------------------------------ contamination by picture

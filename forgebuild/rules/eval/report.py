@@ -305,6 +305,10 @@ def render_markdown(report: dict, training_logs: dict[str, list[dict]] | None = 
         out.append("Per-example outputs:")
         out.append("")
         out += [f"- {_md(m)} / {_md(b)}: `{p}`" for m, b, p in samples]
+    pictured = [b["name"] for b in report.get("benchmarks", []) if b.get("images")]
+    if pictured:
+        out += ["", f"Images ({_md(', '.join(pictured))}): each picture beside every model's answer in report.html "
+                    f"(Examples); the pictures are in `samples/images/`."]
     return "\n".join(out) + "\n"
 
 
