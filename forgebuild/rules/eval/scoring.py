@@ -299,13 +299,18 @@ def _continuation(tokenizer, prompt: str, choice: str) -> tuple[list[int], int]:
     prefix of tokenize(prompt) and tokenize(prompt + choice), since a merge across the boundary can change
     the prompt's last token."""
     context, whole = tokenizer(prompt).input_ids, tokenizer(prompt + choice).input_ids
-    start = 0
-    while start < min(len(context), len(whole)) and context[start] == whole[start]:
-        start += 1
-    start = min(start, len(whole) - 1)  # at least one scored token
+    start = min(common_prefix(context, whole), len(whole) - 1)  # at least one scored token
     if start == 0:  # nothing to condition on: prepend eos/bos as context
         return [_context_token(tokenizer)] + whole, 1
     return whole, start
+
+
+def common_prefix(context: list[int], whole: list[int]) -> int:
+    """How many leading ids the two share."""
+    start = 0
+    while start < min(len(context), len(whole)) and context[start] == whole[start]:
+        start += 1
+    return start
 
 
 def choice_scores(model, tokenizer, rows: list[dict], batch_size: int = 8) -> list[dict]:
@@ -313,14 +318,16 @@ def choice_scores(model, tokenizer, rows: list[dict], batch_size: int = 8) -> li
     length-normalised prediction (log-likelihood per character of the choice), and whether each is right."""
     sequences = [_continuation(tokenizer, row["prompt"], choice) for row in rows for choice in row["choices"]]
     logprobs = iter(_token_logprobs(model, sequences, batch_size, _pad_id(tokenizer)))
-    results = []
-    for row in rows:
-        lls = [float(next(logprobs).sum()) for _ in row["choices"]]
-        normalised = [ll / len(choice) for ll, choice in zip(lls, row["choices"])]
-        pred, pred_norm = _argmax(lls), _argmax(normalised)
-        results.append({"loglikelihoods": lls, "pred": pred, "pred_norm": pred_norm,
-                        "correct": float(pred == row["answer"]), "correct_norm": float(pred_norm == row["answer"])})
-    return results
+    return [judged(row, [float(next(logprobs).sum()) for _ in row["choices"]]) for row in rows]
+
+
+def judged(row: dict, lls: list[float]) -> dict:
+    """A row's choice log-likelihoods, its prediction (argmax), its length-normalised prediction
+    (log-likelihood per character of the choice), and whether each is right."""
+    normalised = [ll / len(choice) for ll, choice in zip(lls, row["choices"])]
+    pred, pred_norm = _argmax(lls), _argmax(normalised)
+    return {"loglikelihoods": lls, "pred": pred, "pred_norm": pred_norm,
+            "correct": float(pred == row["answer"]), "correct_norm": float(pred_norm == row["answer"])}
 
 
 def _argmax(values: list[float]) -> int:

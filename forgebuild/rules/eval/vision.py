@@ -16,7 +16,8 @@ import re
 
 import torch  # this module runs inside an eval's build process only
 
-from forgebuild.rules.eval.scoring import BenchmarkError, _choice_answer, _choices, _cut, _generate_answer
+from forgebuild.rules.eval.scoring import (BenchmarkError, _choice_answer, _choices, _cut, _generate_answer,
+                                           common_prefix, judged)
 from forgebuild.rules.model.vision import load_processor, open_images
 from forgebuild.rules.rows import json_kind, parse_line
 
@@ -148,12 +149,19 @@ def generate(model, processor, folder: str, rows: list[dict], max_new_tokens: in
                          next(model.parameters()).device, "left")
         if temperature > 0:
             torch.manual_seed(seed + start)
-        sampled = {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0} if temperature else \
-            {"do_sample": False}
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=pad_id(processor), **sampled)
+        out = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=pad_id(processor),
+                             **sampling(temperature))
         width = inputs["input_ids"].shape[1]
         outputs += [_cut(processor.decode(o[width:], skip_special_tokens=True), stop) for o in out]
     return outputs
+
+
+def sampling(temperature: float) -> dict:
+    """generate()'s settings: greedy, or sampling from the whole distribution at `temperature` (top_k 0
+    and top_p 1 override a generation_config's filters, as the text benchmarks sample: scoring._pick)."""
+    if temperature == 0:
+        return {"do_sample": False}
+    return {"do_sample": True, "temperature": temperature, "top_k": 0, "top_p": 1.0}
 
 
 def pad_id(processor) -> int:
@@ -169,18 +177,11 @@ def choice_scores(model, processor, folder: str, rows: list[dict]) -> list[dict]
     the prediction, the length-normalised one (per character) and whether each is right. A row's
     choices are one batch (its image repeated), right padded, which a causal model never looks at."""
     model.eval()
-    results = []
-    for row in rows:
-        lls = choice_loglikelihoods(model, processor, folder, row)
-        normalised = [ll / len(choice) for ll, choice in zip(lls, row["choices"])]
-        pred = max(range(len(lls)), key=lls.__getitem__)
-        pred_norm = max(range(len(lls)), key=normalised.__getitem__)
-        results.append({"loglikelihoods": lls, "pred": pred, "pred_norm": pred_norm,
-                        "correct": float(pred == row["answer"]), "correct_norm": float(pred_norm == row["answer"])})
-    return results
+    return [judged(row, choice_loglikelihoods(model, processor, folder, row)) for row in rows]
 
 
 def choice_loglikelihoods(model, processor, folder: str, row: dict) -> list[float]:
+    """The summed log-probability of each choice's tokens after the row's image(s) and prompt."""
     prompt = prompts_of(processor, [row])[0]
     device = next(model.parameters()).device
     images = images_of(folder, [row])
@@ -191,16 +192,7 @@ def choice_loglikelihoods(model, processor, folder: str, row: dict) -> list[floa
     found = []
     for i in range(n):
         ids = batch["input_ids"][i][batch["attention_mask"][i].bool()].tolist()  # right padded: a prefix
-        start = common_prefix(context, ids)
+        start = max(1, min(common_prefix(context, ids), len(ids) - 1))  # the image tokens come first: >= 1
         targets = torch.tensor(ids[start:], device=device)
         found.append(float(logprobs[i, start - 1:len(ids) - 1].gather(-1, targets[:, None]).sum()))
     return found
-
-
-def common_prefix(context: list[int], whole: list[int]) -> int:
-    """Where the choice starts: after the common prefix of the prompt's and the whole's ids (a merge
-    across the boundary can change the prompt's last token), at least one token scored."""
-    start = 0
-    while start < min(len(context), len(whole)) and context[start] == whole[start]:
-        start += 1
-    return max(1, min(start, len(whole) - 1))
