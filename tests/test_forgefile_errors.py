@@ -184,7 +184,7 @@ def test_unknown_target_kind_suggests_the_nearest_kind(tmp_path):
         cmd = "true"
     """)
     check_errors(proc, """
-        Forgefile.toml:1: error: unknown target kind 'runn' (did you mean 'run'?); known kinds: corpus, curate, dataset, eval, generate, model, release, run, search, tokenizer, tokens
+        Forgefile.toml:1: error: unknown target kind 'runn' (did you mean 'run'?); known kinds: corpus, curate, dataset, eval, generate, images, model, release, run, search, tokenizer, tokens
     """)
 
 
@@ -407,7 +407,7 @@ def test_several_problems_reported_together_sorted_by_line(tmp_path):
         Forgefile.toml:5: error: run:train: key 'epochs': unknown key; valid keys: cmd, inputs, params, env, pass_env, outputs, description, timeout
         Forgefile.toml:8: error: [forge]: key 'defualt': unknown key (did you mean 'default'?)
         Forgefile.toml:13: error: run:prepare: key 'timeout': expected a number, got string "1h"
-        Forgefile.toml:15: error: unknown target kind 'tokenise' (did you mean 'tokens'?); known kinds: corpus, curate, dataset, eval, generate, model, release, run, search, tokenizer, tokens
+        Forgefile.toml:15: error: unknown target kind 'tokenise' (did you mean 'tokens'?); known kinds: corpus, curate, dataset, eval, generate, images, model, release, run, search, tokenizer, tokens
     """)
 
 
@@ -581,7 +581,7 @@ def test_a_recipe_that_is_not_a_string(tmp_path):
         recipe = ["sft"]
     """)
     check_errors(proc, """
-        Forgefile.toml:2: error: model:m: key 'recipe': expected one of import, pretrain, continue, sft, dpo, online-dpo, reward, grpo, select, got array
+        Forgefile.toml:2: error: model:m: key 'recipe': expected one of import, pretrain, continue, sft, dpo, online-dpo, reward, grpo, select, vlm, got array
     """)
 
 
