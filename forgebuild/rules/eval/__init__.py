@@ -165,6 +165,8 @@ def requires(params: Params) -> dict[str, str]:
     modules = {"torch": "eval", "transformers": "eval", "pyarrow": "eval", "matplotlib": "eval"}
     if any(b.kind == "lm-eval" for b in params.benchmarks):
         modules.update(lm_eval="eval", yaml="eval")
+    if any((b.data or "").startswith("images:") for b in params.benchmarks):
+        modules["PIL"] = "eval"  # a benchmark of pictures opens them
     if params.track is not None:
         modules.update(params.track.modules())
     return modules
