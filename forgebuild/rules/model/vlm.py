@@ -144,7 +144,8 @@ def build(ctx) -> None:
         training.save(ctx, model, processor, config=assembly_config(model))
         return
     freeze(model, p.freeze)
-    vision.fine_tune(ctx, model, processor, p.language, config=assembly_config(model))
+    trainable = sum(t.numel() for t in model.parameters() if t.requires_grad)
+    vision.fine_tune(ctx, model, processor, p.language, config={**assembly_config(model), "trainable": trainable})
 
 
 def add_image_token(tokenizer, token: str) -> bool:
