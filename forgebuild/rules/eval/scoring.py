@@ -58,12 +58,12 @@ def read_rows(path: str, kind: str, label: str | None = None, prompt_field: str 
         if not isinstance(prompt, str) or not prompt:
             fail(f"field '{prompt_field}' must be a non-empty string (got {_json_type(prompt)})")
         if kind == "generate":
-            rows.append({"prompt": prompt, "answer": _generate_answer(row[answer_field], answer_field, fail),
+            rows.append({"prompt": prompt, "answer": generate_answer(row[answer_field], answer_field, fail),
                          "line": number})
         else:
-            choices = _choices(row[choices_field], choices_field, fail)
+            choices = checked_choices(row[choices_field], choices_field, fail)
             rows.append({"prompt": prompt, "choices": choices,
-                         "answer": _choice_answer(row[answer_field], choices, answer_field, fail), "line": number})
+                         "answer": choice_answer(row[answer_field], choices, answer_field, fail), "line": number})
     if not rows:
         raise BenchmarkError(f"{where} has no rows")
     return rows
@@ -78,14 +78,14 @@ def _is_scalar_answer(value) -> bool:
     return isinstance(value, str) and value.strip() != ""
 
 
-def _generate_answer(value, field: str, fail):
+def generate_answer(value, field: str, fail):
     if _is_scalar_answer(value) or (isinstance(value, list) and value and all(map(_is_scalar_answer, value))):
         return value
     fail(f"field '{field}' must be a non-empty string, a number, or a non-empty list of them "
          f"(got {_json_type(value)})")
 
 
-def _choices(value, field: str, fail) -> list[str]:
+def checked_choices(value, field: str, fail) -> list[str]:
     if not isinstance(value, list):
         fail(f"field '{field}' must be a list of strings (got {_json_type(value)})")
     if len(value) < 2:
@@ -96,7 +96,7 @@ def _choices(value, field: str, fail) -> list[str]:
     return value
 
 
-def _choice_answer(value, choices: list[str], field: str, fail) -> int:
+def choice_answer(value, choices: list[str], field: str, fail) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         if 0 <= value < len(choices):
             return value
@@ -139,7 +139,7 @@ def _cache_of(out) -> dict:
     return {}
 
 
-def _cut(text: str, stop) -> str:
+def cut_at_stop(text: str, stop) -> str:
     """`text` up to the earliest stop string."""
     ends = [i for i in (text.find(s) for s in stop if s) if i >= 0]
     return text[:min(ends)] if ends else text
@@ -206,7 +206,7 @@ def _generate_batch(model, tokenizer, prompts, max_new_tokens, stop, temperature
                         **cache)
         else:  # a model that returns no cache: the whole sequence again
             out = model(input_ids=ids, attention_mask=mask, position_ids=positions)
-    return [_cut(tokenizer.decode(tokens, skip_special_tokens=True), stop) for tokens in new]
+    return [cut_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), stop) for tokens in new]
 
 
 # ------------------------------------------------------------------ scoring one output

@@ -16,8 +16,8 @@ import re
 
 import torch  # this module runs inside an eval's build process only
 
-from forgebuild.rules.eval.scoring import (BenchmarkError, _choice_answer, _choices, _cut, _generate_answer,
-                                           common_prefix, judged)
+from forgebuild.rules.eval.scoring import (BenchmarkError, checked_choices, choice_answer, common_prefix, cut_at_stop,
+                                           generate_answer, judged)
 from forgebuild.rules.model.vision import load_processor, open_images
 from forgebuild.rules.rows import json_kind, parse_line
 
@@ -64,9 +64,9 @@ def record_row(record: dict, number: int, folder: str, kind: str, where: str, an
     prompt = prompt_turns(record, fail)
     row = {"line": number, "prompt": prompt_text(prompt), "messages": prompt, "images": images}
     if kind == "generate":
-        return {**row, "answer": _generate_answer(record[answer_field], answer_field, fail)}
-    choices = _choices(record[choices_field], choices_field, fail)
-    return {**row, "choices": choices, "answer": _choice_answer(record[answer_field], choices, answer_field, fail)}
+        return {**row, "answer": generate_answer(record[answer_field], answer_field, fail)}
+    choices = checked_choices(record[choices_field], choices_field, fail)
+    return {**row, "choices": choices, "answer": choice_answer(record[answer_field], choices, answer_field, fail)}
 
 
 def prompt_turns(record: dict, fail) -> list[dict]:
@@ -152,7 +152,7 @@ def generate(model, processor, folder: str, rows: list[dict], max_new_tokens: in
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, pad_token_id=pad_id(processor),
                              **sampling(temperature))
         width = inputs["input_ids"].shape[1]
-        outputs += [_cut(processor.decode(o[width:], skip_special_tokens=True), stop) for o in out]
+        outputs += [cut_at_stop(processor.decode(o[width:], skip_special_tokens=True), stop) for o in out]
     return outputs
 
 

@@ -70,7 +70,7 @@ def build(ctx) -> None:
 
     if p.data.startswith("images:"):
         model = vision.load_vlm(ctx, ctx.inputs["base"], p.base)
-        vision.fine_tune(ctx, model, vision.load_processor(ctx.inputs["base"]), p.base)
+        vision.fine_tune(ctx, model, vision.load_processor(ctx.inputs["base"]), p.base, IMAGE_FORMATS)
         return
     data, fmt = training.dataset_split(ctx, p.data, ctx.inputs["data"], p.split, FORMATS)
     evaluation = training.dataset_split(ctx, p.data, ctx.inputs["data"], p.eval_split, FORMATS)[0] \

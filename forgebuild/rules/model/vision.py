@@ -124,8 +124,9 @@ def chat_template(image_token: str, eos_token: str) -> str:
             "{% if add_generation_prompt %}{{ 'assistant:\\n' }}{% endif %}")
 
 
-def fine_tune(ctx, model, processor, base_address: str | None, config: dict | None = None) -> None:
-    """SFT of a vision-language model on the images target `data` with TRL's SFTTrainer (the processor as
+def fine_tune(ctx, model, processor, base_address: str | None, formats: tuple,
+              config: dict | None = None) -> None:
+    """SFT of a vision-language model on the images target `data` (in one of `formats`) with TRL's SFTTrainer (the processor as
     its processing_class; full weights, or LoRA with the recipe's `lora`), then the artifact with the processor.
     The loss is on the assistant turns alone (the template's generation markers) unless completion_only = false."""
     from trl import SFTConfig, SFTTrainer
@@ -133,7 +134,6 @@ def fine_tune(ctx, model, processor, base_address: str | None, config: dict | No
     from forgebuild.rules.model import training
 
     p = ctx.params
-    formats = ("caption", "vqa", "messages")
     data, fmt = image_split(ctx, p.data, ctx.inputs["data"], p.split, formats)
     evaluation = image_split(ctx, p.data, ctx.inputs["data"], p.eval_split, formats)[0] if p.eval_split else None
     args = training.trainer_args(ctx, SFTConfig, evaluating=evaluation is not None, max_length=p.max_length,

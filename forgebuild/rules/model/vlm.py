@@ -25,9 +25,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from forgebuild import limits
 from forgebuild.rules.model.common import Deps, Recipe, Train
 from forgebuild.rules.model.pretrain import DENSE, Arch, arch_problems
+from forgebuild.rules.model.sft import IMAGE_FORMATS
 
 version = "1"
-FORMATS = ("caption", "vqa", "messages")
+FORMATS = IMAGE_FORMATS  # what SFT trains on (sft.py): the vlm recipe's training is an SFT
 PARTS = ("vision", "language")
 
 
@@ -145,7 +146,7 @@ def build(ctx) -> None:
         return
     freeze(model, p.freeze)
     trainable = sum(t.numel() for t in model.parameters() if t.requires_grad)
-    vision.fine_tune(ctx, model, processor, p.language, config={**assembly_config(model), "trainable": trainable})
+    vision.fine_tune(ctx, model, processor, p.language, FORMATS, config={**assembly_config(model), "trainable": trainable})
 
 
 def add_image_token(tokenizer, token: str) -> bool:
