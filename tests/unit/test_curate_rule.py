@@ -362,8 +362,8 @@ def test_dependency_errors(lab):
         "generate target or a JSONL file",
         "Forgefile.toml:28: error: model:sft: key 'data': curate:rl is a 'prompts' dataset; recipe \"sft\" trains on "
         "'prompt_completion' or 'messages' data",
-        "Forgefile.toml:33: error: model:dpo: key 'data': generate:g is a generate target; 'data' takes a dataset or "
-        "curate target",
+        "Forgefile.toml:33: error: model:dpo: key 'data': generate:g is a generate target; 'data' takes a dataset, "
+        "curate or images target",
     ]
 
 

@@ -115,5 +115,6 @@ def test_join_reads_a_stage_through_its_rule(tmp_path):
 def test_param_shapes_name_every_model_a_table_may_take():
     assert hooks(bare_rule()).param_shapes() == {"": Params}
     shapes = hooks(load_rule("model")).param_shapes()
-    assert list(shapes) == ["import", "pretrain", "continue", "sft", "dpo", "online-dpo", "reward", "grpo", "select"]
+    assert list(shapes) == ["import", "pretrain", "continue", "sft", "dpo", "online-dpo", "reward", "grpo", "select",
+                            "vlm"]
     assert [name for name, model in shapes.items() if "seq_len" in model.model_fields] == ["pretrain", "continue"]
