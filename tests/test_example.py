@@ -38,7 +38,7 @@ def test_example_forgefile_builds_learns_and_is_then_up_to_date(tmp_path):
     assert AutoModelForCausalLM.from_pretrained(os.path.join(project.root, "dist/rl-v3")) is not None
     card = project.read("dist/rl-v3/README.md")
     assert "## Lineage" in card and "| sums.exact_match | >= parent - 0.1 @ 95% | 0.9" in card
-    assert "vs model:dpo-v2, bound +" in card  # a relative gate as written, with what it compared
+    assert "vs model:dpo-v2, bound " in card  # a relative gate as written, with what it compared
     # the release wrote its model card over the model's README.md: the model's stored one is untouched
     verified = project.run("-f", "Forgefile.example.toml", "verify").stdout.splitlines()
     assert verified[-1].startswith(f"verified: {len(TARGETS)} targets, ") and not [l for l in verified if "CORRUPT" in l]
