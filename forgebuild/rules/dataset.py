@@ -217,6 +217,11 @@ class RowError(Exception):
         self.path = path
         self.message = message
 
+    @property
+    def counted(self) -> "RowError":
+        """The error stats.json counts by reason (a subclass may leave out particulars)."""
+        return self
+
 
 @dataclass
 class Layout:
@@ -382,6 +387,12 @@ def _valid_records(ctx, rows: list[Row], layout: Layout, stats: dict) -> list[Re
             records.append(Record(row, _record(row, layout)))
         except RowError as e:
             invalid.append((row, e))
+    report_invalid(ctx, invalid, layout, stats)
+    return records
+
+
+def report_invalid(ctx, invalid: list[tuple[Row, RowError]], layout: Layout, stats: dict) -> None:
+    """Log every invalid row; with `invalid = "error"` fail on the first, else count them by reason."""
     messages = [f"{row.where}: {say_row_error(e, row, layout)}" for row, e in invalid]
     log_rows(ctx, "invalid", messages)
     if invalid and ctx.params.invalid == "error":
@@ -389,12 +400,11 @@ def _valid_records(ctx, rows: list[Row], layout: Layout, stats: dict) -> list[Re
         raise ctx.bad_input(messages[0] + more)
     by_reason: dict[str, int] = {}
     for row, e in invalid:
-        reason = reason_of(e)
+        reason = reason_of(e.counted)
         by_reason[reason] = by_reason.get(reason, 0) + 1
         stats["sources"][row.file.source]["invalid"] += 1
     stats["invalid"] = {"rows": len(invalid), "policy": ctx.params.invalid,
                         "by_reason": dict(sorted(by_reason.items())), "examples": messages[:EXAMPLES]}
-    return records
 
 
 def say_row_error(e: RowError, row: Row, layout: Layout) -> str:
@@ -564,15 +574,20 @@ def _prompt_key(record: dict, fmt: str) -> str:
 
 
 def _without_duplicates(ctx, records: list[Record], fmt: str, stats: dict) -> list[Record]:
+    key_of = _content_key if ctx.params.dedup == "exact" else _prompt_key
+    return first_of_each(ctx, records, lambda data: key_of(data, fmt), stats)
+
+
+def first_of_each(ctx, records: list[Record], key_of, stats: dict) -> list[Record]:
+    """The records whose key no earlier record had (`dedup = "none"`: all), the others logged and counted."""
     mode = ctx.params.dedup
     stats["duplicates"] = {"rows": 0, "by": mode}
     if mode == "none":
         return records
-    key_of = _content_key if mode == "exact" else _prompt_key
     first: dict[str, str] = {}
     kept, removed = [], []
     for record in records:
-        key = key_of(record.data, fmt)
+        key = key_of(record.data)
         if key in first:
             removed.append(f"{record.row.where}: duplicate of {first[key]}")
             stats["sources"][record.row.file.source]["duplicates"] += 1

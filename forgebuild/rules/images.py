@@ -40,8 +40,8 @@ from forgebuild import limits
 from forgebuild.errors import did_you_mean
 from forgebuild.planning.plan import classify
 from forgebuild.rules import runtime
-from forgebuild.rules.dataset import (ROLES, Layout, Row, RowError, SourceFile, answer_text, as_list, canonical,
-                                      count_of, log_rows, normal_content, read_rows, reason_of, say_row_error,
+from forgebuild.rules.dataset import (ROLES, Layout, Record, Row, RowError, SourceFile, answer_text, as_list,
+                                      canonical, count_of, first_of_each, normal_content, read_rows, report_invalid,
                                       source_files, split_of, split_problems, text_of, write_json)
 from forgebuild.rules.rows import json_kind
 
@@ -64,7 +64,6 @@ RECORD_FILES = (".jsonl", ".json", ".ndjson", ".parquet")
 TARGET_KINDS_NOT_READ = ("dataset:", "images:")  # their records are not rows with image columns
 IMAGE_FOLDER = "images"
 MAX_SIDE = 65535  # JPEG's and WebP's largest side (16 bits): a larger one in a Forgefile is a typo
-EXAMPLES = 20  # invalid rows quoted in stats.json
 # Images normalised into one stored memo result. Each image's cache entry lists every file of its
 # result, and recall reads entries whole: one result of 1,000 images made a rebuild after one changed
 # image read 1,000 x 1,000 file entries (2.3 s here); batches of 64 keep recall linear in the images.
@@ -537,12 +536,6 @@ def _result(folder: str, digest: str) -> Normalised:
 
 # ------------------------------------------------------------------ validation, dedup
 
-@dataclass
-class Record:
-    row: Row
-    data: dict
-
-
 def _valid_records(ctx, rows: list[Row], outcomes: list, normalised: dict, stats: dict) -> list[Record]:
     records, invalid = [], []
     for row, outcome in zip(rows, outcomes):
@@ -552,19 +545,7 @@ def _valid_records(ctx, rows: list[Row], outcomes: list, normalised: dict, stats
             invalid.append((row, outcome))
         else:
             records.append(outcome)
-    layout = Layout(ctx.params.format, True, ctx.params.fields, ctx.params.keep)
-    messages = [f"{row.where}: {say_row_error(e, row, layout)}" for row, e in invalid]
-    log_rows(ctx, "invalid", messages)
-    if invalid and ctx.params.invalid == "error":
-        more = f" (and {count_of(len(invalid) - 1, 'more invalid row')}, listed in the log)" if len(invalid) > 1 else ""
-        raise ctx.bad_input(messages[0] + more)
-    by_reason: dict[str, int] = {}
-    for row, e in invalid:
-        reason = reason_of(e.counted if isinstance(e, ImageRowError) else e)
-        by_reason[reason] = by_reason.get(reason, 0) + 1
-        stats["sources"][row.file.source]["invalid"] += 1
-    stats["invalid"] = {"rows": len(invalid), "policy": ctx.params.invalid,
-                        "by_reason": dict(sorted(by_reason.items())), "examples": messages[:EXAMPLES]}
+    report_invalid(ctx, invalid, Layout(ctx.params.format, True, ctx.params.fields, ctx.params.keep), stats)
     return records
 
 
@@ -587,24 +568,7 @@ def _image_key(record: dict) -> str:
 
 
 def _without_duplicates(ctx, records: list[Record], stats: dict) -> list[Record]:
-    mode = ctx.params.dedup
-    stats["duplicates"] = {"rows": 0, "by": mode}
-    if mode == "none":
-        return records
-    key_of = _content_key if mode == "exact" else _image_key
-    first: dict[str, str] = {}
-    kept, removed = [], []
-    for record in records:
-        key = key_of(record.data)
-        if key in first:
-            removed.append(f"{record.row.where}: duplicate of {first[key]}")
-            stats["sources"][record.row.file.source]["duplicates"] += 1
-        else:
-            first[key] = record.row.where
-            kept.append(record)
-    stats["duplicates"]["rows"] = len(removed)
-    log_rows(ctx, "duplicate", removed)
-    return kept
+    return first_of_each(ctx, records, _content_key if ctx.params.dedup == "exact" else _image_key, stats)
 
 
 # ------------------------------------------------------------------ output
