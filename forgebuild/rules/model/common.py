@@ -194,7 +194,7 @@ def images_format_problem(params: BaseModel, deps: dict, key: str, allowed: tupl
     address = getattr(params, key, None)
     dep = deps.get(address)
     declared = getattr(dep["params"], "format", None) if dep and dep["kind"] == "images" else None
-    if declared is not None and declared != "auto" and declared not in allowed:
+    if declared is not None and declared not in allowed:
         return (key, f"{address} is a '{declared}' images target; recipe \"{recipe}\" trains on "
                      f"{' or '.join(repr(a) for a in allowed)} images")
     return None
