@@ -335,3 +335,24 @@ threads = 1
     assert {m["how"] for m in found["seen"]["matches"]} == {"same image"}
     assert found["colour"]["contaminated"] == found["pick"]["contaminated"] == 0
     assert found["colour"]["examples"] + found["seen"]["examples"] == 4 * PER_COLOUR
+
+
+def test_lm_eval_text_tasks_score_a_vlm_through_its_language_model(vlms, project):
+    """lm-evaluation-harness's text tasks run on a vision-language model as on a causal LM, by its forward pass
+    without pixels: whether training on pictures cost the model its text is measured with the same tasks."""
+    from test_eval_harness import write_task_dir
+
+    write_task_dir(project.root)
+    project.forgefile(imported("vlm", vlms["trained"]) + """
+[eval.text]
+models = ["model:vlm"]
+benchmarks = [{ name = "lm", kind = "lm-eval", path = "tasks", tasks = ["arith_gen", "arith_mc"] }]
+limit = 6
+threads = 1
+""")
+    project.run("eval:text", timeout=300)
+    report = json.loads(project.read(".forge/out/eval/text/report.json"))
+    results = report["results"]["model:vlm"]
+    assert results["lm.arith_mc.acc"]["n"] == results["lm.arith_gen.exact_match"]["n"] == 6
+    rows = [json.loads(line) for line in project.read(".forge/out/eval/text/samples/model-vlm/lm.jsonl").splitlines()]
+    assert len(rows) == 12 and {row["task"] for row in rows} == {"arith_gen", "arith_mc"}

@@ -320,7 +320,7 @@ def run_tasks(model_path: str, task_dir: str, tasks: list[str], limit: int | Non
     if not os.path.isdir(model_path):
         raise HarnessError(f"model folder {model_path} does not exist")
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_path).to(device)
+        model = _causal_model(model_path, AutoModelForCausalLM).to(device)
         # a mixture of experts: no router loss under generate() (see training.inference_config)
         if getattr(model.config, "output_router_logits", False):
             model.config.output_router_logits = False
@@ -333,7 +333,8 @@ def run_tasks(model_path: str, task_dir: str, tasks: list[str], limit: int | Non
     log(f"lm-eval {getattr(lm_eval, '__version__', '?')}: {', '.join(tasks)} from {task_dir} on {device}, "
         f"limit {limit}, batch size {batch_size}, seed {seed}")
     try:
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device)
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size, device=device, backend="causal",
+                  max_length=_positions(model.config))
         results = lm_eval.simple_evaluate(
             model=lm, tasks=[loaded[t] for t in tasks], task_manager=manager, limit=limit, log_samples=True,
             bootstrap_iters=BOOTSTRAP_ITERS, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
@@ -346,6 +347,29 @@ def run_tasks(model_path: str, task_dir: str, tasks: list[str], limit: int | Non
         raise HarnessError("lm-eval returned no results (not the main process of a distributed run?)")
     filters = {task: _filter_names(*index[task]) for task in tasks}
     return _collect(results, loaded, expected, filters)
+
+
+def _causal_model(model_path: str, causal_class):
+    """The folder's model as lm-eval's HFLM drives a causal LM: an image-text-to-text model (a LLaVA) is one
+    too when given token ids alone, its language model scoring text with no picture, so text tasks measure
+    what training on pictures did to its text."""
+    from forgebuild.rules.model.vision import is_vlm
+
+    if is_vlm(model_path):
+        from forgebuild.rules.eval.vision import load_model
+
+        return load_model(model_path)
+    return causal_class.from_pretrained(model_path)
+
+
+def _positions(config) -> int | None:
+    """The language model's context length. HFLM looks for it on the top config only, where a LLaVA has none
+    (it is in text_config), and would then take the tokenizer's (often unset: 2048 tokens by default)."""
+    for source in (config, getattr(config, "text_config", None)):
+        for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+            if isinstance(getattr(source, name, None), int):
+                return getattr(source, name)
+    return None
 
 
 def _collect(results: dict, loaded: dict, expected: dict[str, list[str]], filters: dict[str, list[str]]) -> dict:
