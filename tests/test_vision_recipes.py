@@ -55,7 +55,7 @@ train = { lr = 3e-3, steps = 100, batch_size = 16 }
 threads = 1
 """
 
-MODELS = VLM + """
+UNTRAINED = """
 [model.vlm-untrained]
 recipe = "vlm"
 vision = { family = "siglip", hidden = 32, layers = 1, heads = 2, image_size = 32, patch_size = 8 }
@@ -63,6 +63,10 @@ text = { family = "llama", hidden = 64, layers = 2, heads = 4 }
 tokenizer = "tokenizer:chars"
 max_length = 64
 threads = 1
+"""
+
+# vlm-other: the same tables as vlm-untrained under another address, so another seed: other weights
+MODELS = VLM + UNTRAINED + UNTRAINED.replace("vlm-untrained", "vlm-other") + """
 
 [model.vlm-base]
 recipe = "vlm"
@@ -104,14 +108,6 @@ max_length = 64
 beta = 0.1
 lora = { r = 16, alpha = 32, merge = true }
 train = { lr = 1e-2, steps = 150, batch_size = 16 }
-threads = 1
-
-[model.vlm-other]
-recipe = "vlm"
-vision = { family = "siglip", hidden = 32, layers = 1, heads = 2, image_size = 32, patch_size = 8 }
-text = { family = "llama", hidden = 64, layers = 2, heads = 4 }
-tokenizer = "tokenizer:chars"
-max_length = 64
 threads = 1
 
 [model.dpo-ref]
