@@ -224,6 +224,40 @@ def test_a_changed_image_rebuilds_the_target_and_processes_that_image_only(proje
     assert "images" in json.loads(project.run("schema").stdout)["properties"]
 
 
+def test_a_pool_of_workers_gives_the_artifact_one_worker_gives(tmp_path):
+    """150 pictures (three memo batches of 64), two of them broken and dropped, normalised by one process and
+    by two: the same artifact, byte for byte; `workers` is a runtime setting, so changing it rebuilds nothing."""
+    from conftest import Project
+    from forgebuild.hashing import folder_digest
+
+    digests = []
+    for workers in (1, 2):
+        project = Project(str(tmp_path / f"w{workers}"))
+        rows = []
+        for i in range(150):
+            data = b"not picture %d" % i if i in (7, 99) else shape_png(list(COLOURS)[i % 4], 1 + i % 3, size=24 + i)
+            write_bytes(project, f"data/img/{i:03d}.png", data)
+            rows.append({"image": f"img/{i:03d}.png", "question": "What colour?", "answer": list(COLOURS)[i % 4]})
+        project.write("data/qa.jsonl", jsonl(rows))
+        project.forgefile(f"""
+            [images.shapes]
+            source = "data/"
+            format = "vqa"
+            invalid = "drop"
+            max_side = 32
+            splits = {{ train = 0.8, test = 0.2 }}
+            workers = {workers}
+        """)
+        assert project.build() == {"images:shapes": "built"}
+        assert "images: 150 distinct images: 150 processed, 0 from the cache" in log(project, "shapes")
+        assert meta(project, "shapes", "stats")["rows_out"] == 148
+        assert ("150 images to normalise in 3 batches, 2 processes" in log(project, "shapes")) == (workers == 2)
+        digests.append(folder_digest(project.run("path", "images:shapes").stdout.strip()))
+    project.forgefile(project.read("Forgefile.toml").replace("workers = 2", "workers = 1"))
+    assert project.build() == {"images:shapes": "cached"}
+    assert digests[0] == digests[1]
+
+
 # ------------------------------------------------------------------ broken images
 
 def test_a_broken_image_fails_with_file_line_field_and_exit_2(project):
