@@ -47,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from forgebuild import limits
 from forgebuild.planning.plan import classify
 from forgebuild.rules import runtime
+from forgebuild.rules.pool import in_order, worker_count
 
 version = "1"
 
@@ -372,7 +373,7 @@ def _process_job(job):
 def process_units(ctx, units: list[Unit]) -> list[str]:
     """The memo folder of each unit. With several workers, the units no earlier build processed
     (found by probing the memo) run in a process pool; identical files are processed once."""
-    if _workers(ctx, len(units)) <= 1:
+    if worker_count(ctx.params.workers, len(units)) <= 1:
         results = [process_unit(ctx, unit) for unit in units]
         _raise_first_error(ctx, results)
         ctx.log(f"corpus: {len(units)} source units: {sum(r[2] for r in results)} processed, "
@@ -401,20 +402,9 @@ def _raise_first_error(ctx, results) -> None:
             raise ctx.bad_input(value)
 
 
-def _workers(ctx, jobs: int) -> int:
-    return min(ctx.params.workers or os.cpu_count() or 1, jobs)
-
-
 def _run_jobs(ctx, jobs: list) -> list:
-    workers = _workers(ctx, len(jobs))
-    if workers <= 1:
-        return [_process_job(job) for job in jobs]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    # fork: the parent has not started pyarrow's threads yet; children inherit the loaded modules
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        return list(pool.map(_process_job, jobs, chunksize=max(1, len(jobs) // (workers * 8))))
+    workers = worker_count(ctx.params.workers, len(jobs))
+    return list(in_order(_process_job, jobs, workers, chunksize=max(1, len(jobs) // (workers * 8 or 1))))
 
 
 def curate_unit(folder: str, unit: Unit, p: Params) -> None:

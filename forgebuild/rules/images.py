@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -40,6 +41,7 @@ from forgebuild import limits
 from forgebuild.errors import did_you_mean
 from forgebuild.planning.plan import classify
 from forgebuild.rules import runtime
+from forgebuild.rules.pool import in_order, worker_count
 from forgebuild.rules.dataset import (ROLES, Layout, Record, Row, RowError, SourceFile, answer_text, as_list,
                                       canonical, count_of, first_of_each, normal_content, read_rows, report_invalid,
                                       source_files, split_of, split_problems, text_of, write_json)
@@ -498,10 +500,13 @@ def _normalise(ctx, drafts: list[Draft]) -> dict[str, Normalised]:
     folders = dict(zip(digests, ctx.recall("image", [material(d) for d in digests])))
     todo = [d for d in digests if folders[d] is None]
     batches = [todo[start:start + BATCH] for start in range(0, len(todo), BATCH)]
-    workers = min(ctx.params.workers or os.cpu_count() or 1, len(batches))
+    workers = worker_count(ctx.params.workers, len(batches))
     if workers > 1:
         ctx.log(f"images: {count_of(len(todo), 'image')} to normalise in {len(batches)} batches, {workers} processes")
-    files = _normalised_batches([[pictures[d] for d in batch] for batch in batches], how, workers)
+    # Decoding and resizing are all the work (a 12-megapixel JPEG: 0.16 s here), and each picture's result
+    # depends on its bytes alone, so the pool changes no byte of the artifact. The parent stores each batch
+    # as it comes, faster than the pool decodes the next, so few normalised batches wait in memory.
+    files = in_order(partial(_normalise_batch, how=how), [[pictures[d] for d in batch] for batch in batches], workers)
     for batch, made in zip(batches, files):
         kept = ctx.keep("image", [material(d) for d in batch], lambda folder, made=made: _write_files(folder, made))
         folders.update(dict.fromkeys(batch, kept))
@@ -509,22 +514,6 @@ def _normalise(ctx, drafts: list[Draft]) -> dict[str, Normalised]:
             f"{len(digests) - len(todo)} from the cache")
     ctx.metrics({"images_processed": len(todo), "images_cached": len(digests) - len(todo)})
     return {d: _result(folders[d], d) for d in digests}
-
-
-def _normalised_batches(batches: list[list[Picture]], how, workers: int):
-    """Each batch's files ({name: bytes}), in order: in a pool of `workers` processes when that is more
-    than one. Decoding and resizing are all the work (a 12-megapixel JPEG: 0.16 s here),
-    and each picture's result depends on its bytes alone, so the pool changes no byte of the artifact."""
-    if workers <= 1:
-        yield from (_normalise_batch(batch, how) for batch in batches)
-        return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    # fork, as corpus does: the children inherit PIL loaded. map keeps the batches' order; the parent stores
-    # each batch as it comes, faster than the pool decodes the next, so few normalised batches wait in memory
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        yield from pool.map(_normalise_batch, batches, [how] * len(batches))
 
 
 def _normalise_batch(pictures: list[Picture], how) -> dict[str, bytes]:

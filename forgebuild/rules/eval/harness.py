@@ -299,7 +299,7 @@ def run_tasks(model_path: str, task_dir: str, tasks: list[str], limit: int | Non
         import torch
         from lm_eval.models.huggingface import HFLM
         from lm_eval.tasks import TaskManager
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers import AutoTokenizer
     except ImportError as err:
         raise HarnessError(f"lm-eval tasks need lm_eval, torch and transformers installed ({err})") from None
 
@@ -320,7 +320,7 @@ def run_tasks(model_path: str, task_dir: str, tasks: list[str], limit: int | Non
     if not os.path.isdir(model_path):
         raise HarnessError(f"model folder {model_path} does not exist")
     try:
-        model = _causal_model(model_path, AutoModelForCausalLM).to(device)
+        model = _causal_model(model_path).to(device)
         # a mixture of experts: no router loss under generate() (see training.inference_config)
         if getattr(model.config, "output_router_logits", False):
             model.config.output_router_logits = False
@@ -349,7 +349,7 @@ def run_tasks(model_path: str, task_dir: str, tasks: list[str], limit: int | Non
     return _collect(results, loaded, expected, filters)
 
 
-def _causal_model(model_path: str, causal_class):
+def _causal_model(model_path: str):
     """The folder's model as lm-eval's HFLM drives a causal LM: an image-text-to-text model (a LLaVA) is one
     too when given token ids alone, its language model scoring text with no picture, so text tasks measure
     what training on pictures did to its text."""
@@ -359,7 +359,9 @@ def _causal_model(model_path: str, causal_class):
         from forgebuild.rules.eval.vision import load_model
 
         return load_model(model_path)
-    return causal_class.from_pretrained(model_path)
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_path)
 
 
 def _positions(config) -> int | None:
